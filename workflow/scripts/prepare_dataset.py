@@ -1,0 +1,16 @@
+"""Rule prepare_dataset: a dataset source -> results/datasets/{dataset}.npz (uint8 NHWC)."""
+
+import logging
+
+from transfer_lab.datasets import prepare_dataset, save_prepared
+from transfer_lab.files import log_to
+
+with log_to(snakemake.log[0]):
+    spec, split_cfg = snakemake.params.spec, snakemake.params.split
+    logging.info("preparing %s from source %s", snakemake.wildcards.dataset, spec["source"])
+    ds = prepare_dataset(spec, split_cfg)
+    logging.info(
+        "%d images %s, %d classes, splits %s",
+        len(ds.labels), ds.images.shape[1:], len(ds.class_names), ds.split_sizes(),
+    )
+    save_prepared(ds, snakemake.output[0])
