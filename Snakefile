@@ -8,7 +8,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A preset given with --configfile replaces the quickstart grid instead of merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -31,4 +34,4 @@ include: "workflow/rules/compare.smk"
 rule all:
     default_target: True
     input:
-        COMPARISON,
+        final_outputs(),

@@ -52,7 +52,10 @@ def to_markdown(table: pd.DataFrame) -> str:
     for col in ("extract_seconds", "head_seconds"):
         shown[col] = shown[col].map(lambda v: f"{v:.1f}")
     shown["images_per_second"] = shown["images_per_second"].map(lambda v: f"{v:.0f}")
-    return shown.to_markdown(index=False) + "\n"
+    # disable_numparse: tabulate would re-parse "4.0" as 4 and drop the decimal.
+    aligns = ["right" if pd.api.types.is_numeric_dtype(table[c]) or c.endswith(("accuracy", "seconds"))
+              else "left" for c in shown.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=aligns) + "\n"
 
 
 def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> None:

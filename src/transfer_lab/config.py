@@ -69,16 +69,17 @@ def validate_config(config: dict, schema: dict, check_networks: bool = True) -> 
             except ValueError as err:
                 problems.append(f"  {err}")
     # File names join names with '_': no two combinations may spell the same file.
-    stems: dict[str, tuple] = {}
     pairs = itertools.product(config["networks"], config["datasets"])
     triples = itertools.product(config["networks"], config["datasets"], config["heads"])
-    for combo in itertools.chain(pairs, triples):
-        stem = "_".join(combo)
-        if stem in stems:
-            problems.append(
-                f"  names {stems[stem]} and {combo} give the same file names ({stem}_...); rename one"
-            )
-        stems[stem] = combo
+    for combos in (pairs, triples):
+        stems: dict[str, tuple] = {}
+        for combo in combos:
+            stem = "_".join(combo)
+            if stem in stems:
+                problems.append(
+                    f"  names {stems[stem]} and {combo} give the same file names ({stem}_...); rename one"
+                )
+            stems[stem] = combo
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(problems))
     return config

@@ -105,7 +105,7 @@ def check_network(name: str, spec: dict) -> None:
     if library == "torchvision" and weights not in ("random", "bundled"):
         from torchvision.models import get_model_weights
 
-        tags = ["DEFAULT"] + list(get_model_weights(model_name).__members__)
+        tags = list(dict.fromkeys(["DEFAULT", *get_model_weights(model_name).__members__]))
         if weights not in tags:
             raise ValueError(
                 f"{where}.weights: {weights!r} is not a weights tag of {model_name}; valid: "

@@ -96,6 +96,18 @@ def grid():
     return list(itertools.product(NETWORKS, DATASETS))
 
 
+def final_outputs():
+    """What `snakemake` builds by default: the comparison, and every pickle and head.
+
+    The pickles and heads are deliverables in their own right, and naming them as
+    targets makes a deleted one come back (Snakemake >= 7.7 does not rebuild a
+    missing intermediate file whose dependents are up to date).
+    """
+    return COMPARISON + [
+        bottleneck(n, d, s) for n, d in grid() for s in splits(d)
+    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)]
+
+
 def comparison_inputs(wildcards):
     return {
         "heads": [

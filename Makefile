@@ -1,0 +1,31 @@
+# The two commands of the README. Both create the virtual environment on first use.
+#   make run    # the quickstart grid: snakemake --cores $(CORES) on config.yaml
+#   make test   # the test suite
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 4
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint report clean
+
+# torch==2.14.1 and torchvision==0.29.1 are pinned in pyproject.toml.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+report: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,51 @@
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A private copy of the workflow and its library, so tests may edit either."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    shutil.copy2(REPO / "config.yaml", dest / "config.yaml")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "workflow", dest / "workflow", ignore=ignore)
+    shutil.copytree(REPO / "src", dest / "src", ignore=ignore)
+    return dest
+
+
+def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        # Snakemake announces each job as "rule NAME:" or "localrule NAME:".
+        self.jobs = Counter(re.findall(r"^\s*(?:local)?rule (\w+):", self.output, flags=re.M))
+        self.jobs.pop("all", None)
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> Run:
+    """Run Snakemake in ``workdir`` against the copied library (first on PYTHONPATH)."""
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )
+    run = Run(proc)
+    if check and run.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed ({run.returncode}):\n{run.output[-6000:]}")
+    return run

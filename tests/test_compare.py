@@ -1,0 +1,181 @@
+"""The comparison table, its CSV/Markdown files and the bar chart."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfer_lab.compare import COLUMNS, comparison_table, plot_comparison, to_markdown, write_table
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def head_metrics(network, dataset, head, val, test=None, n_test=None, seconds=1.5):
+    n = {"train": 100, "validation": 25}
+    accuracy = {"train": 1.0, "validation": val}
+    if test is not None:
+        accuracy["test"] = test
+        n["test"] = n_test
+    arch = {"resnet": "resnet50", "vgg": "vgg16"}[network]
+    return {
+        "network": network, "arch": arch, "weights": "DEFAULT", "dataset": dataset, "head": head,
+        "feature_dim": {"resnet": 2048, "vgg": 4096}[network], "n": n, "accuracy": accuracy,
+        "best_epoch": 3, "train_seconds": seconds, "head_kind": head, "curve": [],
+    }
+
+
+def extract_metrics(network, dataset, split, n_images, seconds):
+    return {"network": network, "dataset": dataset, "split": split, "n_images": n_images,
+            "seconds": seconds}
+
+
+@pytest.fixture
+def inputs():
+    heads = [
+        head_metrics("vgg", "digits", "mlp", 0.75, test=0.70, n_test=40, seconds=3.0),
+        head_metrics("resnet", "digits", "linear", 0.9, test=0.875, n_test=40),
+        head_metrics("resnet", "digits", "mlp", 0.95, test=0.925, n_test=40),
+        head_metrics("vgg", "digits", "linear", 0.8, test=0.625, n_test=40),
+        head_metrics("resnet", "mine", "linear", 0.5),  # no test split
+        head_metrics("resnet", "mine", "mlp", 0.625),
+    ]
+    extracts = [
+        extract_metrics("resnet", "digits", "train", 100, 2.0),
+        extract_metrics("resnet", "digits", "validation", 25, 0.5),
+        extract_metrics("resnet", "digits", "test", 40, 1.5),
+        extract_metrics("vgg", "digits", "train", 100, 4.0),
+        extract_metrics("vgg", "digits", "validation", 25, 1.0),
+        extract_metrics("vgg", "digits", "test", 40, 0.5),
+        extract_metrics("resnet", "mine", "train", 100, 8.0),
+        extract_metrics("resnet", "mine", "validation", 25, 2.0),
+    ]
+    return heads, extracts
+
+
+@pytest.fixture
+def table(inputs):
+    return comparison_table(*inputs)
+
+
+def row(table, network, dataset, head):
+    match = table[(table.network == network) & (table.dataset == dataset) & (table["head"] == head)]
+    assert len(match) == 1
+    return match.iloc[0]
+
+
+def test_one_row_per_head_with_columns(table, inputs):
+    assert list(table.columns) == COLUMNS
+    assert len(table) == len(inputs[0]) == 6
+    assert not table.duplicated(["network", "dataset", "head"]).any()
+
+
+def test_rows_are_sorted(table):
+    keys = list(zip(table.dataset, table.network, table["head"]))
+    assert keys == sorted(keys)
+    assert keys[0] == ("digits", "resnet", "linear")
+
+
+def test_values_are_copied_from_head_metrics(table):
+    r = row(table, "vgg", "digits", "mlp")
+    assert r.arch == "vgg16" and r.weights == "DEFAULT"
+    assert r.feature_dim == 4096
+    assert (r.n_train, r.n_validation, r.n_test) == (100, 25, 40)
+    assert r.validation_accuracy == pytest.approx(0.75)
+    assert r.test_accuracy == pytest.approx(0.70)
+    assert r.head_seconds == pytest.approx(3.0)
+
+
+def test_extraction_cost_is_summed_over_splits(table):
+    r = row(table, "resnet", "digits", "mlp")
+    assert r.extract_seconds == pytest.approx(4.0)  # 2.0 + 0.5 + 1.5
+    assert r.images_per_second == pytest.approx(165 / 4.0)
+    v = row(table, "vgg", "digits", "linear")
+    assert v.extract_seconds == pytest.approx(5.5)
+    assert v.images_per_second == pytest.approx(165 / 5.5)
+    m = row(table, "resnet", "mine", "linear")
+    assert m.extract_seconds == pytest.approx(10.0)
+    assert m.images_per_second == pytest.approx(12.5)
+    # Every head of a (network, dataset) shares its extraction cost.
+    assert row(table, "resnet", "digits", "linear").extract_seconds == r.extract_seconds
+
+
+def test_dataset_without_test_gives_nan_and_zero(table):
+    for head in ("linear", "mlp"):
+        r = row(table, "resnet", "mine", head)
+        assert math.isnan(r.test_accuracy)
+        assert r.n_test == 0
+    assert table.loc[table.dataset == "digits", "test_accuracy"].notna().all()
+
+
+def test_missing_extraction_metrics_give_nan_cost(inputs):
+    heads, extracts = inputs
+    table = comparison_table(heads, [m for m in extracts if m["network"] != "vgg"])
+    r = row(table, "vgg", "digits", "mlp")
+    assert math.isnan(r.extract_seconds) and math.isnan(r.images_per_second)
+    assert row(table, "resnet", "digits", "mlp").extract_seconds == pytest.approx(4.0)
+
+
+def test_write_table_csv_round_trip(table, tmp_path):
+    csv, md = tmp_path / "out" / "comparison.csv", tmp_path / "out" / "comparison.md"
+    write_table(table, csv, md)
+    back = pd.read_csv(csv)
+    assert list(back.columns) == COLUMNS
+    assert len(back) == len(table)
+    for col in ("network", "arch", "weights", "dataset", "head"):
+        assert list(back[col]) == list(table[col])
+    for col in ("feature_dim", "n_train", "n_validation", "n_test"):
+        assert list(back[col]) == [int(v) for v in table[col]]
+    for col in ("validation_accuracy", "test_accuracy", "extract_seconds", "images_per_second",
+                "head_seconds"):
+        np.testing.assert_allclose(back[col].to_numpy(float), table[col].to_numpy(float),
+                                   rtol=1e-5, equal_nan=True)
+    assert back["test_accuracy"].isna().sum() == 2
+    assert sorted(p.name for p in csv.parent.iterdir()) == ["comparison.csv", "comparison.md"]
+
+
+def test_write_table_markdown_shows_percentages(table, tmp_path):
+    csv, md = tmp_path / "comparison.csv", tmp_path / "comparison.md"
+    write_table(table, csv, md)
+    text = md.read_text()
+    assert text == to_markdown(table)
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + len(table)  # header, separator, one line per row
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == COLUMNS
+    cells = {}
+    for line in lines[2:]:
+        values = [c.strip() for c in line.strip("|").split("|")]
+        cells[(values[0], values[3], values[4])] = dict(zip(COLUMNS, values))
+    r = cells[("resnet", "digits", "mlp")]
+    assert r["validation_accuracy"] == "95.0%"
+    assert r["test_accuracy"] == "92.5%"
+    assert r["images_per_second"] == "41"
+    assert cells[("resnet", "mine", "linear")]["test_accuracy"] == "n/a"
+    assert cells[("resnet", "mine", "linear")]["validation_accuracy"] == "50.0%"
+
+
+def test_markdown_keeps_one_decimal_for_seconds(table):
+    # to_markdown formats seconds as "%.1f"; the Markdown must show them that way
+    # (4.0 s, not "4"), the same for every row.
+    lines = [line for line in to_markdown(table).splitlines() if line.startswith("|")][2:]
+    col = COLUMNS.index("extract_seconds")
+    shown = {tuple(c.strip() for c in line.strip("|").split("|"))[col] for line in lines}
+    assert shown == {"4.0", "5.5", "10.0"}
+
+
+def test_plot_comparison_writes_a_png(table, tmp_path):
+    import matplotlib.image
+
+    assert table.dataset.nunique() == 2
+    path = tmp_path / "plots" / "comparison.png"
+    plot_comparison(table, path)
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image.std() > 0  # not a blank canvas
+    assert [p.name for p in path.parent.iterdir()] == ["comparison.png"]

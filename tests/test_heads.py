@@ -1,0 +1,205 @@
+"""Classification heads on cached bottleneck features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transfer_lab.bottleneck import Bottleneck
+from transfer_lab.heads import (
+    HEAD_KINDS,
+    build_head,
+    load_head,
+    save_head,
+    standardisation,
+    train_head,
+)
+
+N_CLASSES, DIM = 3, 20
+PER_CLASS = {"train": 20, "validation": 10, "test": 10}  # 60 / 30 / 30 images
+
+
+def config(kind: str, **over) -> dict:
+    cfg = {"kind": kind, "epochs": 15, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0,
+           "hidden": 32, "dropout": 0.2, "seed": 0}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, Bottleneck]:
+    """Well-separated Gaussian blobs, with an offset and scale so standardisation matters."""
+    rng = np.random.default_rng(42)
+    centres = rng.normal(scale=4.0, size=(N_CLASSES, DIM))
+    out = {}
+    for name, k in PER_CLASS.items():
+        labels = np.repeat(np.arange(N_CLASSES), k)
+        features = centres[labels] + rng.normal(size=(len(labels), DIM))
+        features = (features * 3.0 + 10.0).astype(np.float32)
+        out[name] = Bottleneck(features, labels.astype(np.int64), ["a", "b", "c"], meta={})
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(kind: str, splits, **over):
+    return train_head(config(kind, **over), splits["train"], splits["validation"], splits["test"],
+                      device="cpu")
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_head_learns_separable_features(splits, kind):
+    head_file, metrics = train(kind, splits)
+    assert metrics["accuracy"]["validation"] >= 0.9
+    assert metrics["accuracy"]["train"] >= 0.9
+    assert metrics["accuracy"]["test"] >= 0.9
+    assert head_file["kind"] == kind
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_metrics_contents(splits, kind):
+    _, metrics = train(kind, splits, epochs=7)
+    assert metrics["head_kind"] == kind
+    assert metrics["feature_dim"] == DIM
+    assert set(metrics["accuracy"]) == {"train", "validation", "test"}
+    assert all(0.0 <= a <= 1.0 for a in metrics["accuracy"].values())
+    assert metrics["n"] == {"train": 60, "validation": 30, "test": 30}
+    curve = metrics["curve"]
+    assert len(curve) == 7
+    assert [c["epoch"] for c in curve] == list(range(1, 8))
+    for c in curve:
+        assert set(c) >= {"epoch", "train_loss", "validation_loss", "validation_accuracy"}
+        assert np.isfinite(c["train_loss"]) and np.isfinite(c["validation_loss"])
+    # The kept epoch is the one with the lowest validation loss.
+    losses = [c["validation_loss"] for c in curve]
+    assert metrics["best_epoch"] == 1 + int(np.argmin(losses))
+    assert metrics["accuracy"]["validation"] == pytest.approx(
+        curve[metrics["best_epoch"] - 1]["validation_accuracy"])
+    assert metrics["train_seconds"] >= 0
+    assert metrics["device"] == "cpu"
+
+
+def test_no_test_split_gives_no_test_metrics(splits):
+    _, metrics = train_head(config("linear", epochs=3), splits["train"], splits["validation"],
+                            device="cpu")
+    assert set(metrics["accuracy"]) == {"train", "validation"}
+    assert set(metrics["n"]) == {"train", "validation"}
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_same_seed_same_result(splits, kind):
+    file_a, metrics_a = train(kind, splits, epochs=5)
+    file_b, metrics_b = train(kind, splits, epochs=5)
+    for m in (metrics_a, metrics_b):
+        m.pop("train_seconds")
+    assert metrics_a == metrics_b
+    assert file_a["state_dict"].keys() == file_b["state_dict"].keys()
+    for key in file_a["state_dict"]:
+        assert torch.equal(file_a["state_dict"][key], file_b["state_dict"][key])
+
+
+def test_other_seed_other_weights(splits):
+    file_a, _ = train("mlp", splits, epochs=3, seed=0)
+    file_b, _ = train("mlp", splits, epochs=3, seed=1)
+    assert not torch.equal(file_a["state_dict"]["0.weight"], file_b["state_dict"]["0.weight"])
+
+
+def test_mismatched_dimensions_are_refused(splits):
+    val = splits["validation"]
+    narrow = Bottleneck(val.features[:, :5], val.labels, val.class_names, {})
+    with pytest.raises(ValueError, match="dimensions"):
+        train_head(config("linear"), splits["train"], narrow, device="cpu")
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_save_load_round_trip_gives_same_logits(splits, kind, tmp_path):
+    head_file, metrics = train(kind, splits, epochs=6)
+    original = build_head(head_file["config"], DIM, N_CLASSES)
+    original.load_state_dict(head_file["state_dict"])
+    original.eval()
+
+    path = tmp_path / "heads" / f"net_data_{kind}.pt"
+    save_head(path, head_file)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    head, loaded = load_head(path)
+    assert not head.training
+    assert loaded["class_names"] == ["a", "b", "c"]
+    assert loaded["feature_dim"] == DIM
+    assert loaded["config"] == config(kind, epochs=6)
+
+    val = splits["validation"]
+    x = (torch.from_numpy(val.features) - loaded["mean"]) / loaded["std"]
+    with torch.no_grad():
+        logits = head(x)
+        expected = original(x)
+    assert logits.shape == (30, N_CLASSES)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    # The stored standardisation reproduces the reported validation accuracy.
+    accuracy = (logits.argmax(1).numpy() == val.labels).mean()
+    assert accuracy == pytest.approx(metrics["accuracy"]["validation"])
+
+
+def test_head_file_loads_with_weights_only(splits, tmp_path):
+    head_file, _ = train("mlp", splits, epochs=2)
+    path = tmp_path / "h.pt"
+    save_head(path, head_file)
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    assert data["kind"] == "mlp"
+    assert data["mean"].dtype == torch.float32 and data["mean"].shape == (DIM,)
+    assert data["std"].dtype == torch.float32 and data["std"].shape == (DIM,)
+    assert all(isinstance(v, torch.Tensor) for v in data["state_dict"].values())
+    assert data["network_meta"] == {}
+    # mean/std are the training split's own statistics (std possibly floored).
+    np.testing.assert_allclose(data["mean"].numpy(), splits["train"].features.mean(0), rtol=1e-5)
+
+
+def test_standardisation_floors_constant_features():
+    rng = np.random.default_rng(0)
+    features = rng.normal(loc=5.0, scale=2.0, size=(200, 6)).astype(np.float32)
+    features[:, 3] = 0.0  # e.g. a ReLU unit never active on the training images
+    mean, scale = standardisation(features)
+    stds = features.std(axis=0)
+    assert mean[3] == 0.0
+    assert scale[3] == pytest.approx(np.median(stds))
+    assert scale[3] > 0.5  # floored at the median std, not at ~0
+    # Features above the median keep their own std; the others are floored at it.
+    np.testing.assert_allclose(scale, np.maximum(stds, np.median(stds)), rtol=1e-6)
+    above = stds >= np.median(stds)
+    np.testing.assert_allclose(scale[above], stds[above], rtol=1e-6)
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-6)
+    # A later image that activates the unit stays on a sane scale.
+    z = (np.array([[5, 5, 5, 3.0, 5, 5]], np.float32) - mean) / scale
+    assert np.isfinite(z).all() and np.abs(z).max() < 10
+
+
+def test_standardisation_of_all_constant_features_is_finite():
+    features = np.ones((10, 4), np.float32)
+    mean, scale = standardisation(features)
+    assert (scale > 0).all()
+    assert np.isfinite((features - mean) / scale).all()
+
+
+def test_build_head_shapes():
+    linear = build_head(config("linear"), DIM, N_CLASSES)
+    mlp = build_head(config("mlp", hidden=7), DIM, N_CLASSES)
+    x = torch.zeros(4, DIM)
+    assert linear(x).shape == (4, N_CLASSES)
+    assert mlp.eval()(x).shape == (4, N_CLASSES)
+    assert mlp[0].out_features == 7
+    assert isinstance(linear, torch.nn.Linear)
+
+
+def test_build_head_unknown_kind_lists_kinds():
+    with pytest.raises(ValueError) as info:
+        build_head(config("svm"), DIM, N_CLASSES)
+    msg = str(info.value)
+    assert "'svm'" in msg
+    for kind in HEAD_KINDS:
+        assert kind in msg

@@ -1,0 +1,170 @@
+"""Integration: Snakemake end to end on a tiny grid, and the caching users rely on."""
+
+import copy
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import copy_workflow, snakemake, write_config
+from transfer_lab.bottleneck import read_bottleneck
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "networks": {
+        "lite0": {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32},
+    },
+    "datasets": {"digits": {"source": "digits"}},
+    "split": {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+    "heads": {
+        "linear": {"kind": "linear", "epochs": 20},
+        "mlp": {"kind": "mlp", "epochs": 20, "hidden": 64},
+    },
+    "extract": {"batch_size": 256},
+}
+SPLITS = ("train", "validation", "test")
+
+
+def pickle_path(workdir, network, split, dataset="digits"):
+    return workdir / f"results/bottleneck/{network}_{dataset}_bottleneck_features_{split}.p"
+
+
+def mtimes(workdir):
+    return {p.relative_to(workdir): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*")
+            if p.is_file() and "logs" not in p.parts and "benchmarks" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny grid, run once; tests take copies to change."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("built"))
+    write_config(workdir, TINY)
+    first = snakemake(workdir)
+    return workdir, first
+
+
+@pytest.fixture
+def workdir(built, tmp_path):
+    dest = tmp_path / "wd"
+    shutil.copytree(built[0], dest, symlinks=True, copy_function=shutil.copy2)
+    return dest
+
+
+def test_first_run_builds_every_artifact_in_the_contract_format(built):
+    workdir, first = built
+    assert first.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 2, "compare": 1}
+    sizes = {}
+    for split in SPLITS:
+        b = read_bottleneck(pickle_path(workdir, "lite0", split))
+        assert b.features.dtype.name == "float32" and b.features.shape[1] == 1280
+        assert b.labels.dtype.name == "int64"
+        assert b.class_names == [str(i) for i in range(10)]
+        assert b.meta["arch"] == "timm:tf_efficientnet_lite0" and b.meta["split"] == split
+        assert b.meta["input_size"] == 32 and b.meta["version_torch"]
+        sizes[split] = len(b.labels)
+    assert sum(sizes.values()) == 1797
+    table = pd.read_csv(workdir / "results/comparison.csv")
+    assert list(table.columns) == [
+        "network", "arch", "weights", "dataset", "head", "feature_dim", "n_train", "n_validation",
+        "n_test", "validation_accuracy", "test_accuracy", "extract_seconds", "images_per_second",
+        "head_seconds",
+    ]
+    assert sorted(table["head"]) == ["linear", "mlp"]
+    assert (table["n_train"] == sizes["train"]).all() and (table["n_test"] == sizes["test"]).all()
+    # Real features of real digits: far above chance (10%) even at 32 px and 20 epochs.
+    assert (table["validation_accuracy"] > 0.6).all(), table
+    assert (table["images_per_second"] > 0).all() and (table["extract_seconds"] > 0).all()
+    assert (workdir / "results/comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| lite0 " in (workdir / "results/comparison.md").read_text()
+    for rule in ("prepare_dataset", "extract_features", "train_head"):
+        logs = list((workdir / "results/logs" / rule).glob("*.log"))
+        assert logs and all(log.stat().st_size > 0 for log in logs), rule
+        assert list((workdir / "results/benchmarks" / rule).glob("*.tsv")), rule
+    assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits_train.log").read_text()
+
+
+def test_second_run_does_nothing(workdir):
+    before = mtimes(workdir)
+    again = snakemake(workdir)
+    assert sum(again.jobs.values()) == 0, again.output
+    assert mtimes(workdir) == before
+
+
+def test_head_hyperparameter_retrains_that_head_only(workdir):
+    config = copy.deepcopy(TINY)
+    config["heads"]["linear"]["lr"] = 0.01
+    write_config(workdir, config)
+    before = mtimes(workdir)
+    run = snakemake(workdir)
+    assert run.jobs == {"train_head": 1, "compare": 1}, run.output
+    after = mtimes(workdir)
+    changed = {str(p) for p in after if after[p] != before.get(p)}
+    assert changed == {
+        "results/heads/lite0_digits_linear.pt", "results/heads/lite0_digits_linear.json",
+        "results/comparison.csv", "results/comparison.md", "results/comparison.png",
+    }
+
+
+def test_adding_a_network_extracts_for_that_network_only(workdir):
+    config = copy.deepcopy(TINY)
+    config["networks"]["resnet18_random"] = {"arch": "resnet18", "weights": "random", "input_size": 32}
+    write_config(workdir, config)
+    before = mtimes(workdir)
+    run = snakemake(workdir)
+    assert run.jobs == {"extract_features": 3, "train_head": 2, "compare": 1}, run.output
+    for split in SPLITS:
+        assert pickle_path(workdir, "lite0", split).stat().st_mtime_ns == before[
+            pickle_path(workdir, "lite0", split).relative_to(workdir)]
+        assert read_bottleneck(pickle_path(workdir, "resnet18_random", split)).features.shape[1] == 512
+    table = pd.read_csv(workdir / "results/comparison.csv")
+    assert sorted(set(table["network"])) == ["lite0", "resnet18_random"] and len(table) == 4
+
+
+def test_deleting_a_pickle_rebuilds_it_and_its_dependents_only(workdir):
+    target = pickle_path(workdir, "lite0", "validation")
+    original = read_bottleneck(target).features
+    target.unlink()
+    run = snakemake(workdir)
+    assert run.jobs == {"extract_features": 1, "train_head": 2, "compare": 1}, run.output
+    assert read_bottleneck(target).features.tobytes() == original.tobytes()  # deterministic on CPU
+
+
+def test_editing_extraction_code_marks_extraction_stale(workdir):
+    module = workdir / "src/transfer_lab/extract.py"
+    module.write_text(module.read_text() + "\nEDITED = True\n")
+    run = snakemake(workdir)
+    assert run.jobs == {"extract_features": 3, "train_head": 2, "compare": 1}, run.output
+
+
+def test_reworded_comment_changes_nothing(workdir):
+    module = workdir / "src/transfer_lab/extract.py"
+    module.write_text(module.read_text().replace("# Horizontal pass", "# The horizontal pass"))
+    assert "# The horizontal pass" in module.read_text()
+    run = snakemake(workdir)
+    assert sum(run.jobs.values()) == 0, run.output
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c["networks"]["lite0"].update(arch="resnet5"),
+         ["networks.lite0.arch", "resnet50", "alexnet"]),
+        (lambda c: c["datasets"]["digits"].update(source="mnist"),
+         ["datasets.digits.source", "'mnist'", "valid choices: digits"]),
+        (lambda c: c["heads"]["linear"].update(kind="svm"),
+         ["heads.linear.kind", "'svm'", "linear, mlp"]),
+        (lambda c: c["heads"]["mlp"].update(epochs="ten"),
+         ["heads.mlp.epochs", "'ten' is not of type 'integer'"]),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, change, expected):
+    workdir = copy_workflow(tmp_path / "wd")
+    config = copy.deepcopy(TINY)
+    change(config)
+    write_config(workdir, config)
+    run = snakemake(workdir, check=False)
+    assert run.returncode != 0
+    for text in expected:
+        assert text in run.output, run.output
+    assert not (workdir / "results").exists()
