@@ -71,7 +71,7 @@ def check_network(name: str, spec: dict) -> None:
     The message names the config key and lists the valid choices, with close matches.
     """
     arch, weights = spec["arch"], spec.get("weights", "DEFAULT")
-    where = f"config networks.{name}"
+    where = f"networks.{name}"
     library, model_name = parse_arch(arch)
     if library == "timm":
         import timm
