@@ -23,6 +23,7 @@ wildcard_constraints:
     dataset=alternatives(DATASETS),
     head=alternatives(HEADS),
     split="train|validation|test",
+    checkpoint=alternatives(CHECKPOINTS) or "[^/]+",
 
 
 include: "workflow/rules/datasets.smk"

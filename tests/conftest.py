@@ -38,9 +38,9 @@ class Run:
         self.jobs.pop("all", None)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> Run:
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> Run:
     """Run Snakemake in ``workdir`` against the copied library (first on PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), PYTHONDONTWRITEBYTECODE="1", **(env or {}))
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=900,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer_lab import datasets, heads
+from transfer_lab import heads, sources
 from transfer_lab.config import ConfigError, load_schema, validate_config
 
 SCHEMA_PATH = Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml"
@@ -46,6 +46,7 @@ def test_defaults_are_filled_including_nested(schema):
     # Whole sections that were absent get their defaults, and their own nested defaults.
     assert config["split"] == {
         "validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "train_per_class": None,
+        "method": "stratified", "official_validation": False,
     }
     assert config["extract"]["precision"] == "auto"
     assert config["extract"]["batch_size"] == 256
@@ -53,6 +54,7 @@ def test_defaults_are_filled_including_nested(schema):
     # Defaults inside additionalProperties entries (one per user-chosen name).
     assert config["networks"]["net"]["weights"] == "DEFAULT"
     assert config["networks"]["net"]["input_size"] is None
+    assert config["networks"]["net"]["layer"] is None
     h = config["heads"]["h"]
     assert h["epochs"] == 50
     assert h["batch_size"] == 256
@@ -103,7 +105,7 @@ def test_unknown_dataset_source_names_path_and_choices(schema):
     msg = errors_of(config, schema)
     assert "datasets.dig.source" in msg
     assert "'mnist'" in msg
-    for source in datasets.SOURCES:
+    for source in sources.SOURCES:
         assert source in msg
 
 
@@ -251,7 +253,7 @@ def test_valid_weights_tags_are_listed_once(schema):
 def test_network_checks_can_be_skipped(schema):
     config = minimal()
     config["networks"]["net"]["arch"] = "resnet5"
-    validate_config(config, schema, check_networks=False)
+    validate_config(config, schema, check_resources=False)
 
 
 # --- names that would spell the same file ------------------------------------------------
@@ -278,6 +280,6 @@ def test_unambiguous_underscored_names_are_accepted(schema):
 
 def test_schema_enums_match_library(schema):
     dataset_spec = schema["properties"]["datasets"]["additionalProperties"]
-    assert dataset_spec["properties"]["source"]["enum"] == sorted(datasets.SOURCES)
+    assert dataset_spec["properties"]["source"]["enum"] == sorted(sources.SOURCES)
     head_spec = schema["properties"]["heads"]["additionalProperties"]
     assert tuple(head_spec["properties"]["kind"]["enum"]) == tuple(heads.HEAD_KINDS)

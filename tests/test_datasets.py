@@ -112,7 +112,8 @@ def test_prepare_dataset_is_reproducible(digits):
 def test_official_test_split_is_kept_exactly(digit_labels):
     rng = np.random.default_rng(123)
     is_test = rng.random(len(digit_labels)) < 0.3
-    split = assign_splits(digit_labels, is_test, 0.25, 0.2, seed=0)
+    origin = np.where(is_test, TEST, TRAIN).astype(np.int8)
+    split = assign_splits(digit_labels, origin, 0.25, 0.2, seed=0)
     assert np.array_equal(split == TEST, is_test)
     # Validation is carved out of the non-test images only, stratified.
     rest = ~is_test
@@ -219,3 +220,38 @@ def test_load_prepared_never_unpickles(tmp_path):
              split=np.zeros(2, np.int8), class_names=np.array([{"x": 1}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         load_prepared(path)
+
+
+def test_sklearn_method_reproduces_train_test_split(digit_labels):
+    """The lab's protocol: train_test_split(test_size=0.2, random_state=0) on the training images."""
+    from sklearn.model_selection import train_test_split
+
+    origin = np.where(np.arange(len(digit_labels)) >= 1500, TEST, TRAIN).astype(np.int8)
+    split = assign_splits(digit_labels, origin, 0.2, 0.0, seed=0, method="sklearn")
+    train_idx, val_idx = train_test_split(np.arange(1500), test_size=0.2, random_state=0)
+    assert np.array_equal(np.flatnonzero(split == VALIDATION), np.sort(val_idx))
+    assert np.array_equal(np.flatnonzero(split == TRAIN), np.sort(train_idx))
+    assert (split[1500:] == TEST).all()
+
+
+def test_official_validation_is_used_only_when_asked(digit_labels):
+    origin = np.zeros(len(digit_labels), dtype=np.int8)
+    origin[:300] = VALIDATION
+    origin[300:600] = TEST
+    used = assign_splits(digit_labels, origin, 0.2, 0.2, seed=0, official_validation=True)
+    assert np.array_equal(np.flatnonzero(used == VALIDATION), np.arange(300))
+    assert (used[600:] == TRAIN).all()
+    carved = assign_splits(digit_labels, origin, 0.2, 0.2, seed=0)
+    assert (carved[:300] == -1).all()  # left out, never mixed into training
+    assert (carved[600:] == VALIDATION).sum() == pytest.approx(0.2 * (len(digit_labels) - 600), abs=10)
+
+
+def test_train_per_class_keeps_the_first_k_of_sklearns_shuffle(digit_labels):
+    from sklearn.utils import shuffle
+
+    origin = np.zeros(len(digit_labels), dtype=np.int8)
+    split = assign_splits(digit_labels, origin, 0.2, 0.0, seed=0, train_per_class=3, method="sklearn")
+    full = assign_splits(digit_labels, origin, 0.2, 0.0, seed=0, method="sklearn")
+    order = shuffle(np.flatnonzero(full == TRAIN), random_state=0)
+    expected = np.sort(np.concatenate([order[digit_labels[order] == c][:3] for c in range(10)]))
+    assert np.array_equal(np.flatnonzero(split == TRAIN), expected)

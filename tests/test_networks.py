@@ -143,3 +143,72 @@ def test_checkpoint_that_needs_code_is_refused(tmp_path):
     torch.save({"weights": np.zeros(3, dtype=object)}, path)  # not loadable with weights_only
     with pytest.raises(ValueError, match="weights_only"):
         load_backbone({"arch": "resnet18", "weights": str(path)})
+
+
+def test_layer_selects_a_node_and_pools_it():
+    """VGG16's last conv block, globally pooled: the 512-d features of the lab's VGG pickles."""
+    backbone = load_backbone({"arch": "vgg16", "weights": "random", "layer": "features.30", "input_size": 64})
+    assert backbone.feature_dim == 512
+    with torch.inference_mode():
+        assert backbone.model(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    fc7 = load_backbone({"arch": "vgg16", "weights": "random", "input_size": 64})
+    assert fc7.feature_dim == 4096
+
+
+def test_unknown_layer_names_close_nodes():
+    with pytest.raises(ValueError, match="features.30"):
+        load_backbone({"arch": "vgg16", "weights": "random", "layer": "features.31", "input_size": 64})
+
+
+@pytest.mark.parametrize("arch, too_small", [("alexnet", 62), ("inception_v3", 74)])
+def test_input_size_below_the_architectures_minimum_is_refused(arch, too_small):
+    from transfer_lab.networks import check_network
+
+    with pytest.raises(ValueError, match=f"networks.n.input_size: {arch} needs at least {too_small + 1}"):
+        check_network("n", {"arch": arch, "weights": "random", "input_size": too_small})
+    check_network("n", {"arch": arch, "weights": "random", "input_size": too_small + 1})
+
+
+def test_fetch_checkpoint_takes_the_hub_cache_copy_and_loads_from_it(tmp_path, monkeypatch):
+    """fetch_weights' path: the user's hub cache -> resources/weights -> the backbone."""
+    from transfer_lab.networks import checkpoint_name, checkpoint_url, fetch_checkpoint
+
+    reference = _seed_hub_cache(tmp_path, monkeypatch)
+    spec = {"arch": "resnet18", "weights": "DEFAULT"}
+    assert checkpoint_name(spec) == "resnet18-f37072fd.pth"
+    dest = fetch_checkpoint(checkpoint_url(spec), tmp_path / "resources" / "weights")
+    assert dest == tmp_path / "resources/weights/checkpoints/resnet18-f37072fd.pth"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "elsewhere"))  # hub cache now empty
+    backbone = load_backbone(spec, checkpoint_dir=tmp_path / "resources" / "weights")
+    assert torch.hub.get_dir() == str(tmp_path / "elsewhere")  # restored
+    reference.fc = torch.nn.Identity()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone.model(x), reference(x))
+
+
+def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monkeypatch):
+    import urllib.error
+
+    from transfer_lab.networks import checkpoint_url, fetch_checkpoint
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(RuntimeError) as err:
+        fetch_checkpoint(checkpoint_url({"arch": "alexnet", "weights": "IMAGENET1K_V1"}), tmp_path / "weights")
+    message = str(err.value)
+    assert "alexnet-owt-7be5be79.pth" in message
+    assert str(tmp_path / "weights" / "checkpoints") in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert not list((tmp_path / "weights" / "checkpoints").iterdir())  # nothing half-written
+
+
+def test_no_fetch_for_weights_that_need_none():
+    from transfer_lab.networks import checkpoint_name
+
+    for spec in ({"arch": "resnet18", "weights": "random"}, {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled"},
+                 {"arch": "resnet18", "weights": "/x/y.pth"}):
+        assert checkpoint_name(spec) is None

@@ -52,20 +52,38 @@ def load_schema(path: str | os.PathLike) -> dict:
         return yaml.safe_load(f)
 
 
-def validate_config(config: dict, schema: dict, check_networks: bool = True) -> dict:
-    """Validate ``config`` in place, filling defaults; raise :class:`ConfigError` listing every problem."""
+def validate_config(config: dict, schema: dict, check_resources: bool = True) -> dict:
+    """Validate ``config`` in place, filling defaults; raise :class:`ConfigError` listing every problem.
+
+    ``check_resources`` also checks what the schema cannot: that archs and weights
+    exist in the installed torchvision/timm and that dataset roots exist on disk.
+    """
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(
             f"  {_path(e)}: {_describe(e)}" for e in errors))
     problems = []
-    if check_networks:
+    for name, spec in config["datasets"].items():
+        if spec.get("download"):
+            # Downloads land in the project, where the workflow's fetch step writes them.
+            expected = f"resources/raw/{name}"
+            spec.setdefault("root", expected)
+            if os.path.normpath(spec["root"]) != expected:
+                problems.append(
+                    f"  datasets.{name}.root: with download: true the archive is fetched into "
+                    f"{expected}/; remove root or set it to {expected}"
+                )
+    checks = []
+    if check_resources:
         from .networks import check_network
+        from .sources import check_dataset
 
-        for name, spec in config["networks"].items():
+        checks = [(check_network, config["networks"]), (check_dataset, config["datasets"])]
+    for check, section in checks:
+        for name, spec in section.items():
             try:
-                check_network(name, spec)
+                check(name, spec)
             except ValueError as err:
                 problems.append(f"  {err}")
     # File names join names with '_': no two combinations may spell the same file.

@@ -1,6 +1,6 @@
-"""Dataset sources and the prepared-array contract.
+"""The prepared-dataset contract, and how images are assigned to splits.
 
-Every source, whatever its on-disk format, is turned once into
+Every source (:mod:`transfer_lab.sources`), whatever its on-disk format, is turned once into
 ``results/datasets/{dataset}.npz``: uint8 NHWC RGB ``images``, int64 ``labels``,
 int8 ``split`` (an index into :data:`SPLITS`) and ``class_names``. Extraction then
 never decodes an image file again: it streams uint8 batches to the device.
@@ -11,23 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .files import atomic_write
+from .sources import OFFICIAL_TEST, SOURCES, DatasetError
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass
-class RawDataset:
-    """What a source yields: all images, and the official test split if it has one."""
-
-    images: np.ndarray  # uint8 (N, H, W, 3)
-    labels: np.ndarray  # int64 (N,)
-    class_names: list[str]
-    is_test: np.ndarray | None = None  # bool (N,), None when the source ships no test split
 
 
 @dataclass
@@ -46,34 +36,9 @@ class PreparedDataset:
         return {name: int((self.split == i).sum()) for i, name in enumerate(SPLITS)}
 
 
-def load_digits_source(spec: dict) -> RawDataset:
-    """scikit-learn's bundled 8x8 digits: real handwriting, no download, 1797 images.
-
-    Pixel values 0..16 are scaled to 0..255 and the grey channel repeated to RGB so the
-    images meet ImageNet-trained networks on their own terms.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    grey = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    images = np.repeat(grey[..., None], 3, axis=-1)
-    return RawDataset(
-        images=np.ascontiguousarray(images),
-        labels=digits.target.astype(np.int64),
-        class_names=[str(n) for n in digits.target_names],
-    )
-
-
-SOURCES: dict[str, Callable[[dict], RawDataset]] = {
-    "digits": load_digits_source,
-}
-# Sources that ship an official test split; the others get one carved out (test_fraction).
-SOURCES_WITH_TEST: frozenset[str] = frozenset()
-
-
 def splits_for(spec: dict, split_cfg: dict) -> list[str]:
     """The splits a dataset will have, known from the config alone (the DAG needs them)."""
-    has_test = spec["source"] in SOURCES_WITH_TEST or split_cfg["test_fraction"] > 0
+    has_test = spec["source"] in OFFICIAL_TEST or split_cfg["test_fraction"] > 0
     return ["train", "validation"] + (["test"] if has_test else [])
 
 
@@ -92,34 +57,59 @@ def _stratified_holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, r
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
 
 
+def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int, method: str, rng) -> np.ndarray:
+    """Indices of ``pool`` to hold out: per class (``stratified``), or exactly as
+    scikit-learn's ``train_test_split(test_size=fraction, random_state=seed)`` picks them
+    (``sklearn``, the course lab's protocol)."""
+    if method == "sklearn":
+        from sklearn.model_selection import train_test_split
+
+        return np.sort(train_test_split(pool, test_size=fraction, random_state=seed)[1])
+    return _stratified_holdout(labels, pool, fraction, rng)
+
+
 def assign_splits(
     labels: np.ndarray,
-    is_test: np.ndarray | None,
+    origin: np.ndarray | None,
     validation_fraction: float,
     test_fraction: float,
     seed: int,
     train_per_class: int | None = None,
+    method: str = "stratified",
+    official_validation: bool = False,
 ) -> np.ndarray:
-    """Split ids per image, stratified by class and seeded; -1 marks images left out.
+    """Split ids per image (indices into :data:`SPLITS`); -1 marks images left out.
 
-    The official test split is kept as published; otherwise ``test_fraction`` of every
-    class is held out. Validation is carved out of what remains for training, so the
-    test images never influence model selection.
+    An official test split is kept as published; otherwise ``test_fraction`` is held out.
+    Validation is the official one when asked for and present, else carved out of what
+    remains for training, so test images never influence model selection. An official
+    validation split that is not used is left out, not mixed into training.
+    ``train_per_class`` shuffles the training indices as scikit-learn's
+    ``shuffle(random_state=seed)`` does and keeps the first k of each class.
     """
     rng = np.random.default_rng(seed)
     n = len(labels)
-    split = np.full(n, SPLITS.index("train"), dtype=np.int8)
-    if is_test is not None:
-        split[is_test] = SPLITS.index("test")
+    origin = np.zeros(n, dtype=np.int8) if origin is None else np.asarray(origin)
+    train, validation, test = (SPLITS.index(s) for s in SPLITS)
+    split = np.full(n, -1, dtype=np.int8)
+    split[origin == train] = train
+    if (origin == test).any():
+        split[origin == test] = test
     elif test_fraction > 0:
-        split[_stratified_holdout(labels, np.arange(n), test_fraction, rng)] = SPLITS.index("test")
-    pool = np.flatnonzero(split == SPLITS.index("train"))
-    split[_stratified_holdout(labels, pool, validation_fraction, rng)] = SPLITS.index("validation")
+        split[_holdout(labels, np.flatnonzero(split == train), test_fraction, seed, method, rng)] = test
+    if official_validation and (origin == validation).any():
+        split[origin == validation] = validation
+    else:
+        pool = np.flatnonzero(split == train)
+        split[_holdout(labels, pool, validation_fraction, seed, method, rng)] = validation
     if train_per_class is not None:
-        for cls in np.unique(labels):
-            members = np.flatnonzero((split == SPLITS.index("train")) & (labels == cls))
-            drop = members[rng.permutation(len(members))][train_per_class:]
-            split[drop] = -1
+        from sklearn.utils import shuffle
+
+        order = shuffle(np.flatnonzero(split == train), random_state=seed)
+        kept = np.zeros(n, dtype=bool)
+        for cls in np.unique(labels[order]):
+            kept[order[labels[order] == cls][:train_per_class]] = True
+        split[(split == train) & ~kept] = -1
     return split
 
 
@@ -134,13 +124,23 @@ def prepare_dataset(spec: dict, split_cfg: dict) -> PreparedDataset:
     raw = loader(spec)
     split = assign_splits(
         raw.labels,
-        raw.is_test,
+        raw.origin,
         split_cfg["validation_fraction"],
         split_cfg["test_fraction"],
         split_cfg["seed"],
         split_cfg.get("train_per_class"),
+        split_cfg.get("method", "stratified"),
+        split_cfg.get("official_validation", False),
     )
     keep = split >= 0
+    sizes = {name: int((split == SPLITS.index(name)).sum()) for name in splits_for(spec, split_cfg)}
+    empty = [name for name, n in sizes.items() if n == 0]
+    if empty:
+        raise DatasetError(
+            f"{spec.get('root', spec['source'])}: no images for split(s) {', '.join(empty)} "
+            f"(sizes {sizes}). A source without its official test part needs split.test_fraction > 0; "
+            "a tiny dataset needs more images per class."
+        )
     return PreparedDataset(
         images=np.ascontiguousarray(raw.images[keep]),
         labels=raw.labels[keep],

@@ -16,15 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .devices import resolve_device
 from .networks import Backbone, Preprocess
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("extract.device is 'cuda' but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

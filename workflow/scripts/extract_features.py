@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -16,7 +17,8 @@ with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset)
     images, labels = ds.subset(w.split)
-    backbone = load_backbone(spec)
+    checkpoint = snakemake.input.get("checkpoint")
+    backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
     logging.info(
         "%s (%s, weights %s): %d-d features; preprocessing: %s",
         w.network, spec["arch"], spec["weights"], backbone.feature_dim, backbone.preprocess.describe(),
@@ -33,7 +35,7 @@ with log_to(snakemake.log[0]) as log:
     meta = {
         "network": w.network, "arch": spec["arch"], "weights": spec["weights"],
         "dataset": w.dataset, "split": w.split, "input_size": backbone.preprocess.crop,
-        "pooling": "global average (penultimate layer)", "precision": result.precision,
+        "layer": "penultimate (classifier removed)", "precision": result.precision,
         "feature_dim": backbone.feature_dim,
         **preprocess_meta(backbone.preprocess),
         **{f"version_{k}": v for k, v in spec["versions"].items()},

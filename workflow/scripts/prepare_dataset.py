@@ -6,7 +6,8 @@ from transfer_lab.datasets import prepare_dataset, save_prepared
 from transfer_lab.files import log_to
 
 with log_to(snakemake.log[0]):
-    spec, split_cfg = snakemake.params.spec, snakemake.params.split
+    spec = snakemake.params.spec
+    split_cfg = spec["split"]
     logging.info("preparing %s from source %s", snakemake.wildcards.dataset, spec["source"])
     ds = prepare_dataset(spec, split_cfg)
     logging.info(

@@ -1,0 +1,289 @@
+"""Writers of each dataset source's on-disk format, as published, at toy size.
+
+Plain functions, imported by unit and integration tests alike. Every image carries its
+class: a class colour (:func:`class_colour`) plus noise, so a classifier can learn them
+and a test can check that labels travel with their images. Each writer returns the path
+to put in a config's ``root``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+# A pixel written into the first image of data_batch_1: (row, column), (R, G, B).
+# Row != column and three different channel values, so a transposed or channel-swapped
+# reader cannot find it where it belongs.
+CIFAR10_MARKER = ((1, 2), (250, 10, 130))
+NOISE = 12  # +- per channel around the class colour
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    """A distinct, mid-range colour per class (also distinct luminance for the first classes)."""
+    return (40 + (53 * label) % 180, 40 + (97 * label + 90) % 180, 40 + (31 * label + 150) % 180)
+
+
+def class_image(label: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (height, width, 3): the class colour plus uniform noise."""
+    noise = rng.integers(-NOISE, NOISE + 1, size=(height, width, 3))
+    return (np.array(class_colour(label)) + noise).clip(0, 255).astype(np.uint8)
+
+
+# --- CIFAR-10: Python 2 cPickle (protocol 2) batches ---------------------------------------
+
+
+def _py2_str(b: bytes | str) -> bytes:
+    b = b.encode("latin1") if isinstance(b, str) else b
+    return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+
+def _py2_int(n: int) -> bytes:
+    if 0 <= n < 256:
+        return b"K" + bytes([n])
+    if 0 <= n < 65536:
+        return b"M" + struct.pack("<H", n)
+    return b"J" + struct.pack("<i", n)
+
+
+def _py2_ndarray(a: np.ndarray) -> bytes:
+    """A C-order array of a plain little-endian number type as numpy 1.x under Python 2
+    pickled it (the data as a str, numpy.core names)."""
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    assert a.dtype.kind in "uif"
+    order = "|" if a.dtype.itemsize == 1 else "<"
+    dtype = (
+        b"cnumpy\ndtype\n" + _py2_str(f"{a.dtype.kind}{a.dtype.itemsize}") + _py2_int(0) + _py2_int(1) + b"\x87R"
+        + b"(" + _py2_int(3) + _py2_str(order) + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb"
+    )
+    shape = b"(" + b"".join(_py2_int(n) for n in a.shape) + b"t"
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + _py2_int(0) + b"\x85" + _py2_str("b") + b"\x87R"
+        + b"(" + _py2_int(1) + shape + dtype + b"\x89" + _py2_str(a.tobytes()) + b"tb"
+    )
+
+
+def _py2_value(v) -> bytes:
+    if isinstance(v, np.ndarray):
+        return _py2_ndarray(v)
+    if isinstance(v, (str, bytes)):
+        return _py2_str(v)
+    if isinstance(v, (int, np.integer)):
+        return _py2_int(int(v))
+    if isinstance(v, list):
+        out = b"]"
+        for start in range(0, len(v), 1000):  # cPickle appends in batches of 1000
+            out += b"(" + b"".join(_py2_value(x) for x in v[start:start + 1000]) + b"e"
+        return out
+    raise TypeError(type(v))
+
+
+def py2_pickle(d: dict) -> bytes:
+    """A dict of str keys as Python 2's cPickle.dump(d, f, 2) wrote the CIFAR-10 batches
+    (the memo opcodes left out: they change nothing a loader sees)."""
+    body = b"".join(_py2_str(k) + _py2_value(v) for k, v in d.items())
+    return b"\x80\x02}(" + body + b"u."
+
+
+def cifar10_batches(per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
+    """File name -> bytes of each file in cifar-10-batches-py/ (batches with per_class images per class)."""
+    rng = np.random.default_rng(seed)
+
+    def batch(label_text: str, index: int) -> bytes:
+        labels = rng.permutation(np.repeat(np.arange(10), per_class))
+        images = np.stack([class_image(int(y), 32, 32, rng) for y in labels])
+        if index == 1:
+            (row, col), rgb = CIFAR10_MARKER
+            images[0, row, col] = rgb
+        data = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(labels), 3072))
+        names = [f"{CIFAR10_CLASSES[y]}_s_{index:01d}{i:05d}.png" for i, y in enumerate(labels)]
+        return py2_pickle(
+            {"batch_label": label_text, "labels": [int(y) for y in labels], "data": data, "filenames": names}
+        )
+
+    files = {f"data_batch_{i}": batch(f"training batch {i} of 5", i) for i in range(1, 6)}
+    files["test_batch"] = batch("testing batch 1 of 1", 0)
+    files["batches.meta"] = py2_pickle(
+        {"num_cases_per_batch": 10 * per_class, "label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
+    )
+    files["readme.html"] = (
+        b'<meta HTTP-EQUIV="REFRESH" content="0; url=http://www.cs.toronto.edu/~kriz/cifar.html">\n'
+    )
+    return files
+
+
+def cifar10_tarball_bytes(files: dict[str, bytes]) -> bytes:
+    """cifar-10-python.tar.gz as published: cifar-10-batches-py/ and its files, gzip-compressed."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        folder = tarfile.TarInfo("cifar-10-batches-py")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def write_cifar10(root: Path, per_class: int = 3, tarball: bool = False) -> Path:
+    """``root/cifar-10-python.tar.gz`` (tarball) or ``root/cifar-10-batches-py/``: five
+    training batches and a test batch of ``per_class`` images per class each, and batches.meta."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    files = cifar10_batches(per_class)
+    if tarball:
+        (root / "cifar-10-python.tar.gz").write_bytes(cifar10_tarball_bytes(files))
+    else:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(exist_ok=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    return root
+
+
+# --- GTSRB: the official archives (or torchvision's copy), extracted ------------------------
+
+GTSRB_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
+
+
+def _gtsrb_sign(label: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A sign image of varying size: the class colour inside its ROI, grey noise around it
+    (a margin as in GTSRB, so cropping to the ROI changes the image)."""
+    width, height = (int(v) for v in rng.integers(26, 48, size=2))
+    image = rng.integers(90, 170, size=(height, width, 3)).astype(np.uint8)
+    x1, y1 = (int(v) for v in rng.integers(4, 7, size=2))
+    x2, y2 = width - 1 - int(rng.integers(4, 7)), height - 1 - int(rng.integers(4, 7))
+    image[y1:y2 + 1, x1:x2 + 1] = class_image(label, y2 - y1 + 1, x2 - x1 + 1, rng)
+    return image, (x1, y1, x2, y2)
+
+
+def _gtsrb_row(name: str, image: np.ndarray, roi, label: int | None) -> str:
+    height, width = image.shape[:2]
+    fields = [name, width, height, *roi] + ([] if label is None else [label])
+    return ";".join(map(str, fields))
+
+
+def write_gtsrb(
+    root: Path, n_classes: int = 3, per_class: int = 4, test_per_class: int = 2, layout: str = "official"
+) -> Path:
+    """GTSRB as its archives extract (``layout="official"``)::
+
+        root/GTSRB/Final_Training/Images/00000/00000_00000.ppm ... GT-00000.csv
+        root/GTSRB/Final_Test/Images/00000.ppm ... GT-final_test.test.csv (no ClassId)
+        root/GT-final_test.csv  (GTSRB_Final_Test_GT.zip, the test labels)
+
+    or as torchvision's GTSRB dataset downloads it (``layout="torchvision"``)::
+
+        root/gtsrb/GTSRB/Training/00000/*.ppm, GT-00000.csv
+        root/gtsrb/GTSRB/Final_Test/Images/*.ppm
+        root/gtsrb/GT-final_test.csv
+
+    The same seed in both layouts: the same images. Returns ``root``.
+    """
+    root = Path(root)
+    if layout == "official":
+        train_dir = root / "GTSRB" / "Final_Training" / "Images"
+        test_dir = root / "GTSRB" / "Final_Test" / "Images"
+        test_gt = root / "GT-final_test.csv"
+    elif layout == "torchvision":
+        train_dir = root / "gtsrb" / "GTSRB" / "Training"
+        test_dir = root / "gtsrb" / "GTSRB" / "Final_Test" / "Images"
+        test_gt = root / "gtsrb" / "GT-final_test.csv"
+    else:
+        raise ValueError(layout)
+    rng = np.random.default_rng(1)
+    for label in range(n_classes):
+        folder = train_dir / f"{label:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [GTSRB_HEADER]
+        for i in range(per_class):
+            name = f"{i // 30:05d}_{i % 30:05d}.ppm"  # track_frame, 30 frames per track
+            image, roi = _gtsrb_sign(label, rng)
+            Image.fromarray(image).save(folder / name)  # binary P6 PPM
+            rows.append(_gtsrb_row(name, image, roi, label))
+        (folder / f"GT-{label:05d}.csv").write_text("\n".join(rows) + "\n")
+    if test_per_class:
+        test_dir.mkdir(parents=True, exist_ok=True)
+        labels = rng.permutation(np.repeat(np.arange(n_classes), test_per_class))
+        rows, unlabelled = [GTSRB_HEADER], [GTSRB_HEADER.rsplit(";", 1)[0]]
+        for i, label in enumerate(labels):
+            name = f"{i:05d}.ppm"
+            image, roi = _gtsrb_sign(int(label), rng)
+            Image.fromarray(image).save(test_dir / name)
+            rows.append(_gtsrb_row(name, image, roi, int(label)))
+            unlabelled.append(_gtsrb_row(name, image, roi, None))
+        (test_dir / "GT-final_test.test.csv").write_text("\n".join(unlabelled) + "\n")
+        test_gt.parent.mkdir(parents=True, exist_ok=True)
+        test_gt.write_text("\n".join(rows) + "\n")
+    return root
+
+
+# --- the course's traffic-sign pickles -----------------------------------------------------
+
+
+def write_traffic_pickle(root: Path, n_classes: int = 3, per_class: int = 4) -> Path:
+    """``root/{train,valid,test}.p`` as the course shipped them: dicts with 'coords', 'labels',
+    'features' (N, 32, 32, 3) uint8 and 'sizes'. valid.p and test.p hold half as many per class."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    for name, k in (("train.p", per_class), ("valid.p", max(1, per_class // 2)), ("test.p", max(1, per_class // 2))):
+        labels = rng.permutation(np.repeat(np.arange(n_classes), k)).astype(np.uint8)
+        features = np.stack([class_image(int(y), 32, 32, rng) for y in labels])
+        sizes = rng.integers(25, 60, size=(len(labels), 2)).astype(np.uint8)
+        coords = np.concatenate([np.full((len(labels), 2), 5), sizes - 5], axis=1).astype(np.uint8)
+        data = {"coords": coords, "labels": labels, "features": features, "sizes": sizes}
+        with open(root / name, "wb") as f:
+            pickle.dump(data, f, protocol=3)
+    return root
+
+
+# --- one folder of images per class --------------------------------------------------------
+
+# (extension, PIL mode, (width, height)): every mode and format a user's folder may hold.
+IMAGEFOLDER_FORMATS = (
+    (".png", "RGB", (80, 60)),
+    (".jpg", "RGB", (48, 96)),
+    (".png", "L", (64, 64)),
+    (".png", "RGBA", (100, 40)),
+    (".png", "P", (70, 90)),
+    (".bmp", "RGB", (50, 50)),
+    (".ppm", "RGB", (66, 77)),
+    (".JPEG", "CMYK", (90, 72)),
+)
+
+
+def write_imagefolder(root: Path, classes=("cat", "dog"), per_class: int = 4) -> Path:
+    """``root/<class>/*`` in the formats and modes of :data:`IMAGEFOLDER_FORMATS`, cycling
+    (class i starts at format i * per_class), of different sizes; plus files a loader must
+    skip (a text file, a hidden macOS ``._`` file). Returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(3)
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext, mode, (width, height) = IMAGEFOLDER_FORMATS[(c * per_class + i) % len(IMAGEFOLDER_FORMATS)]
+            image = Image.fromarray(class_image(c, height, width, rng))
+            options = {"quality": 95} if ext.lower() in (".jpg", ".jpeg") else {}
+            if mode == "P":  # an 8-bit PNG with partly transparent palette entries (pngquant style)
+                image = image.quantize(64)
+                options["transparency"] = bytes([0, 128, 200] + [255] * 61)
+            elif mode == "RGBA":
+                image.putalpha(Image.fromarray(rng.integers(128, 256, (height, width)).astype(np.uint8)))
+            elif mode != "RGB":
+                image = image.convert(mode)
+            image.save(folder / f"{name}_{i:03d}{ext}", **options)
+        (folder / "notes.txt").write_text("not an image\n")
+        (folder / f"._{name}_000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    return root
