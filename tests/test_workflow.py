@@ -145,17 +145,23 @@ def test_reworded_comment_changes_nothing(workdir):
     assert sum(run.jobs.values()) == 0, run.output
 
 
+def _break_schema(c):
+    c["datasets"]["digits"]["source"] = "mnist"
+    c["heads"]["linear"]["kind"] = "svm"
+    c["heads"]["mlp"]["epochs"] = "ten"
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
+        # Everything the schema catches is reported at once.
+        (_break_schema, [
+            "datasets.digits.source: 'mnist' is not valid; valid choices: cifar10, digits, gtsrb, imagefolder",
+            "heads.linear.kind: 'svm' is not valid; valid choices: linear, mlp",
+            "heads.mlp.epochs: 'ten' is not of type 'integer'",
+        ]),
         (lambda c: c["networks"]["lite0"].update(arch="resnet5"),
-         ["networks.lite0.arch", "resnet50", "alexnet"]),
-        (lambda c: c["datasets"]["digits"].update(source="mnist"),
-         ["datasets.digits.source", "'mnist'", "valid choices: digits"]),
-        (lambda c: c["heads"]["linear"].update(kind="svm"),
-         ["heads.linear.kind", "'svm'", "linear, mlp"]),
-        (lambda c: c["heads"]["mlp"].update(epochs="ten"),
-         ["heads.mlp.epochs", "'ten' is not of type 'integer'"]),
+         ["networks.lite0.arch: unknown arch 'resnet5'; did you mean: resnet50", "alexnet"]),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, change, expected):
@@ -168,3 +174,28 @@ def test_bad_config_fails_before_any_job(tmp_path, change, expected):
     for text in expected:
         assert text in run.output, run.output
     assert not (workdir / "results").exists()
+
+
+def test_changing_a_file_under_a_dataset_root_reprepares_that_dataset(tmp_path):
+    """Your own images: an image added to a class folder makes the prepared dataset stale."""
+    from PIL import Image
+
+    from fixtures import write_imagefolder
+
+    workdir = copy_workflow(tmp_path / "wd")
+    root = write_imagefolder(tmp_path / "photos", classes=("cat", "dog"), per_class=10)
+    config = {
+        "networks": {"lite0": {"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32}},
+        "datasets": {"photos": {"source": "imagefolder", "root": str(root), "image_size": 32}},
+        "split": {"validation_fraction": 0.25, "test_fraction": 0.25},
+        "heads": {"linear": {"kind": "linear", "epochs": 3}},
+    }
+    write_config(workdir, config)
+    first = snakemake(workdir)
+    assert first.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}
+    assert sum(snakemake(workdir).jobs.values()) == 0
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(root / "cat" / "new.png")
+    again = snakemake(workdir)
+    assert again.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}, again.output
+    table = pd.read_csv(workdir / "results/comparison.csv")
+    assert table.loc[0, ["n_train", "n_validation", "n_test"]].sum() == 21

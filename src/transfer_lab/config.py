@@ -56,7 +56,8 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
     """Validate ``config`` in place, filling defaults; raise :class:`ConfigError` listing every problem.
 
     ``check_resources`` also checks what the schema cannot: that archs and weights
-    exist in the installed torchvision/timm and that dataset roots exist on disk.
+    exist in the installed torchvision/timm, and the dataset keys that depend on the
+    source. Whether a dataset's files are in place is checked by ``prepare_dataset``.
     """
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -79,7 +80,10 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
         from .networks import check_network
         from .sources import check_dataset
 
-        checks = [(check_network, config["networks"]), (check_dataset, config["datasets"])]
+        def check_dataset_keys(name: str, spec: dict) -> None:
+            check_dataset(name, spec, on_disk=False)
+
+        checks = [(check_network, config["networks"]), (check_dataset_keys, config["datasets"])]
     for check, section in checks:
         for name, spec in section.items():
             try:

@@ -70,22 +70,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+def loads_pickle(data: bytes, source: str) -> Any:
+    """Unpickle bytes admitting only numpy arrays, dtypes and plain containers.
+
+    ``source`` names the file (or archive member) in every error. Python 2 pickles
+    (the CIFAR batches, old course files) load with latin1 decoding.
+    """
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), source).load()
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # truncated or not a pickle at all
+        raise pickle.UnpicklingError(
+            f"{source}: not a readable pickle ({type(err).__name__}: {err}); "
+            "the file may be truncated or in another format"
+        ) from err
+
+
 def load_pickle(path: str | os.PathLike) -> Any:
-    """Load a data pickle admitting only numpy arrays, dtypes and plain containers."""
+    """Load a data pickle file through :func:`loads_pickle`."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
-    except UnsafePickleError:
-        raise
-    except Exception as err:  # truncated or not a pickle at all
-        raise pickle.UnpicklingError(
-            f"{path}: not a readable pickle ({type(err).__name__}: {err}); "
-            "the file may be truncated or in another format"
-        ) from err
+    return loads_pickle(data, str(path))
 
 
 @contextlib.contextmanager

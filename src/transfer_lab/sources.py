@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.client
-import io
 import logging
 import os
+import pickle
 import tarfile
 import urllib.request
 import zlib
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .files import UnsafePickleError, _RestrictedUnpickler, load_pickle
+from .files import load_pickle, loads_pickle
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +185,10 @@ def _read_images(paths: list[Path], size: int, fit: str, boxes=None, what: str =
 
 
 def _unpickle(data: bytes, where: str) -> Any:
-    """Unpickle bytes admitting numpy arrays and plain containers only."""
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), where).load()
-    except UnsafePickleError as err:
+        return loads_pickle(data, where)
+    except pickle.UnpicklingError as err:  # UnsafePickleError included; both name the source
         raise DatasetError(str(err)) from err
-    except Exception as err:
-        raise DatasetError(
-            f"{where}: not a readable pickle ({type(err).__name__}: {err}); the file may be truncated"
-        ) from err
 
 
 def _load_pickle(path: Path) -> Any:
@@ -702,11 +697,13 @@ SOURCES: dict[str, Callable[[dict], RawDataset]] = {
 OFFICIAL_TEST: frozenset[str] = frozenset({"cifar10", "gtsrb", "traffic-pickle"})
 
 
-def check_dataset(name: str, spec: dict) -> None:
-    """Cheap checks when the workflow is parsed: the files a source needs are where ``root`` says.
+def check_dataset(name: str, spec: dict, on_disk: bool = True) -> None:
+    """Cheap checks that the files a source needs are where ``root`` says.
 
     Raises ValueError naming the config key, the path and what is expected there. Reads
-    no images.
+    no images. The workflow runs the key checks when it is parsed (``on_disk=False``: a
+    dry run plans the grid before the data is in place) and all of them first thing in
+    ``prepare_dataset``.
     """
     where = f"datasets.{name}"
     source = spec["source"]
@@ -728,6 +725,8 @@ def check_dataset(name: str, spec: dict) -> None:
     }.get(source, "")
     if not root:
         raise ValueError(f"{where}.root: required for source {source!r}; {expected}")
+    if not on_disk:
+        return
     path = Path(root)
     if source == "cifar10":
         if not spec.get("download") and _find_cifar10(path) is None:

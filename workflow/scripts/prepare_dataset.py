@@ -4,11 +4,13 @@ import logging
 
 from transfer_lab.datasets import prepare_dataset, save_prepared
 from transfer_lab.files import log_to
+from transfer_lab.sources import check_dataset
 
 with log_to(snakemake.log[0]):
     spec = snakemake.params.spec
     split_cfg = spec["split"]
     logging.info("preparing %s from source %s", snakemake.wildcards.dataset, spec["source"])
+    check_dataset(snakemake.wildcards.dataset, spec)
     ds = prepare_dataset(spec, split_cfg)
     logging.info(
         "%d images %s, %d classes, splits %s",
