@@ -65,6 +65,8 @@ def test_random_weights_are_reproducible():
     [
         ("resnet18", 512, 224, 256, "bilinear"),
         ("alexnet", 4096, 224, 256, "bilinear"),  # fc7, as in the AlexNet lab
+        ("resnet50", 2048, 224, 232, "bilinear"),  # DEFAULT = IMAGENET1K_V2: resize 232
+        ("vgg16", 4096, 224, 256, "bilinear"),  # fc7
         ("inception_v3", 2048, 299, 342, "bilinear"),
     ],
 )
