@@ -108,15 +108,19 @@ def test_torchvision_default_weights_load_from_the_hub_cache(tmp_path, monkeypat
         torch.testing.assert_close(backbone.model(x), reference(x))
 
 
-def test_offline_download_names_the_file_and_folder(tmp_path, monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every download torch.hub attempts fails as it does on these machines."""
     import urllib.error
 
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty-hub"))
-
-    def offline(*args, **kwargs):
+    def refuse(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)
+
+
+def test_offline_download_names_the_file_and_folder(tmp_path, monkeypatch, offline):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty-hub"))
     with pytest.raises(RuntimeError) as err:
         load_backbone({"arch": "resnet18", "weights": "DEFAULT"})
     message = str(err.value)
@@ -189,17 +193,10 @@ def test_fetch_checkpoint_takes_the_hub_cache_copy_and_loads_from_it(tmp_path, m
         torch.testing.assert_close(backbone.model(x), reference(x))
 
 
-def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monkeypatch):
-    import urllib.error
-
+def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monkeypatch, offline):
     from transfer_lab.networks import checkpoint_url, fetch_checkpoint
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "urlopen", offline)
     with pytest.raises(RuntimeError) as err:
         fetch_checkpoint(checkpoint_url({"arch": "alexnet", "weights": "IMAGENET1K_V1"}), tmp_path / "weights")
     message = str(err.value)
