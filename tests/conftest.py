@@ -20,6 +20,7 @@ def copy_workflow(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(REPO / "workflow", dest / "workflow", ignore=ignore)
     shutil.copytree(REPO / "src", dest / "src", ignore=ignore)
+    shutil.copytree(REPO / "profiles", dest / "profiles", ignore=ignore)
     return dest
 
 

@@ -27,9 +27,9 @@ def head_metrics(network, dataset, head, val, test=None, n_test=None, seconds=1.
     }
 
 
-def extract_metrics(network, dataset, split, n_images, seconds):
+def extract_metrics(network, dataset, split, n_images, seconds, n_computed=None):
     return {"network": network, "dataset": dataset, "split": split, "n_images": n_images,
-            "seconds": seconds}
+            "n_computed": n_images if n_computed is None else n_computed, "seconds": seconds}
 
 
 @pytest.fixture
@@ -179,3 +179,10 @@ def test_plot_comparison_writes_a_png(table, tmp_path):
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert image.std() > 0  # not a blank canvas
     assert [p.name for p in path.parent.iterdir()] == ["comparison.png"]
+
+
+def test_a_resumed_extraction_is_rated_by_the_images_it_computed():
+    table = comparison_table([head_metrics("resnet", "ds", "linear", 0.9, 0.8, n_test=10)],
+                             [extract_metrics("resnet", "ds", "train", 1000, 2.0, n_computed=400),
+                              extract_metrics("resnet", "ds", "validation", 100, 0.5)])
+    assert table.loc[0, "images_per_second"] == pytest.approx(500 / 2.5)

@@ -109,3 +109,40 @@ def test_resize_reproduces_pillow(interpolation, size, resize, crop):
     diff = np.abs(fast - np.asarray(pil, dtype=np.float64))
     assert diff.max() <= 1.0
     assert (diff == 0).mean() > 0.99
+
+
+def test_sharded_extraction_resumes_from_saved_shards(backbone, tmp_path):
+    from transfer_lab.extract import Extractor, extract_sharded
+
+    images = np.random.default_rng(3).integers(0, 256, size=(23, 12, 12, 3), dtype=np.uint8)
+    extractor = Extractor(backbone, "cpu", "fp32")
+    whole = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"shard-{k:05d}.npy" for k in range(5)]
+    assert whole.n_computed == 23
+    # A killed run leaves some shards: the rerun computes only the others, same features.
+    for k in (1, 3, 4):
+        (tmp_path / "a" / f"shard-{k:05d}.npy").unlink()
+    resumed = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
+    assert resumed.n_computed == 5 + 5 + 3
+    assert resumed.features.tobytes() == whole.features.tobytes()
+    # A shard of the wrong shape is recomputed, not trusted.
+    np.save(tmp_path / "a" / "shard-00002.npy", np.zeros((2, 1280), dtype=np.float32))
+    repaired = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
+    assert repaired.n_computed == 5 and repaired.features.tobytes() == whole.features.tobytes()
+
+
+def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):
+    """Prepared files are read by mapping: the split's rows, batch by batch."""
+    from transfer_lab.datasets import load_prepared, prepare_dataset, save_prepared
+
+    ds = prepare_dataset({"source": "digits"}, {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0})
+    save_prepared(ds, tmp_path / "d.npz")
+    mapped = load_prepared(tmp_path / "d.npz", mmap=True)
+    assert isinstance(mapped.images, np.memmap)
+    images, labels = mapped.subset("validation")
+    assert isinstance(images, np.memmap)  # a view of one contiguous block, nothing read yet
+    expected_images, expected_labels = ds.subset("validation")
+    assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
+    a = extract_features(backbone, images[:20], batch_size=8, device="cpu").features
+    b = extract_features(backbone, np.array(expected_images[:20]), batch_size=8, device="cpu").features
+    assert a.tobytes() == b.tobytes()

@@ -20,13 +20,14 @@ def comparison_table(head_metrics: list[dict], extract_metrics: list[dict]) -> p
     """Join head results with the extraction cost of their (network, dataset).
 
     Extraction cost sums every split of the pair, so images/s is the whole dataset's
-    throughput, model loading excluded.
+    throughput, model loading excluded; after a resumed run it counts the images that
+    run computed (``n_computed``), not those taken from earlier shards.
     """
     cost: dict[tuple[str, str], list[float]] = {}
     for m in extract_metrics:
         c = cost.setdefault((m["network"], m["dataset"]), [0.0, 0])
         c[0] += m["seconds"]
-        c[1] += m["n_images"]
+        c[1] += m["n_computed"]
     rows = []
     for m in head_metrics:
         seconds, n_images = cost.get((m["network"], m["dataset"]), (float("nan"), 0))

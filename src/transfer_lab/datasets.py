@@ -28,9 +28,16 @@ class PreparedDataset:
     class_names: list[str]
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of one split, in their prepared order."""
-        mask = self.split == SPLITS.index(split)
-        return self.images[mask], self.labels[mask]
+        """Images and labels of one split, in their prepared order.
+
+        A split stored as one block (as :func:`prepare_dataset` writes it) comes back as a
+        slice: a view, which for a memory-mapped file reads nothing until it is used.
+        """
+        rows = np.flatnonzero(self.split == SPLITS.index(split))
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            block = slice(int(rows[0]), int(rows[-1]) + 1)
+            return self.images[block], self.labels[block]
+        return self.images[rows], self.labels[rows]
 
     def split_sizes(self) -> dict[str, int]:
         return {name: int((self.split == i).sum()) for i, name in enumerate(SPLITS)}
@@ -141,10 +148,14 @@ def prepare_dataset(spec: dict, split_cfg: dict) -> PreparedDataset:
             f"(sizes {sizes}). A source without its official test part needs split.test_fraction > 0; "
             "a tiny dataset needs more images per class."
         )
+    # Rows ordered by split (stable within each): a split is one contiguous block, which
+    # extraction reads straight from the file without loading the other splits.
+    rows = np.flatnonzero(keep)
+    rows = rows[np.argsort(split[rows], kind="stable")]
     return PreparedDataset(
-        images=np.ascontiguousarray(raw.images[keep]),
-        labels=raw.labels[keep],
-        split=split[keep],
+        images=np.ascontiguousarray(raw.images[rows]),
+        labels=raw.labels[rows],
+        split=split[rows],
         class_names=list(raw.class_names),
     )
 
@@ -161,15 +172,43 @@ def save_prepared(ds: PreparedDataset, path: str | os.PathLike) -> None:
         )
 
 
-def load_prepared(path: str | os.PathLike) -> PreparedDataset:
-    """Read a prepared dataset without ever unpickling (``allow_pickle=False``)."""
+def _memmap_member(path: Path, member: str) -> np.ndarray:
+    """A read-only memory map of one array inside an uncompressed ``.npz``.
+
+    ``np.savez`` stores members uncompressed, so each ``.npy`` lies contiguous in the zip:
+    find its local header, skip the npy header, and map the data where it lies.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"{path}: member {member} is compressed; cannot memory-map it")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran else "C")
+
+
+def load_prepared(path: str | os.PathLike, mmap: bool = False) -> PreparedDataset:
+    """Read a prepared dataset without ever unpickling (``allow_pickle=False``).
+
+    ``mmap=True`` maps the images instead of reading them: host memory then holds only
+    the batches extraction touches, whatever the dataset's size.
+    """
     path = Path(path)
     with np.load(path, allow_pickle=False) as z:
         missing = {"images", "labels", "split", "class_names"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: not a prepared dataset (missing {sorted(missing)})")
         ds = PreparedDataset(
-            images=z["images"],
+            images=_memmap_member(path, "images.npy") if mmap else z["images"],
             labels=z["labels"].astype(np.int64),
             split=z["split"],
             class_names=[str(c) for c in z["class_names"]],

@@ -1,8 +1,23 @@
-"""Which device a job computes on."""
+"""Which device a job computes on, and claiming one GPU among several.
+
+Snakemake's ``resources: gpu=1`` bounds how many extraction jobs run at once; it does
+not say which GPU each should use. Each job therefore claims a free one with a lock file
+per device, held until the process exits, so concurrent jobs spread over the GPUs
+instead of all landing on ``cuda:0``.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
 import torch
+
+_held: list[IO] = []  # claimed locks live as long as the process
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -12,3 +27,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
     return torch.device(device)
+
+
+def claim_device(device: str = "auto", lock_dir: str | os.PathLike | None = None) -> torch.device:
+    """Resolve ``device``; on a machine with several GPUs, claim a free one.
+
+    Lock files live in ``lock_dir`` (default: a folder in the machine's temp dir, so
+    jobs on one node see each other's claims and nodes do not). A scheduler that already
+    restricts the job to one GPU (``CUDA_VISIBLE_DEVICES``) leaves torch one to see.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cuda" or dev.index is not None or torch.cuda.device_count() < 2:
+        return dev
+    folder = Path(lock_dir or Path(tempfile.gettempdir()) / "transfer-lab-gpu-locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    count = torch.cuda.device_count()
+    for index in range(count):
+        handle = open(folder / f"gpu{index}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held.append(handle)
+        logging.info("claimed cuda:%d of %d GPUs (lock %s)", index, count, handle.name)
+        return torch.device("cuda", index)
+    logging.warning("all %d GPUs are claimed by other jobs; sharing cuda:0", count)
+    return torch.device("cuda", 0)

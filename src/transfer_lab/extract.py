@@ -7,8 +7,11 @@ the device as is, and resizing, cropping, normalisation and the network run ther
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Callable
 
 import numpy as np
@@ -17,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .devices import resolve_device
+from .files import atomic_write
 from .networks import Backbone, Preprocess
 
 
@@ -132,10 +136,71 @@ class DevicePreprocess(nn.Module):
 @dataclass
 class ExtractionResult:
     features: np.ndarray  # float32 (N, D)
-    seconds: float
-    images_per_second: float
+    seconds: float  # computing time, model loading excluded
+    images_per_second: float  # over the images computed in this run (resumed shards excluded)
     device: str
     precision: str
+    n_computed: int  # images computed in this run; the rest came from earlier shards
+
+
+class Extractor:
+    """A backbone on its device with its preprocessing and precision, ready for batches."""
+
+    def __init__(self, backbone: Backbone, device: str | torch.device = "auto", precision: str = "auto",
+                 compile: bool = False):
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.feature_dim = backbone.feature_dim
+        self.prep = DevicePreprocess(backbone.preprocess).to(self.device)
+        model = backbone.model.to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
+
+    def _autocast(self):
+        if self.precision in _AUTOCAST_DTYPES:
+            return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        return contextlib.nullcontext()
+
+    def _to_device(self, images: np.ndarray) -> torch.Tensor:
+        # A copy of just this batch (read from the memory map, if that is what ``images``
+        # is): host memory is bounded by the batch, not the dataset.
+        batch = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
+
+    def run(self, images: np.ndarray, batch_size: int, bar: tqdm | None = None) -> np.ndarray:
+        """Features of ``images`` (any array that slices into uint8 NHWC batches), in order."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        n = len(images)
+        cuda = self.device.type == "cuda"
+        # Features stay on the device until the end (one copy back, no sync per batch), so
+        # the host queues batch after batch while the GPU works; callers bound n by sharding.
+        features = torch.empty((n, self.feature_dim), dtype=torch.float32, device=self.device)
+        with torch.inference_mode(), self._autocast():
+            nxt = self._to_device(images[:batch_size]) if n else None
+            for start in range(0, n, batch_size):
+                batch = nxt
+                if start + batch_size < n:  # queue the next copy while this batch computes
+                    nxt = self._to_device(images[start + batch_size:start + 2 * batch_size])
+                x = self.prep(batch)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                features[start:start + len(batch)] = self.model(x).float()
+                if bar is not None:
+                    bar.update(len(batch))
+        out = features.cpu().numpy()
+        if not np.isfinite(out).all():
+            raise FloatingPointError(
+                f"non-finite features from {self.precision} extraction; try extract.precision: fp32"
+            )
+        return out
+
+
+def _progress(total: int, stream: IO[str] | None, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, unit="img", file=stream, disable=stream is None, mininterval=2.0)
 
 
 def extract_features(
@@ -147,48 +212,56 @@ def extract_features(
     progress: IO[str] | None = None,
 ) -> ExtractionResult:
     """Penultimate-layer features for every image, in order, as float32."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    model = backbone.model.to(dev)
-    prep = DevicePreprocess(backbone.preprocess).to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(dev.type, dtype=_AUTOCAST_DTYPES[prec])
-        if prec in _AUTOCAST_DTYPES
-        else contextlib.nullcontext()
-    )
+    extractor = Extractor(backbone, device, precision)
+    with _progress(len(images), progress) as bar:
+        start = time.perf_counter()
+        features = extractor.run(images, batch_size, bar)
+        seconds = time.perf_counter() - start
+    return ExtractionResult(features, seconds, _rate(len(images), seconds), str(extractor.device),
+                            extractor.precision, len(images))
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def extract_sharded(
+    extractor: Extractor,
+    images: np.ndarray,
+    shard_dir: str | os.PathLike,
+    shard_size: int,
+    batch_size: int = 256,
+    progress: IO[str] | None = None,
+) -> ExtractionResult:
+    """Extract in shards of ``shard_size`` images, each saved atomically to ``shard_dir``.
+
+    Shards already in ``shard_dir`` are loaded, not recomputed: a job killed mid-way
+    loses at most the shard in flight. ``shard_dir`` must be specific to everything
+    that defines the features (the caller puts a fingerprint of them in its name).
+    """
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
-    out = np.empty((n, backbone.feature_dim), dtype=np.float32)
-    bar = tqdm(total=n, unit="img", file=progress, disable=progress is None, mininterval=2.0)
-
-    def to_device(start: int) -> torch.Tensor:
-        batch = torch.from_numpy(images[start:start + batch_size])
-        if dev.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(dev, non_blocking=True)
-
-    start_time = time.perf_counter()
-    with torch.inference_mode(), autocast:
-        nxt = to_device(0) if n else None
-        for start in range(0, n, batch_size):
-            batch = nxt
-            if start + batch_size < n:  # queue the next copy while this batch computes
-                nxt = to_device(start + batch_size)
-            x = prep(batch)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            feats = model(x)
-            out[start:start + len(batch)] = feats.float().cpu().numpy()
-            bar.update(len(batch))
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - start_time
-    bar.close()
-    if not np.isfinite(out).all():
-        raise FloatingPointError(
-            f"non-finite features from {prec} extraction; try extract.precision: fp32"
-        )
-    return ExtractionResult(out, seconds, n / seconds if seconds > 0 else float("inf"), str(dev), prec)
+    bounds = [(lo, min(n, lo + shard_size)) for lo in range(0, n, shard_size)]
+    paths = [shard_dir / f"shard-{k:05d}.npy" for k in range(len(bounds))]
+    done = {k for k, path in enumerate(paths) if path.is_file()}
+    if done:
+        logging.info("resuming: %d of %d shards already extracted in %s", len(done), len(paths), shard_dir)
+    out = np.empty((n, extractor.feature_dim), dtype=np.float32)
+    seconds, computed = 0.0, 0
+    with _progress(n, progress, initial=sum(hi - lo for k, (lo, hi) in enumerate(bounds) if k in done)) as bar:
+        for k, ((lo, hi), path) in enumerate(zip(bounds, paths)):
+            if k in done:
+                shard = np.load(path, allow_pickle=False)
+                if shard.shape == (hi - lo, extractor.feature_dim) and shard.dtype == np.float32:
+                    out[lo:hi] = shard
+                    continue
+                logging.warning("%s: shape %s, expected %s; recomputing", path, shard.shape, (hi - lo, extractor.feature_dim))
+            start = time.perf_counter()
+            out[lo:hi] = extractor.run(images[lo:hi], batch_size, bar)
+            seconds += time.perf_counter() - start
+            computed += hi - lo
+            with atomic_write(path) as f:
+                np.save(f, out[lo:hi])
+    return ExtractionResult(out, seconds, _rate(computed, seconds), str(extractor.device), extractor.precision,
+                            computed)

@@ -26,8 +26,12 @@ rule extract_features:
     params:
         network=extract_params,
         batch_size=config["extract"]["batch_size"],
+        shard_size=config["extract"]["shard_size"],
+        compile=config["extract"]["compile"],
         code=CODE["extract"],
     threads: config["extract"]["threads"]
+    resources:
+        gpu=1,
     log:
         "results/logs/extract_features/{network}_{dataset}_{split}.log",
     benchmark:

@@ -1,21 +1,28 @@
-"""Rule extract_features: prepared images of one split -> bottleneck pickle + throughput JSON."""
+"""Rule extract_features: prepared images of one split -> bottleneck pickle + throughput JSON.
 
+Features are computed in shards kept under results/shards/ until the pickle is written,
+so a killed job resumes where it stopped.
+"""
+
+import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 from transfer_lab.bottleneck import Bottleneck, write_bottleneck
 from transfer_lab.datasets import load_prepared
-from transfer_lab.extract import extract_features
+from transfer_lab.devices import claim_device
+from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.networks import load_backbone, preprocess_meta
 
 with log_to(snakemake.log[0]) as log:
-    w, spec = snakemake.wildcards, snakemake.params.network
+    w, spec, params = snakemake.wildcards, snakemake.params.network, snakemake.params
     torch.set_num_threads(snakemake.threads)
-    ds = load_prepared(snakemake.input.dataset)
+    ds = load_prepared(snakemake.input.dataset, mmap=True)
     images, labels = ds.subset(w.split)
     checkpoint = snakemake.input.get("checkpoint")
     backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
@@ -23,19 +30,20 @@ with log_to(snakemake.log[0]) as log:
         "%s (%s, weights %s): %d-d features; preprocessing: %s",
         w.network, spec["arch"], spec["weights"], backbone.feature_dim, backbone.preprocess.describe(),
     )
-    logging.info("extracting %d %s images of %s", len(images), w.split, w.dataset)
-    result = extract_features(
-        backbone, images, batch_size=snakemake.params.batch_size,
-        device=spec["device"], precision=spec["precision"], progress=log,
-    )
-    logging.info(
-        "%.1f s, %.1f images/s on %s (%s)",
-        result.seconds, result.images_per_second, result.device, result.precision,
-    )
+    extractor = Extractor(backbone, claim_device(spec["device"]), spec["precision"], compile=params.compile)
+    logging.info("extracting %d %s images of %s on %s (%s)", len(images), w.split, w.dataset,
+                 extractor.device, extractor.precision)
+    # Shards are only reused by a job with the same definition (params and code).
+    definition = hashlib.sha256(repr((spec, params.code, params.shard_size)).encode()).hexdigest()[:12]
+    shard_root = Path("results/shards") / f"{w.network}_{w.dataset}_{w.split}"
+    result = extract_sharded(extractor, images, shard_root / definition, params.shard_size,
+                             params.batch_size, progress=log)
+    logging.info("%.1f s, %.1f images/s on %s (%s)", result.seconds, result.images_per_second,
+                 result.device, result.precision)
     meta = {
         "network": w.network, "arch": spec["arch"], "weights": spec["weights"],
         "dataset": w.dataset, "split": w.split, "input_size": backbone.preprocess.crop,
-        "layer": "penultimate (classifier removed)", "precision": result.precision,
+        "layer": spec.get("layer") or "penultimate (classifier removed)", "precision": result.precision,
         "feature_dim": backbone.feature_dim,
         **preprocess_meta(backbone.preprocess),
         **{f"version_{k}": v for k, v in spec["versions"].items()},
@@ -43,9 +51,10 @@ with log_to(snakemake.log[0]) as log:
     write_bottleneck(snakemake.output.features, Bottleneck(result.features, labels, ds.class_names, meta))
     metrics = {
         "network": w.network, "dataset": w.dataset, "split": w.split, "n_images": len(images),
-        "seconds": result.seconds, "images_per_second": result.images_per_second,
+        "n_computed": result.n_computed, "seconds": result.seconds, "images_per_second": result.images_per_second,
         "device": result.device, "precision": result.precision,
-        "batch_size": snakemake.params.batch_size, "threads": snakemake.threads,
+        "batch_size": params.batch_size, "threads": snakemake.threads,
     }
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)
+    shutil.rmtree(shard_root, ignore_errors=True)
