@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-extraction resumes: only the missing shards are computed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,7 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     assert killed_in is not None, "extraction finished before two shards were seen"
     split_name = killed_in.parent.name.rsplit("_", 1)[1]
     survivors = sorted(p.name for p in killed_in.glob("shard-*.npy"))
+    survived_images = sum(len(np.load(p)) for p in killed_in.glob("shard-*.npy"))
     target = workdir / f"results/bottleneck/lite0_digits_bottleneck_features_{split_name}.p"
     assert not target.exists()  # nothing half-done looks done
 
@@ -59,6 +61,8 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     rerun = snakemake(workdir)
     log = (workdir / f"results/logs/extract_features/lite0_digits_{split_name}.log").read_text()
     assert f"resuming: {len(survivors)} of " in log, log
+    metrics = json.loads((workdir / f"results/extract/lite0_digits_{split_name}.json").read_text())
+    assert metrics["n_computed"] == metrics["n_images"] - survived_images  # only the rest was computed
     assert not (workdir / "results/shards" / killed_in.parent.name).exists()  # cleaned up once gathered
     features = read_bottleneck(target).features
 
