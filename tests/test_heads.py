@@ -22,7 +22,7 @@ PER_CLASS = {"train": 20, "validation": 10, "test": 10}  # 60 / 30 / 30 images
 
 def config(kind: str, **over) -> dict:
     cfg = {"kind": kind, "epochs": 15, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0,
-           "hidden": 32, "dropout": 0.2, "seed": 0}
+           "hidden": 32, "dropout": 0.2, "seed": 0, "C": None, "c_grid": [0.01, 1.0], "max_iter": 100}
     cfg.update(over)
     return cfg
 
@@ -63,7 +63,7 @@ def test_head_learns_separable_features(splits, kind):
     assert head_file["kind"] == kind
 
 
-@pytest.mark.parametrize("kind", HEAD_KINDS)
+@pytest.mark.parametrize("kind", ["linear", "mlp"])  # the Adam heads; logreg's sweep is tested below
 def test_metrics_contents(splits, kind):
     _, metrics = train(kind, splits, epochs=7)
     assert metrics["head_kind"] == kind
@@ -203,3 +203,55 @@ def test_build_head_unknown_kind_lists_kinds():
     assert "'svm'" in msg
     for kind in HEAD_KINDS:
         assert kind in msg
+
+
+def _logreg_cfg(**kw):
+    return {"kind": "logreg", "C": None, "c_grid": [0.001, 0.01, 0.1, 1.0, 10.0], "max_iter": 300,
+            "epochs": 1, "batch_size": 1, "lr": 0.1, "weight_decay": 0.0, "hidden": 1, "dropout": 0.0,
+            "seed": 0, **kw}
+
+
+def _digits_bottlenecks():
+    """Real, not linearly trivial data: scikit-learn's digits pixels as 'features'."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x, y = d.data.astype(np.float32), d.target.astype(np.int64)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    xtr, xva, ytr, yva = train_test_split(xtr, ytr, test_size=0.25, random_state=0, stratify=ytr)
+    names = [str(i) for i in range(10)]
+    return [Bottleneck(a, b, names, {}) for a, b in ((xtr, ytr), (xva, yva), (xte, yte))]
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_logreg_matches_scikit_learn_within_one_point(C):
+    from sklearn.linear_model import LogisticRegression
+
+    from transfer_lab.heads import fit_logreg, standardisation
+
+    train, validation, test = _digits_bottlenecks()
+    mean, std = standardisation(train.features)
+    xtr, xte = (train.features - mean) / std, (test.features - mean) / std
+    ours = fit_logreg(torch.from_numpy(xtr), torch.from_numpy(train.labels), 10, C, max_iter=500)
+    with torch.no_grad():
+        our_acc = (ours(torch.from_numpy(xte)).argmax(1).numpy() == test.labels).mean()
+    sk = LogisticRegression(C=C, solver="lbfgs", max_iter=5000).fit(xtr, train.labels)
+    assert abs(our_acc - sk.score(xte, test.labels)) <= 0.01, (our_acc, sk.score(xte, test.labels))
+    # Same objective, same optimum: the weights agree too.
+    np.testing.assert_allclose(ours.weight.detach().numpy(), sk.coef_, atol=0.05 * np.abs(sk.coef_).max())
+
+
+def test_logreg_picks_C_on_validation_and_refits_on_train_plus_validation(tmp_path):
+    train, validation, test = _digits_bottlenecks()
+    head_file, metrics = train_head(_logreg_cfg(), train, validation, test)
+    sweep = metrics["curve"]
+    assert [r["C"] for r in sweep] == [0.001, 0.01, 0.1, 1.0, 10.0]
+    best = max(sweep, key=lambda r: r["validation_accuracy"])
+    assert metrics["C"] == best["C"]
+    assert metrics["accuracy"]["validation"] == pytest.approx(best["validation_accuracy"])
+    assert metrics["accuracy"]["test"] > 0.9
+    assert "best_epoch" not in metrics
+    save_head(tmp_path / "h.pt", head_file)
+    head, loaded = load_head(tmp_path / "h.pt")
+    assert loaded["kind"] == "logreg" and isinstance(head, torch.nn.Linear)

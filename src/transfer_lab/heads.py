@@ -20,13 +20,14 @@ from .bottleneck import Bottleneck
 from .devices import resolve_device
 from .files import atomic_write
 
-HEAD_KINDS = ("linear", "mlp")
+HEAD_KINDS = ("linear", "logreg", "mlp")
 
 
 def build_head(cfg: dict, in_dim: int, n_classes: int) -> nn.Module:
-    """``linear``: the lab's single dense softmax layer. ``mlp``: one hidden ReLU layer + dropout."""
+    """``linear`` and ``logreg``: one dense softmax layer (trained by Adam, or by L-BFGS as
+    regularised logistic regression). ``mlp``: one hidden ReLU layer + dropout."""
     kind = cfg["kind"]
-    if kind == "linear":
+    if kind in ("linear", "logreg"):
         return nn.Linear(in_dim, n_classes)
     if kind == "mlp":
         return nn.Sequential(
@@ -61,6 +62,74 @@ def _evaluate(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss, acc
 
 
+def _fit_adam(head: nn.Module, cfg: dict, xtr, ytr, xva, yva) -> tuple[int, list[dict]]:
+    """Mini-batches by indexing resident tensors; keep the epoch with the lowest validation loss."""
+    gen = torch.Generator(device="cpu").manual_seed(cfg["seed"])
+    opt = torch.optim.Adam(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    curve: list[dict] = []
+    best = (float("inf"), 0, copy.deepcopy(head.state_dict()))
+    for epoch in range(1, cfg["epochs"] + 1):
+        head.train()
+        order = torch.randperm(len(xtr), generator=gen).to(xtr.device)
+        total = 0.0
+        for i in range(0, len(order), cfg["batch_size"]):
+            idx = order[i:i + cfg["batch_size"]]
+            loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        val_loss, val_acc = _evaluate(head, xva, yva)
+        curve.append({"epoch": epoch, "train_loss": total / len(xtr),
+                      "validation_loss": val_loss, "validation_accuracy": val_acc})
+        if val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(head.state_dict()))
+    head.load_state_dict(best[2])
+    return best[1], curve
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float, max_iter: int) -> nn.Linear:
+    """Multinomial logistic regression with an L2 penalty on the weights, by full-batch L-BFGS.
+
+    The objective is scikit-learn's ``C * sum(cross-entropy) + ||W||^2 / 2`` divided by
+    ``C * n`` (same minimum, better scaled): the bias is not penalised.
+    """
+    head = nn.Linear(x.shape[1], n_classes).to(x.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    l2 = 1.0 / (2.0 * C * len(x))
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(head(x), y) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn.Linear, float, float, list[dict]]:
+    """The linear-probe protocol: pick C on validation, then refit on train + validation.
+
+    Returns the refitted head, the chosen C, the validation accuracy of the train-only fit
+    at that C (the refitted head has seen validation, so it cannot be scored there), and
+    the sweep.
+    """
+    grid = [cfg["C"]] if cfg.get("C") is not None else list(cfg["c_grid"])
+    sweep, best = [], None
+    for C in grid:
+        head = fit_logreg(xtr, ytr, n_classes, C, cfg["max_iter"])
+        val_loss, val_acc = _evaluate(head, xva, yva)
+        sweep.append({"C": C, "validation_loss": val_loss, "validation_accuracy": val_acc})
+        if best is None or val_acc > best[1]:
+            best = (C, val_acc)
+    final = fit_logreg(torch.cat([xtr, xva]), torch.cat([ytr, yva]), n_classes, best[0], cfg["max_iter"])
+    return final, best[0], best[1], sweep
+
+
 def train_head(
     cfg: dict,
     train: Bottleneck,
@@ -68,10 +137,10 @@ def train_head(
     test: Bottleneck | None = None,
     device: str = "auto",
 ) -> tuple[dict, dict]:
-    """Train with Adam, keep the epoch with the lowest validation loss.
+    """Train a head on standardised features resident on the device (no DataLoader).
 
     Returns the head file's contents (everything needed to apply the head) and its
-    metrics (accuracies, the training curve, seconds).
+    metrics (accuracies, the training curve or C sweep, seconds).
     """
     if train.features.shape[1] != validation.features.shape[1]:
         raise ValueError("train and validation features have different dimensions")
@@ -86,32 +155,18 @@ def train_head(
     xtr, ytr = tensors(train)
     xva, yva = tensors(validation)
     torch.manual_seed(cfg["seed"])
-    gen = torch.Generator(device="cpu").manual_seed(cfg["seed"])
-    head = build_head(cfg, xtr.shape[1], n_classes).to(dev)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    curve: list[dict] = []
-    best = (float("inf"), 0, copy.deepcopy(head.state_dict()))
     start = time.perf_counter()
-    for epoch in range(1, cfg["epochs"] + 1):
-        head.train()
-        order = torch.randperm(len(xtr), generator=gen).to(dev)
-        total = 0.0
-        for i in range(0, len(order), cfg["batch_size"]):
-            idx = order[i:i + cfg["batch_size"]]
-            loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        val_loss, val_acc = _evaluate(head, xva, yva)
-        curve.append({"epoch": epoch, "train_loss": total / len(xtr),
-                      "validation_loss": val_loss, "validation_accuracy": val_acc})
-        if val_loss < best[0]:
-            best = (val_loss, epoch, copy.deepcopy(head.state_dict()))
+    if cfg["kind"] == "logreg":
+        head, C, val_acc, curve = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes)
+        best = {"C": C}
+    else:
+        head = build_head(cfg, xtr.shape[1], n_classes).to(dev)
+        best_epoch, curve = _fit_adam(head, cfg, xtr, ytr, xva, yva)
+        val_acc = _evaluate(head, xva, yva)[1]
+        best = {"best_epoch": best_epoch}
     seconds = time.perf_counter() - start
-    head.load_state_dict(best[2])
 
-    accuracy = {"train": _evaluate(head, xtr, ytr)[1], "validation": _evaluate(head, xva, yva)[1]}
+    accuracy = {"train": _evaluate(head, xtr, ytr)[1], "validation": val_acc}
     counts = {"train": len(ytr), "validation": len(yva)}
     if test is not None:
         accuracy["test"] = _evaluate(head, *tensors(test))[1]
@@ -121,7 +176,7 @@ def train_head(
         "feature_dim": int(xtr.shape[1]),
         "n": counts,
         "accuracy": accuracy,
-        "best_epoch": best[1],
+        **best,
         "train_seconds": seconds,
         "device": str(dev),
         "curve": curve,

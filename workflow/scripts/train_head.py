@@ -13,8 +13,8 @@ with log_to(snakemake.log[0]):
     logging.info("training head %s (%s) on %s/%s: %s", w.head, cfg["kind"], w.network, w.dataset,
                  {k: b.features.shape for k, b in splits.items()})
     head_file, metrics = train_head(cfg, splits["train"], splits["validation"], splits.get("test"))
-    logging.info("accuracy %s, best epoch %d, %.1f s", metrics["accuracy"], metrics["best_epoch"],
-                 metrics["train_seconds"])
+    chosen = {k: metrics[k] for k in ("best_epoch", "C") if k in metrics}
+    logging.info("accuracy %s, %s, %.1f s", metrics["accuracy"], chosen, metrics["train_seconds"])
     meta = splits["train"].meta
     metrics = {"network": w.network, "dataset": w.dataset, "head": w.head,
                "arch": meta.get("arch", ""), "weights": meta.get("weights", ""), **metrics,
