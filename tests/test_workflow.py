@@ -157,7 +157,7 @@ def _break_schema(c):
         # Everything the schema catches is reported at once.
         (_break_schema, [
             "datasets.digits.source: 'mnist' is not valid; valid choices: cifar10, digits, gtsrb, imagefolder",
-            "heads.linear.kind: 'svm' is not valid; valid choices: linear, mlp",
+            "heads.linear.kind: 'svm' is not valid; valid choices: linear, logreg, mlp",
             "heads.mlp.epochs: 'ten' is not of type 'integer'",
         ]),
         (lambda c: c["networks"]["lite0"].update(arch="resnet5"),
