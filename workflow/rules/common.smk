@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 try:
     from transfer_lab.config import ConfigError, load_schema, validate_config
     from transfer_lab.datasets import splits_for
-    from transfer_lab.networks import checkpoint_name, checkpoint_url
+    from transfer_lab.networks import checkpoint_name, checkpoint_url, is_weights_path
     from transfer_lab.provenance import source_hash, tree_fingerprint, versions
 except ImportError as err:
     raise WorkflowError(
@@ -107,7 +107,7 @@ def bottleneck(network, dataset, split):
 def extract_inputs(wildcards):
     inputs = {"dataset": f"results/datasets/{wildcards.dataset}.npz"}
     spec = NETWORKS[wildcards.network]
-    if spec["weights"].endswith((".pth", ".pt")):
+    if is_weights_path(spec["weights"]):
         inputs["weights"] = spec["weights"]  # a local checkpoint: its changes make features stale
     name = checkpoint_name(spec)
     if name:
