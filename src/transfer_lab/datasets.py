@@ -8,8 +8,9 @@ never decodes an image file again: it streams uint8 batches to the device.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ class PreparedDataset:
     labels: np.ndarray
     split: np.ndarray
     class_names: list[str]
+    # Provenance (str/int/float values): source, split seed, library versions. Stored as
+    # one JSON string member, so the file stays free of pickles.
+    meta: dict = field(default_factory=dict)
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels of one split, in their prepared order.
@@ -169,6 +173,7 @@ def save_prepared(ds: PreparedDataset, path: str | os.PathLike) -> None:
             split=ds.split,
             split_names=np.array(SPLITS),
             class_names=np.array(ds.class_names),
+            meta=np.array(json.dumps(ds.meta, sort_keys=True)),
         )
 
 
@@ -212,6 +217,7 @@ def load_prepared(path: str | os.PathLike, mmap: bool = False) -> PreparedDatase
             labels=z["labels"].astype(np.int64),
             split=z["split"],
             class_names=[str(c) for c in z["class_names"]],
+            meta=json.loads(str(z["meta"])) if "meta" in z.files else {},
         )
     if ds.images.dtype != np.uint8 or ds.images.ndim != 4 or ds.images.shape[-1] != 3:
         raise ValueError(

@@ -156,6 +156,8 @@ class Extractor:
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
+        # Lowered when a batch runs out of device memory; None = the caller's batch size.
+        self.max_batch_size: int | None = None
 
     def _autocast(self):
         if self.precision in _AUTOCAST_DTYPES:
@@ -171,32 +173,73 @@ class Extractor:
         return batch.to(self.device, non_blocking=True)
 
     def run(self, images: np.ndarray, batch_size: int, bar: tqdm | None = None) -> np.ndarray:
-        """Features of ``images`` (any array that slices into uint8 NHWC batches), in order."""
+        """Features of ``images`` (any array that slices into uint8 NHWC batches), in order.
+
+        A batch that runs out of device memory is retried at half the batch size (logged),
+        and the smaller size is kept for the rest of this extractor's batches; out of
+        memory at batch size 1 is an error that says what to change.
+        """
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         n = len(images)
         cuda = self.device.type == "cuda"
+        batch_size = min(batch_size, self.max_batch_size or batch_size)
         # Features stay on the device until the end (one copy back, no sync per batch), so
         # the host queues batch after batch while the GPU works; callers bound n by sharding.
         features = torch.empty((n, self.feature_dim), dtype=torch.float32, device=self.device)
         with torch.inference_mode(), self._autocast():
+            start = 0
             nxt = self._to_device(images[:batch_size]) if n else None
-            for start in range(0, n, batch_size):
+            while start < n:
                 batch = nxt
-                if start + batch_size < n:  # queue the next copy while this batch computes
-                    nxt = self._to_device(images[start + batch_size:start + 2 * batch_size])
-                x = self.prep(batch)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                features[start:start + len(batch)] = self.model(x).float()
+                end = start + len(batch)
+                try:
+                    if end < n:  # queue the next copy while this batch computes
+                        nxt = self._to_device(images[end:end + batch_size])
+                    x = self.prep(batch)
+                    if cuda:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    features[start:end] = self.model(x).float()
+                except Exception as err:
+                    if not is_out_of_memory(err):
+                        raise
+                    del batch
+                    nxt = x = None
+                    batch_size = self._smaller_batch(end - start, err)
+                    nxt = self._to_device(images[start:start + batch_size])
+                    continue
                 if bar is not None:
-                    bar.update(len(batch))
+                    bar.update(end - start)
+                start = end
         out = features.cpu().numpy()
         if not np.isfinite(out).all():
             raise FloatingPointError(
                 f"non-finite features from {self.precision} extraction; try extract.precision: fp32"
             )
         return out
+
+    def _smaller_batch(self, failed: int, err: Exception) -> int:
+        """Half the batch that ran out of memory, remembered for later batches."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if failed <= 1:
+            raise RuntimeError(
+                f"out of memory on {self.device} at batch size 1 ({err}); free the device, or use a "
+                "smaller input_size, extract.precision: bf16/fp16, or another device"
+            ) from err
+        smaller = failed // 2
+        logging.warning("out of memory on %s at batch size %d; retrying with batch size %d",
+                        self.device, failed, smaller)
+        self.max_batch_size = smaller
+        return smaller
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or another backend's out-of-memory RuntimeError (MPS, XPU)."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(err, (oom, torch.cuda.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
 
 
 def _progress(total: int, stream: IO[str] | None, initial: int = 0) -> tqdm:

@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import glob
 import io
 import os
 import pickle
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+
+# Test hook (the only one): with this variable set to a glob, ``atomic_write`` of a
+# matching path stops after writing its temporary file, before the rename, until the
+# process is killed. The kill tests use it to SIGKILL a job at an exact point.
+HOLD_ENV = "TRANSFER_LAB_TEST_HOLD_BEFORE_RENAME"
+
+
+def _tmp_pid(tmp: Path) -> int | None:
+    try:
+        return int(tmp.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Drop temporary siblings of ``path`` left by killed writers on this machine.
+
+    Only files whose writer's process id is no longer alive go: never the file of a
+    writer still at work. (A leftover from another node of a cluster stays; it is
+    never mistaken for ``path`` either way.)
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = _tmp_pid(tmp)
+        if pid is None or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive, but another user's
+            pass
 
 
 @contextlib.contextmanager
@@ -15,7 +50,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` and rename it into place only on success.
 
     A job killed mid-write leaves at most a ``.tmp`` file, never a truncated ``path``
-    that a rerun (or Snakemake) would take for finished work.
+    that a rerun (or Snakemake) would take for finished work; the next successful write
+    of ``path`` removes such leftovers. A failed write (disk full, quota, I/O error)
+    removes its temporary file and raises an ``OSError`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,10 +62,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        hold = os.environ.get(HOLD_ENV)
+        if hold and fnmatch.fnmatch(str(path), hold):
+            while True:  # until the test kills this process
+                time.sleep(1)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None and Path(err.filename) != tmp:
+            raise  # about another file (one the body read): its own message names it
+        if err.errno is None:
+            raise OSError(f"cannot write {path}: {err}") from err
+        # OSError(errno, ...) picks the subclass of that errno, as the original had.
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
 
 
 # Globals a pickle of numpy arrays and plain containers may name. Both numpy 1.x

@@ -17,7 +17,7 @@ from transfer_lab.datasets import load_prepared
 from transfer_lab.devices import claim_device
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.files import atomic_write, log_to
-from transfer_lab.networks import load_backbone, preprocess_meta
+from transfer_lab.networks import RANDOM_INIT_SEED, load_backbone, preprocess_meta
 
 with log_to(snakemake.log[0]) as log:
     w, spec, params = snakemake.wildcards, snakemake.params.network, snakemake.params
@@ -45,6 +45,7 @@ with log_to(snakemake.log[0]) as log:
         "dataset": w.dataset, "split": w.split, "input_size": backbone.preprocess.crop,
         "layer": spec.get("layer") or "penultimate (classifier removed)", "precision": result.precision,
         "feature_dim": backbone.feature_dim,
+        "seed": ds.meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,  # split seed; random weights' seed
         **preprocess_meta(backbone.preprocess),
         **{f"version_{k}": v for k, v in spec["versions"].items()},
     }

@@ -16,4 +16,6 @@ with log_to(snakemake.log[0]):
         "%d images %s, %d classes, splits %s",
         len(ds.labels), ds.images.shape[1:], len(ds.class_names), ds.split_sizes(),
     )
+    ds.meta = {"dataset": snakemake.wildcards.dataset, "source": spec["source"], "seed": split_cfg["seed"],
+               **{f"version_{k}": v for k, v in snakemake.params.versions.items()}}
     save_prepared(ds, snakemake.output[0])

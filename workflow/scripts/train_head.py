@@ -6,6 +6,7 @@ import logging
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.heads import save_head, train_head
+from transfer_lab.provenance import versions
 
 with log_to(snakemake.log[0]):
     w, cfg = snakemake.wildcards, snakemake.params.head
@@ -19,6 +20,11 @@ with log_to(snakemake.log[0]):
     metrics = {"network": w.network, "dataset": w.dataset, "head": w.head,
                "arch": meta.get("arch", ""), "weights": meta.get("weights", ""), **metrics,
                "config": cfg}
+    # Seeds and library versions, in both outputs: the head's own, and the features'.
+    run_meta = {"seed": cfg["seed"], "split_seed": meta.get("seed", -1),
+                **{f"version_{k}": v for k, v in versions("torch", "numpy", "scikit-learn").items()}}
+    head_file["meta"] = run_meta
+    metrics["meta"] = {**run_meta, "features": meta}
     save_head(snakemake.output.head, head_file)
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)
