@@ -133,7 +133,11 @@ def test_full_disk_fails_the_job_naming_the_path(tmp_path):
 
 @pytest.fixture(scope="module")
 def backbone():
-    return load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32})
+    # One thread: tiny batches on a busy 2-core machine are many times slower with more.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32})
+    torch.set_num_threads(threads)
 
 
 def _oom_above(backbone, limit: int, monkeypatch) -> list[int]:

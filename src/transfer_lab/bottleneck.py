@@ -55,8 +55,13 @@ def read_bottleneck(path: str | os.PathLike) -> Bottleneck:
         raise ValueError(
             f"{path}: {len(features)} feature rows but labels of shape {labels.shape}"
         )
-    if not np.isfinite(features).all():
-        raise ValueError(f"{path}: features contain NaN or infinite values")
+    finite = np.isfinite(features)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise ValueError(
+            f"{path}: features contain NaN or infinite values ({len(bad)} values, first in row {bad[0][0]}); "
+            "regenerate the file"
+        )
     class_names = [str(c) for c in data.get("class_names", [])] or [
         str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)
     ]

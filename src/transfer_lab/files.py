@@ -94,6 +94,9 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
     ("builtins", "slice"),
     ("builtins", "complex"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),
 }
@@ -109,7 +112,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (
+        # Protocol 0-2 pickles (Python 2's, and Python 3's own) spell builtins '__builtin__'.
+        if (module.replace("__builtin__", "builtins"), name) in _ALLOWED_GLOBALS or (
             module in ("numpy", "numpy.dtypes") and name.endswith("DType")
         ):
             return super().find_class(module, name)

@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,11 +128,25 @@ def check_network(name: str, spec: dict) -> None:
 
 
 def _load_state_dict(path: str) -> dict:
+    """A checkpoint's tensors via ``torch.load(weights_only=True)``: a file that needs more
+    (pickled classes or functions, which plain ``torch.load`` would run) is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's own text is several paragraphs and suggests weights_only=False; keep
+        # the line that says what was refused.
+        lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in str(err).splitlines()]
+        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+        reason = reason.split(". ", 1)[0].rstrip(".")
+        raise ValueError(
+            f"{path}: refused by torch.load(weights_only=True): the checkpoint holds more than tensors "
+            f"({reason}); loading it would run "
+            "code from the file. Save the weights alone, with torch.save(model.state_dict(), path)"
+        ) from err
     except Exception as err:
         raise ValueError(
-            f"{path}: cannot load as a state dict with torch.load(weights_only=True): {err}"
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err}); truncated or "
+            "another format. Expected a state dict saved with torch.save(model.state_dict(), path)"
         ) from err
 
 

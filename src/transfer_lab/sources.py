@@ -144,15 +144,23 @@ def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+# Smaller images hold no picture worth classifying: a 1x1 file in a downloaded folder is
+# a placeholder or a web beacon. 8 is the side of the smallest real images here (digits).
+MIN_IMAGE_SIDE = 8
+
+
 def _open_image(path: Path):
     """A fully decoded PIL image, or a :class:`DatasetError` naming the file."""
     from PIL import Image
 
     image = None
     try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{path}: empty file (0 bytes), not an image; replace or remove the file")
         image = Image.open(path)
         image.load()  # decodes, and closes the file of a single-frame image
-        return image
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except Exception as err:  # PIL raises many types for corrupt or truncated files
@@ -161,6 +169,14 @@ def _open_image(path: Path):
         raise DatasetError(
             f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove the file"
         ) from err
+    width, height = image.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        image.close()
+        raise DatasetError(
+            f"{path}: a {width}x{height} image; images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+            "pixels (a placeholder or tracking pixel?); replace or remove the file"
+        )
+    return image
 
 
 def _read_images(paths: list[Path], size: int, fit: str, boxes=None, what: str = "images") -> np.ndarray:
@@ -248,15 +264,16 @@ def fetch_cifar10(dest_folder: Path) -> Path:
     dest_folder = Path(dest_folder)
     dest = dest_folder / CIFAR10_ARCHIVE
     expected = CIFAR10_MD5
+    place = (
+        f"download {CIFAR10_ARCHIVE} from {CIFAR10_URL} on a machine with network access and "
+        f"place it in {dest_folder.resolve()}{os.sep} (md5 {expected}), then rerun"
+    )
     if dest.is_file():
         found = _md5(dest)
         if found == expected:
             return dest
         log.warning("%s: md5 %s, expected %s; downloading it again", dest, found, expected)
-    place = (
-        f"download {CIFAR10_ARCHIVE} from {CIFAR10_URL} on a machine with network access and "
-        f"place it in {dest_folder.resolve()}{os.sep} (md5 {expected}), then rerun"
-    )
+        place = f"the {dest} in place has md5 {found}, not {expected} (truncated or another file): " + place
     dest_folder.mkdir(parents=True, exist_ok=True)
     tmp = dest_folder / f".{CIFAR10_ARCHIVE}.part-{os.getpid()}"
     digest = hashlib.md5()
@@ -301,6 +318,24 @@ def _find_cifar10(root: Path) -> Path | None:
     return None
 
 
+def _check_member(source: Path, member: tarfile.TarInfo) -> None:
+    """Refuse an archive member that only a crafted archive has: a path that is absolute
+    or climbs out with '..', or a link (a reader must get the bytes it names, nothing
+    else). Nothing in this project extracts archives; members are read by name."""
+    parts = member.name.replace("\\", "/").split("/")
+    if member.name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
+        raise DatasetError(
+            f"{source}: refused archive member {member.name!r}: an absolute path or '..' in a member "
+            f"name is the mark of a crafted archive. Use the official {CIFAR10_ARCHIVE} from {CIFAR10_URL}"
+        )
+    if not member.isfile():
+        kind = "a link to " + repr(member.linkname) if member.issym() or member.islnk() else "not a regular file"
+        raise DatasetError(
+            f"{source}: refused archive member {member.name!r}: {kind}. Use the official "
+            f"{CIFAR10_ARCHIVE} from {CIFAR10_URL}"
+        )
+
+
 def _cifar10_members(source: Path) -> dict[str, tuple[str, bytes]]:
     """member name -> (where, for messages; raw bytes) for each batch file, read straight from the
     tarball (one pass, nothing extracted) or from the extracted folder."""
@@ -318,12 +353,20 @@ def _cifar10_members(source: Path) -> dict[str, tuple[str, bytes]]:
         with tarfile.open(source, "r:*") as tar:
             for member in tar:
                 name = member.name.rstrip("/").rsplit("/", 1)[-1]
-                if member.isfile() and name in CIFAR10_MEMBERS and name not in found:
-                    found[name] = (f"{source}:{member.name}", tar.extractfile(member).read())
+                if name not in CIFAR10_MEMBERS:
+                    continue
+                _check_member(source, member)
+                if name in found:
+                    raise DatasetError(
+                        f"{source}: two members named {name} ({found[name][0].rsplit(':', 1)[-1]} and "
+                        f"{member.name}); the official {CIFAR10_ARCHIVE} has one. Use the official archive"
+                    )
+                found[name] = (f"{source}:{member.name}", tar.extractfile(member).read())
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DatasetError(
-            f"{source}: not a readable tar.gz archive ({type(err).__name__}: {err}); expected the official "
-            f"{CIFAR10_ARCHIVE} (md5 {CIFAR10_MD5}) from {CIFAR10_URL}"
+            f"{source}: not a readable tar.gz archive ({type(err).__name__}: {err}); truncated (an "
+            f"interrupted download?) or another file. Replace it with the official {CIFAR10_ARCHIVE} "
+            f"(md5 {CIFAR10_MD5}) from {CIFAR10_URL}"
         ) from err
     missing = [m for m in CIFAR10_MEMBERS if m not in found]
     if missing:
