@@ -447,8 +447,8 @@ def test_config_naming_files_that_do_not_exist_through_snakemake(tmp_path):
 
 
 def _code_files():
-    for folder in ("src", "workflow"):
-        for path in sorted((REPO / folder).rglob("*")):
+    for folder in ("src", "workflow", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*")) if (REPO / folder).is_dir() else []:
             if path.suffix in (".py", ".smk"):
                 yield path
     yield REPO / "Snakefile"
