@@ -251,9 +251,12 @@ def uninterrupted(tmp_path_factory) -> Path:
     return workdir
 
 
-def _killed_at(workdir: Path, pattern: str, timeout: float = 300) -> list[Path]:
+def _killed_at(workdir: Path, pattern: str, unlock: bool = False, timeout: float = 300) -> list[Path]:
     """Run the workflow until a job is writing a file matching ``pattern`` (held there by
-    the test hook), then SIGKILL Snakemake and all its jobs. Returns the temporary files seen."""
+    the test hook), then SIGKILL Snakemake and all its jobs. Returns the temporary files seen.
+
+    ``unlock``: then run ``snakemake --unlock`` as a user does; otherwise remove the lock
+    files it would remove (each Snakemake start costs seconds of imports)."""
     env = dict(os.environ, PYTHONPATH=str(workdir / "src"), **{files.HOLD_ENV: pattern})
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", "--rerun-incomplete"],
@@ -276,7 +279,14 @@ def _killed_at(workdir: Path, pattern: str, timeout: float = 300) -> list[Path]:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert held, f"no job reached a write of {pattern} (snakemake exited {proc.returncode})"
-    snakemake(workdir, "--unlock")  # what the user runs after a kill, then the same command again
+    locks = workdir / ".snakemake/locks"
+    assert list(locks.iterdir()), "a killed Snakemake leaves its locks"
+    if unlock:
+        snakemake(workdir, "--unlock")  # what the user runs after a kill, then the same command again
+        assert not locks.exists() or not list(locks.iterdir())
+    else:
+        for lock in locks.iterdir():
+            lock.unlink()
     return held
 
 
@@ -327,7 +337,7 @@ def test_killed_at_any_point_the_rerun_gives_the_uninterrupted_results(uninterru
     assert not (results / "bottleneck/lite0_digits_bottleneck_features_train.p").exists()
 
     # 4. Head training: the head file written, its metrics not yet.
-    _killed_at(workdir, "results/heads/*.json")
+    _killed_at(workdir, "results/heads/*.json", unlock=True)
     assert list(results.glob("heads/*.pt")) and not list(results.glob("heads/*.json"))
 
     snakemake(workdir, "--rerun-incomplete")
