@@ -123,6 +123,27 @@ def test_checkpoint_that_would_run_a_command_is_refused_and_nothing_runs(tmp_pat
     assert not marker.exists()
 
 
+def test_hostile_file_under_a_torchvision_checkpoint_name_is_refused_and_nothing_runs(tmp_path):
+    """torchvision itself loads cached checkpoints with weights_only=False; a file a user
+    placed in the cache (or resources/weights/checkpoints/) under the official name must
+    still load weights-only."""
+    from torchvision.models import ResNet18_Weights
+
+    name = ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[1]
+    marker = tmp_path / "pwned"
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"fc.weight": torch.zeros(2, 2), "extra": _RunsACommand(marker)}, tmp_path / "checkpoints" / name)
+    raises_exactly(
+        ValueError,
+        f"{tmp_path / 'checkpoints' / name}: refused by torch.load(weights_only=True): the checkpoint holds more "
+        f"than tensors; loading it would run code from the file. Delete it and place the official {name} from "
+        f"{ResNet18_Weights.DEFAULT.url} there",
+        load_backbone, {"arch": "resnet18", "weights": "DEFAULT"}, tmp_path,
+    )
+    assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # set only while loading
+
+
 def test_truncated_checkpoint(tmp_path):
     path = tmp_path / "cut.pth"
     torch.save({"w": torch.zeros(100)}, path)

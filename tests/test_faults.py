@@ -310,7 +310,9 @@ def test_runs_of_the_same_config_are_byte_identical(uninterrupted, tmp_path):
     bottleneck = read_bottleneck(again / f"results/bottleneck/{lite0}_digits_bottleneck_features_train.p").meta
     head = load_head(again / f"results/heads/{lite0}_digits_linear.pt")[1]["meta"]
     metrics = json.loads((again / f"results/heads/{lite0}_digits_linear.json").read_text())["meta"]
-    for meta in (dataset, bottleneck, head, metrics):
+    extraction = json.loads((again / f"results/extract/{lite0}_digits_train.json").read_text())["meta"]
+    assert extraction["seed"] == 0 and extraction["init_seed"] == bottleneck["init_seed"]
+    for meta in (dataset, bottleneck, head, metrics, extraction):
         assert meta["version_torch"].split("+")[0] == torch.__version__.split("+")[0]
         assert meta["version_numpy"] == np.__version__ and meta["version_scikit-learn"]
     assert dataset["seed"] == bottleneck["seed"] == head["split_seed"] == 0

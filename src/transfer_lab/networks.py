@@ -327,6 +327,13 @@ def _torchvision_backbone(
         model = get_model(model_name, weights=tv_weights, **kwargs)
     except OSError as err:  # URLError and friends: no network
         raise _offline_hint(tv_weights.url, err) from err
+    except pickle.UnpicklingError as err:  # refused under weights_only_loads()
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(tv_weights.url).name
+        raise ValueError(
+            f"{cached}: refused by torch.load(weights_only=True): the checkpoint holds more than tensors; "
+            f"loading it would run code from the file. Delete it and place the official {Path(tv_weights.url).name} "
+            f"from {tv_weights.url} there"
+        ) from err
     if getattr(model, "aux_logits", False):
         model.aux_logits = False  # eval() ignores them anyway; drop them from memory
         for aux in ("AuxLogits", "aux1", "aux2"):
@@ -382,6 +389,25 @@ def _select_layer(model: nn.Module, layer: str, arch: str, crop: int) -> tuple[n
     return pooled, int(dim)
 
 
+@contextlib.contextmanager
+def weights_only_loads():
+    """Make every ``torch.load`` inside ``weights_only=True``, also those of libraries.
+
+    torchvision loads its checkpoints (from the hub cache, where users place files by
+    hand when offline) with ``weights_only=False``; torch's own switch overrides that.
+    """
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
 def load_backbone(spec: dict, checkpoint_dir: str | os.PathLike | None = None) -> Backbone:
     """A frozen backbone in ``eval()`` mode (BatchNorm uses running statistics).
 
@@ -391,7 +417,7 @@ def load_backbone(spec: dict, checkpoint_dir: str | os.PathLike | None = None) -
     library, model_name = parse_arch(spec["arch"])
     weights = spec.get("weights", "DEFAULT")
     torch.manual_seed(RANDOM_INIT_SEED)
-    with hub_dir(checkpoint_dir):
+    with hub_dir(checkpoint_dir), weights_only_loads():
         if library == "timm":
             backbone = _timm_backbone(model_name, weights, spec.get("input_size"), spec.get("layer"))
         else:

@@ -55,6 +55,7 @@ with log_to(snakemake.log[0]) as log:
         "n_computed": result.n_computed, "seconds": result.seconds, "images_per_second": result.images_per_second,
         "device": result.device, "precision": result.precision,
         "batch_size": params.batch_size, "threads": snakemake.threads,
+        "meta": {k: v for k, v in meta.items() if k in ("seed", "init_seed") or k.startswith("version_")},
     }
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)
