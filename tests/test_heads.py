@@ -84,6 +84,15 @@ def test_metrics_contents(splits, kind):
         curve[metrics["best_epoch"] - 1]["validation_accuracy"])
     assert metrics["train_seconds"] >= 0
     assert metrics["device"] == "cpu"
+    assert metrics["method"] == "features"
+    assert metrics["class_names"] == ["a", "b", "c"]
+    for split, n in metrics["n"].items():
+        cm = np.array(metrics["confusion_matrix"][split])
+        assert cm.shape == (N_CLASSES, N_CLASSES) and cm.sum() == n
+        assert np.trace(cm) / n == pytest.approx(metrics["accuracy"][split])
+        per_class = metrics["per_class_accuracy"][split]
+        assert list(per_class) == ["a", "b", "c"]
+        assert [per_class[c] for c in "abc"] == pytest.approx(np.diag(cm) / cm.sum(axis=1))
 
 
 def test_no_test_split_gives_no_test_metrics(splits):
@@ -194,6 +203,26 @@ def test_build_head_shapes():
     assert mlp.eval()(x).shape == (4, N_CLASSES)
     assert mlp[0].out_features == 7
     assert isinstance(linear, torch.nn.Linear)
+
+
+def test_mlp_with_two_hidden_layers_trains_and_round_trips(splits, tmp_path):
+    net = build_head(config("mlp", hidden=[16, 8]), DIM, N_CLASSES)
+    widths = [m.out_features for m in net if isinstance(m, torch.nn.Linear)]
+    assert widths == [16, 8, N_CLASSES]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in net) == 2
+    head_file, metrics = train("mlp", splits, hidden=[16, 8])
+    assert metrics["accuracy"]["test"] >= 0.9
+    save_head(tmp_path / "h.pt", head_file)
+    loaded, _ = load_head(tmp_path / "h.pt")
+    assert [m.out_features for m in loaded if isinstance(m, torch.nn.Linear)] == widths
+
+
+def test_logreg_scores_validation_with_the_train_only_fit(splits):
+    """The refit has seen validation: its validation confusion matrix must come from the
+    train-only fit, so validation accuracy equals the sweep's entry for the chosen C."""
+    _, metrics = train("logreg", splits)
+    chosen = next(s for s in metrics["curve"] if s["C"] == metrics["C"])
+    assert metrics["accuracy"]["validation"] == pytest.approx(chosen["validation_accuracy"])
 
 
 def test_build_head_unknown_kind_lists_kinds():

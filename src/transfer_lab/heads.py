@@ -18,24 +18,31 @@ from torch.nn import functional as F
 
 from .bottleneck import Bottleneck
 from .devices import resolve_device
+from .evaluation import classification_metrics
 from .files import atomic_write
 
 HEAD_KINDS = ("linear", "logreg", "mlp")
 
 
+def hidden_sizes(cfg: dict) -> list[int]:
+    """``hidden: 512`` is one hidden layer, ``hidden: [512, 256]`` two."""
+    hidden = cfg["hidden"]
+    return [int(hidden)] if isinstance(hidden, int) else [int(h) for h in hidden]
+
+
 def build_head(cfg: dict, in_dim: int, n_classes: int) -> nn.Module:
     """``linear`` and ``logreg``: one dense softmax layer (trained by Adam, or by L-BFGS as
-    regularised logistic regression). ``mlp``: one hidden ReLU layer + dropout."""
+    regularised logistic regression). ``mlp``: one or more hidden ReLU layers, each
+    followed by dropout."""
     kind = cfg["kind"]
     if kind in ("linear", "logreg"):
         return nn.Linear(in_dim, n_classes)
     if kind == "mlp":
-        return nn.Sequential(
-            nn.Linear(in_dim, cfg["hidden"]),
-            nn.ReLU(),
-            nn.Dropout(cfg["dropout"]),
-            nn.Linear(cfg["hidden"], n_classes),
-        )
+        layers: list[nn.Module] = []
+        for width in hidden_sizes(cfg):
+            layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(cfg["dropout"])]
+            in_dim = width
+        return nn.Sequential(*layers, nn.Linear(in_dim, n_classes))
     raise ValueError(f"unknown head kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")
 
 
@@ -111,12 +118,11 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, C: float, max_i
     return head
 
 
-def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn.Linear, float, float, list[dict]]:
+def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn.Linear, float, nn.Linear, list[dict]]:
     """The linear-probe protocol: pick C on validation, then refit on train + validation.
 
-    Returns the refitted head, the chosen C, the validation accuracy of the train-only fit
-    at that C (the refitted head has seen validation, so it cannot be scored there), and
-    the sweep.
+    Returns the refitted head, the chosen C, the train-only fit at that C (the refitted
+    head has seen validation, so validation is scored with this one), and the sweep.
     """
     grid = [cfg["C"]] if cfg.get("C") is not None else list(cfg["c_grid"])
     sweep, best = [], None
@@ -125,9 +131,15 @@ def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn
         val_loss, val_acc = _evaluate(head, xva, yva)
         sweep.append({"C": C, "validation_loss": val_loss, "validation_accuracy": val_acc})
         if best is None or val_acc > best[1]:
-            best = (C, val_acc)
+            best = (C, val_acc, head)
     final = fit_logreg(torch.cat([xtr, xva]), torch.cat([ytr, yva]), n_classes, best[0], cfg["max_iter"])
-    return final, best[0], best[1], sweep
+    return final, best[0], best[2], sweep
+
+
+def _predict(head: nn.Module, x: torch.Tensor) -> np.ndarray:
+    head.eval()
+    with torch.no_grad():
+        return head(x).argmax(1).cpu().numpy()
 
 
 def train_head(
@@ -157,25 +169,26 @@ def train_head(
     torch.manual_seed(cfg["seed"])
     start = time.perf_counter()
     if cfg["kind"] == "logreg":
-        head, C, val_acc, curve = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes)
+        head, C, validation_head, curve = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes)
         best = {"C": C}
     else:
         head = build_head(cfg, xtr.shape[1], n_classes).to(dev)
         best_epoch, curve = _fit_adam(head, cfg, xtr, ytr, xva, yva)
-        val_acc = _evaluate(head, xva, yva)[1]
+        validation_head = head
         best = {"best_epoch": best_epoch}
     seconds = time.perf_counter() - start
 
-    accuracy = {"train": _evaluate(head, xtr, ytr)[1], "validation": val_acc}
-    counts = {"train": len(ytr), "validation": len(yva)}
+    predictions = {
+        "train": (_predict(head, xtr), train.labels),
+        "validation": (_predict(validation_head, xva), validation.labels),
+    }
     if test is not None:
-        accuracy["test"] = _evaluate(head, *tensors(test))[1]
-        counts["test"] = len(test.labels)
+        predictions["test"] = (_predict(head, tensors(test)[0]), test.labels)
     metrics = {
+        "method": "features",
         "head_kind": cfg["kind"],
         "feature_dim": int(xtr.shape[1]),
-        "n": counts,
-        "accuracy": accuracy,
+        **classification_metrics(predictions, train.class_names),
         **best,
         "train_seconds": seconds,
         "device": str(dev),
