@@ -258,7 +258,7 @@ def test_html_and_report_summary(table, tmp_path):
     assert page.startswith("<!doctype html>") and "<b>95.0%</b>" in page and "<b>mlp</b>" in page
     from docutils.core import publish_parts
 
-    body = publish_parts(paths["rst"].read_text(), writer_name="html",
+    body = publish_parts(paths["rst"].read_text(), writer="html",
                          settings_overrides={"halt_level": 2})["html_body"]
     assert "<strong>95.0%</strong>" in body and "<table" in body
     assert "digits: resnet (resnet50, mlp head on its features)" in body
