@@ -16,7 +16,8 @@ def read_json(paths):
 
 
 with log_to(snakemake.log[0]):
-    table = comparison_table(read_json(snakemake.input.heads), read_json(snakemake.input.extract))
+    table = comparison_table(read_json(snakemake.input.heads) + read_json(snakemake.input.finetune),
+                             read_json(snakemake.input.extract))
     write_table(table, snakemake.output.csv, snakemake.output.md)
     plot_comparison(table, snakemake.output.png)
     logging.info("%d rows\n%s", len(table), table.to_string())
