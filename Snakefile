@@ -34,6 +34,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/heads.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:

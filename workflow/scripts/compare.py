@@ -24,7 +24,7 @@ def read_json(paths):
 
 with log_to(snakemake.log[0]):
     out = snakemake.output
-    metrics = read_json(snakemake.input.heads)
+    metrics = read_json(snakemake.input.heads) + read_json(snakemake.input.finetune)
     table = comparison_table(metrics, read_json(snakemake.input.extract), snakemake.params.datasets)
     write_table(table, out.csv, out.md, out.html, out.summary)
     plot_comparison(table, out.png)
