@@ -212,6 +212,9 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     for column in ("network", "dataset", "arch", "weights", "feature_dim", "n_train", "n_validation"):
         assert rows.loc["finetune", column] == rows.loc["linear", column], column
     assert rows.loc["finetune", "validation_accuracy"] > 0.2  # chance: 0.1
+    assert rows.loc["finetune", "method"] == "finetune" and rows.loc["linear", "method"] == "features"
+    assert pd.isna(rows.loc["finetune", "images_per_second"])  # extraction cost is the heads' alone
+    assert rows["best"].sum() == 1  # one best classifier for the (network, dataset), either method
     metrics = json.loads((workdir / "results/finetune/lite0_digits.json").read_text())
     assert metrics["head"] == "finetune" and metrics["method"] == "finetune"
     assert len(metrics["curve"]) == 1 and metrics["config"]["backbone_lr"] == 0.0001
