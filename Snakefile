@@ -35,6 +35,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/heads.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:
