@@ -19,7 +19,7 @@ from transfer_lab.datasets import load_prepared
 from transfer_lab.extract import resize_matrix
 from transfer_lab.heads import load_head
 from transfer_lab.images import NoImagesError, find_images
-from transfer_lab.predict import Storage, StorageResize, bicubic_rows
+from transfer_lab.predict import PredictError, Storage, StorageResize, bicubic_rows, load_predictor
 from transfer_lab.sources import to_storage
 
 # --- the storage resize, in torch, against PIL ------------------------------------------
@@ -141,40 +141,49 @@ def test_training_images_get_the_class_evaluation_gave_them(built):
         assert abs(float(row["probability"]) - float(evaluated[i].max())) < 1e-3
 
 
-def _cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
-    return subprocess.run([sys.executable, "-m", "transfer_lab", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.integration
-def test_command_line_predict_matches_the_workflow(built):
+def test_command_line_predict_matches_the_workflow(built, tmp_path):
     workdir, _ = built
-    head = "results/heads/lite0_digits_linear.pt"
-    out = _cli(workdir, "predict", "--head", head, "new/", "--csv", "--top-k", "2", "--device", "cpu")
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+    out = subprocess.run(
+        [sys.executable, "-m", "transfer_lab", "predict", "--head", "results/heads/lite0_digits_linear.pt", "new/",
+         "--top-k", "2", "--device", "cpu", "-o", str(tmp_path / "cli.csv")],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "1 of 9 images could not be read" in out.stderr
-    cli_rows = _rows(out.stdout)
+    table = out.stdout.splitlines()
+    assert table[0].split() == ["image", "predicted", "probability", "runners-up"] and len(table) == 10
+    assert "error: new/broken.png: not a readable image" in out.stdout
+    cli_rows = _rows((tmp_path / "cli.csv").read_text())
     rule_rows = _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())
     assert [(r["path"], r["predicted"], r["class_2"]) for r in cli_rows] == \
         [(r["path"], r["predicted"], r["class_2"]) for r in rule_rows]
     for a, b in zip(cli_rows, rule_rows):
         if not a["error"]:
             assert abs(float(a["probability"]) - float(b["probability"])) < 1e-5
-    table = _cli(workdir, "predict", "--head", head, "new/train_0.png", "new/broken.png")
-    assert table.returncode == 0
-    assert table.stdout.splitlines()[0].split() == ["image", "predicted", "probability", "runners-up"]
-    assert "error: new/broken.png: not a readable image" in table.stdout
+            assert f"{a['predicted']}  " in next(line for line in table if line.startswith(a["path"]))
 
 
 @pytest.mark.integration
 def test_head_of_another_network_is_refused_naming_both(built):
     workdir, _ = built
-    out = _cli(workdir, "predict", "--head", "results/heads/lite0_digits_linear.pt", "--network", "resnet",
-               "new/train_0.png")
-    assert out.returncode == 2
-    assert "trained on the features of network 'lite0'" in out.stderr
-    assert "not of the requested network 'resnet'" in out.stderr
+    head = workdir / "results/heads/lite0_digits_linear.pt"
+    with pytest.raises(PredictError, match=r"features of network 'lite0' .* not of the requested network 'resnet'"):
+        load_predictor(head, network="resnet")
+    changed = {"networks": {"lite0": {**TINY["networks"]["lite0"], "input_size": 64}}, "datasets": TINY["datasets"]}
+    with pytest.raises(PredictError, match=r"trained on network 'lite0' as .*input 32.* is now .*input 64"):
+        load_predictor(head, network="lite0", config=changed)
+    with pytest.raises(PredictError, match="cannot tell the storage size of dataset 'digits'"):
+        load_predictor(head, config={"datasets": {}})
+
+
+@pytest.mark.integration
+def test_snakemake_predict_says_what_to_set(built):
+    workdir, _ = built
+    run = snakemake(workdir, "-n", "predict", check=False)
+    assert run.returncode != 0 and "predict: set predict.images to image files, folders or glob patterns" in run.output
+    run = snakemake(workdir, "-n", "predict", "--config", "predict={images: new/, head: nope}", check=False)
+    assert "predict.head: 'nope' is not in heads; valid: linear" in run.output
 
 
 FRESH = """
@@ -196,7 +205,7 @@ print(json.dumps({"class_names": info["class_names"], "input": info["input"], "p
 @pytest.mark.integration
 def test_exported_model_reproduces_predict_in_a_fresh_process(built, tmp_path):
     from transfer_lab.images import read_image
-    from transfer_lab.predict import load_predictor, predict_files
+    from transfer_lab.predict import predict_files
 
     workdir, _ = built
     exported = workdir / "results/export/lite0_digits_linear.pt2"

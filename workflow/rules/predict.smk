@@ -17,6 +17,9 @@ rule predict:
         device=config["extract"]["device"],
         code=CODE["predict"],
         versions=VERSIONS,
+    threads: config["extract"]["threads"]
+    resources:
+        gpu=1,  # extract.device auto: the GPU when there is one
     log:
         f"results/logs/predict/{PREDICT_NAME}.log",
     benchmark:
