@@ -100,11 +100,15 @@ def test_profile_declares_one_gpu_for_every_gpu_rule_and_fetch_rules_are_local()
     assert {"fetch_dataset", "fetch_weights"} <= declared
 
 
-def ci_profile(dest: Path) -> Path:
+def ci_profile(dest: Path, gres: str | None = None) -> Path:
     """profiles/slurm with what this one-node cluster needs, its GPU requests untouched:
     small memory and time limits, squeue for status (no accounting database), fast polling,
-    no account, and the plugin's per-job logs kept as evidence."""
+    no account, and the plugin's per-job logs kept as evidence. ``gres``: switch the GPU
+    rules to the gres: style, as the profile's comments say."""
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    if gres:
+        for rule in GPU_RULES:
+            profile["set-resources"][rule].update(gpu=0, gres=gres)
     for resources in [profile["default-resources"], *profile["set-resources"].values()]:
         for key, value in {"mem_mb": 1000, "runtime": 30}.items():
             if key in resources:
@@ -165,8 +169,10 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
     for job in jobs:
         rule = rule_of(job["Comment"])
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
-        # SLURM allocated one GPU to each extraction job, none to the CPU rules.
-        assert job["JOB_GRES"].strip() == ("gpu:1" if rule in GPU_RULES else "(null)"), (rule, job)
+        # SLURM allocated one GPU to each extraction job (asked with --gpus=1), none to the
+        # CPU rules.
+        assert job["JOB_GRES"] == ("gpu:1" if rule in GPU_RULES else "(null)"), (rule, job)
+        assert job.get("TresPerJob") == ("gres:gpu:1" if rule in GPU_RULES else None), (rule, job)
     # profiles/default allows as many GPU jobs at once as this machine has GPUs (one on CI), yet
     # extraction jobs ran at the same time on the cluster: gpu is a local-scope resource.
     extract = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]) == "extract_features"]
@@ -187,3 +193,28 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
         pd.read_csv(on_slurm / "results/comparison.csv")[columns],
         pd.read_csv(local / "results/comparison.csv")[columns],
     )
+
+
+@pytest.mark.integration
+def test_gres_style_requests_the_gpu_with_gres(cluster, tmp_path):
+    """The profile's gres: alternative (gpu: 0, gres: "gpu:1") reaches sbatch as --gres.
+    A one-rule workflow named like the real one keeps this quick (no torch start-up)."""
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(
+        'rule extract_features:\n'
+        '    output: "visible.txt"\n'
+        '    resources: gpu=1\n'
+        '    shell: "echo $CUDA_VISIBLE_DEVICES > {output}"\n'
+    )
+    profile = ci_profile(tmp_path / "ci-profile", gres="gpu:1")
+    run = snakemake(workdir, "--profile", str(profile), "--verbose", "--workflow-profile", "none", check=False)
+    if run.returncode:
+        pytest.fail(f"snakemake on SLURM failed ({run.returncode}):\n{run.output[-5000:]}\n{cluster.log_tail()}")
+    assert re.search(r"sbatch call: sbatch .* --gres=gpu:1 ", run.output), run.output[-3000:]
+    assert "--gpus" not in run.output
+    [job] = [j for j in cluster.jobs() if j.get("WorkDir") == str(workdir)]
+    assert job["JobState"] == "COMPLETED" and job["JOB_GRES"] == "gpu:1", job
+    assert job.get("TresPerNode") == "gres:gpu:1", job
+    # SLURM hands the job its GPU the way real clusters do.
+    assert (workdir / "visible.txt").read_text().strip().isdigit()
