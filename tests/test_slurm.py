@@ -49,22 +49,24 @@ def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
 
 @pytest.mark.integration
 def test_dry_run_requests_one_gpu_per_extraction_job_and_none_for_cpu_rules(tmp_path):
-    """The profile as shipped, on a grid with both fetch rules: nothing needs a cluster."""
+    """The profile as shipped, on a grid with both fetch rules and fine-tuning: nothing
+    needs a cluster."""
     workdir = copy_workflow(tmp_path / "wd")
     write_config(workdir, {
         **SMALL,
         "networks": {**SMALL["networks"], "resnet": {"arch": "resnet18", "weights": "DEFAULT"}},
         "datasets": {**SMALL["datasets"], "cifar10": {"source": "cifar10", "download": True}},
+        "finetune": {"networks": ["lite0"], "datasets": ["digits"]},
     })
     run = snakemake(workdir, "-n", "--profile", str(REPO / "profiles/slurm"))
     assert "Using profiles" in run.output and "profiles/slurm" in run.output
     jobs = dry_run_jobs(run.output)
     assert Counter(rule for rule, _ in jobs) == {
         "fetch_dataset": 1, "fetch_weights": 1, "prepare_dataset": 2,
-        "extract_features": 12, "train_head": 4, "compare": 1,
+        "extract_features": 12, "train_head": 4, "finetune": 1, "compare": 1,
     }
     for rule, resources in jobs:
-        if rule == "extract_features":
+        if rule in GPU_RULES:
             assert resources.get("gpu") == "1", resources
             assert "gres" not in resources, resources
         else:
@@ -87,9 +89,8 @@ def test_default_profile_allows_one_gpu_job_per_gpu_torch_sees(monkeypatch, visi
 
 
 def test_profile_declares_one_gpu_for_every_gpu_rule_and_fetch_rules_are_local():
-    """finetune lands from another branch; Snakemake ignores set-resources for rules it
-    does not know, so declaring it here is safe either way. A dry run cannot show which
-    jobs are local (the dry-run executor is local), so the declarations are read instead."""
+    """A dry run cannot show which jobs are local (the dry-run executor is local), so the
+    declarations are read instead."""
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
     requested = {rule for rule, res in profile["set-resources"].items() if res.get("gpu") == 1}
