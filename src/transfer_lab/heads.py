@@ -123,12 +123,22 @@ def fit_logreg(
             head.load_state_dict(init.state_dict())
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
                             tolerance_grad=tol, tolerance_change=1e-10, line_search_fn="strong_wolfe")
-    l2 = 1.0 / (2.0 * C * len(x))
+    n = len(x)
+    l2 = 1.0 / (2.0 * C * n)
+    rows = torch.arange(n, device=x.device)
 
     def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(head(x), y) + l2 * head.weight.pow(2).sum()
-        loss.backward()
+        # The gradient by hand rather than by autograd: the backward of a linear layer forms
+        # x^T @ grad, an orientation that ran 5x slower on the CPU than grad^T @ x below
+        # (torch 2.14, 40,000 x 2048 features), and this product is most of each evaluation.
+        with torch.no_grad():
+            log_p = torch.log_softmax(torch.addmm(head.bias, x, head.weight.T), dim=1)
+            loss = -log_p[rows, y].mean() + l2 * head.weight.pow(2).sum()
+            residual = log_p.exp_()
+            residual[rows, y] -= 1.0
+            residual /= n
+            head.weight.grad = residual.T @ x + (2.0 * l2) * head.weight
+            head.bias.grad = residual.sum(dim=0)
         if history is not None:
             history.append(loss.item())
         return loss
