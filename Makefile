@@ -25,7 +25,8 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 report: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
 
 clean:
 	rm -rf results .snakemake

@@ -17,6 +17,10 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 
 
+# `snakemake --report results/report.html`: this page first, then every report() output.
+report: "workflow/report/workflow.rst"
+
+
 # Names join with '_' in file names; matching only configured names keeps them apart.
 wildcard_constraints:
     network=alternatives(NETWORKS),
@@ -30,6 +34,8 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/heads.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:

@@ -22,3 +22,16 @@ def test_throughput_benchmark_prints_its_ratios():
         assert float(re.search(rf"{label}\s+([\d.]+) img/s", out).group(1)) > 0, out
     for ratio in ("end2end/bare", "end2end/naive"):
         assert float(re.search(rf"ratio {ratio}\s+([\d.]+)", out).group(1)) > 0, out
+
+
+def test_head_benchmark_prints_times_ratio_and_accuracy_difference():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/heads_vs_sklearn.py"), "--n", "2000", "--dim", "256",
+         "--threads", "2"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    for label in ("sklearn", "logreg", "logreg@sk"):
+        assert float(re.search(rf"^{re.escape(label)}\s+([\d.]+) s", out, flags=re.M).group(1)) > 0, out
+    assert float(re.search(r"ratio sklearn/logreg time\s+([\d.]+)x", out).group(1)) > 0, out
+    # Same objective: on the CI-sized problem the accuracies agree closely.
+    assert abs(float(re.search(r"accuracy difference\s+([-+\d.]+) points", out).group(1))) <= 1.0, out

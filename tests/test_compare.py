@@ -8,7 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transfer_lab.compare import COLUMNS, comparison_table, plot_comparison, to_markdown, write_table
+from transfer_lab.compare import (
+    COLUMNS,
+    comparison_table,
+    plot_comparison,
+    plot_confusion,
+    plot_curves,
+    plot_tradeoff,
+    summary_lines,
+    to_markdown,
+    write_table,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +33,11 @@ def head_metrics(network, dataset, head, val, test=None, n_test=None, seconds=1.
     return {
         "network": network, "arch": arch, "weights": "DEFAULT", "dataset": dataset, "head": head,
         "feature_dim": {"resnet": 2048, "vgg": 4096}[network], "n": n, "accuracy": accuracy,
-        "best_epoch": 3, "train_seconds": seconds, "head_kind": head, "curve": [],
+        "best_epoch": 3, "train_seconds": seconds, "head_kind": head,
+        "curve": [{"epoch": e, "train_loss": 1.0 / e, "validation_loss": 1.2 / e, "validation_accuracy": val}
+                  for e in (1, 2, 3)],
+        "class_names": ["a", "b"],
+        "confusion_matrix": {split: [[n[split] // 2, 0], [n[split] - n[split] // 2 - 1, 1]] for split in n},
     }
 
 
@@ -134,6 +148,7 @@ def test_write_table_csv_round_trip(table, tmp_path):
                                    rtol=1e-5, equal_nan=True)
     assert back["test_accuracy"].isna().sum() == 2
     assert sorted(p.name for p in csv.parent.iterdir()) == ["comparison.csv", "comparison.md"]
+    assert list(back["best"]) == list(table["best"])
 
 
 def test_write_table_markdown_shows_percentages(table, tmp_path):
@@ -148,13 +163,19 @@ def test_write_table_markdown_shows_percentages(table, tmp_path):
     cells = {}
     for line in lines[2:]:
         values = [c.strip() for c in line.strip("|").split("|")]
-        cells[(values[0], values[3], values[4])] = dict(zip(COLUMNS, values))
-    r = cells[("resnet", "digits", "mlp")]
-    assert r["validation_accuracy"] == "95.0%"
-    assert r["test_accuracy"] == "92.5%"
+        cells[(values[0], values[3], values[5].strip("*"))] = dict(zip(COLUMNS, values))
+    r = cells[("resnet", "digits", "mlp")]  # the best head of (resnet, digits): in bold
+    assert r["validation_accuracy"] == "**95.0%**"
+    assert r["test_accuracy"] == "**92.5%**"
+    assert r["head"] == "**mlp**" and r["best"] == "best"
+    assert cells[("resnet", "digits", "linear")]["validation_accuracy"] == "90.0%"
+    assert cells[("resnet", "digits", "linear")]["best"] == ""
     assert r["images_per_second"] == "41"
     assert cells[("resnet", "mine", "linear")]["test_accuracy"] == "n/a"
     assert cells[("resnet", "mine", "linear")]["validation_accuracy"] == "50.0%"
+    # Above the table, one line per dataset names its best network and head.
+    assert "- digits: resnet (resnet50, mlp head on its features): validation 95.0%, test 92.5%" in text
+    assert "- mine: resnet (resnet50, mlp head on its features): validation 62.5%" in text
 
 
 def test_markdown_keeps_one_decimal_for_seconds(table):
@@ -186,3 +207,78 @@ def test_a_resumed_extraction_is_rated_by_the_images_it_computed():
                              [extract_metrics("resnet", "ds", "train", 1000, 2.0, n_computed=400),
                               extract_metrics("resnet", "ds", "validation", 100, 0.5)])
     assert table.loc[0, "images_per_second"] == pytest.approx(500 / 2.5)
+
+
+def test_best_is_one_row_per_network_and_dataset_chosen_on_validation(table):
+    best = table[table.best]
+    assert sorted(zip(best.network, best.dataset, best["head"])) == [
+        ("resnet", "digits", "mlp"), ("resnet", "mine", "mlp"), ("vgg", "digits", "linear")]
+    # vgg/digits: linear wins on validation (0.80 > 0.75) although mlp is better on test.
+    assert row(table, "vgg", "digits", "mlp").test_accuracy > row(table, "vgg", "digits", "linear").test_accuracy
+
+
+def test_fine_tuning_rows_sit_beside_heads_without_extraction_cost(inputs):
+    heads, extracts = inputs
+    tuned = {**head_metrics("vgg", "digits", "finetune", 0.85, test=0.8, n_test=40, seconds=60.0),
+             "method": "finetune"}
+    table = comparison_table(heads + [tuned], extracts)
+    r = row(table, "vgg", "digits", "finetune")
+    assert r.method == "finetune" and r.best
+    assert math.isnan(r.extract_seconds) and math.isnan(r.images_per_second)
+    assert r.head_seconds == pytest.approx(60.0)
+    assert not row(table, "vgg", "digits", "linear").best
+    assert row(table, "vgg", "digits", "linear").method == "features"
+    assert summary_lines(table)[0] == "digits: resnet (resnet50, mlp head on its features): validation 95.0%, test 92.5%"
+
+
+def test_rows_of_a_published_protocol_carry_its_number():
+    lab = {"cifar": {"source": "cifar10", "train_per_class": 100}}
+    metrics = [
+        {**head_metrics("resnet", "cifar", "linear", 0.7), "arch": "resnet50"},
+        {**head_metrics("vgg", "cifar", "linear", 0.7), "arch": "vgg16"},
+        {**head_metrics("vgg", "cifar", "mlp", 0.7), "arch": "vgg16"},  # not the lab's head
+    ]
+    table = comparison_table(metrics, [], lab)
+    assert row(table, "resnet", "cifar", "linear").reference == "73–74% validation (lab forks, 100/class)"
+    assert row(table, "vgg", "cifar", "linear").reference == "71–76% validation (lab forks, 100/class)"
+    assert row(table, "vgg", "cifar", "mlp").reference == ""
+    # The full training set is another protocol: no lab number, but the CLIP linear probe's.
+    full = {"cifar": {"source": "cifar10", "train_per_class": None}}
+    assert comparison_table(metrics[:1], [], full).loc[0, "reference"] == ""
+    probe = {**head_metrics("resnet", "cifar", "probe", 0.9), "head_kind": "logreg"}
+    assert comparison_table([probe], [], full).loc[0, "reference"] == \
+        "91.8% test (CLIP paper linear probe, full train)"
+    assert "73–74% validation" in to_markdown(table)
+
+
+def test_html_and_report_summary(table, tmp_path):
+    paths = {ext: tmp_path / f"comparison.{ext}" for ext in ("csv", "md", "html", "rst")}
+    write_table(table, paths["csv"], paths["md"], paths["html"], paths["rst"])
+    page = paths["html"].read_text()
+    assert page.startswith("<!doctype html>") and "<b>95.0%</b>" in page and "<b>mlp</b>" in page
+    from docutils.core import publish_parts
+
+    body = publish_parts(paths["rst"].read_text(), writer="html",
+                         settings_overrides={"halt_level": 2})["html_body"]
+    assert "<strong>95.0%</strong>" in body and "<table" in body
+    assert "digits: resnet (resnet50, mlp head on its features)" in body
+
+
+def _assert_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
+
+
+def test_report_figures(table, inputs, tmp_path):
+    heads, _ = inputs
+    plot_tradeoff(table, tmp_path / "tradeoff.png")
+    plot_confusion(table, heads, "digits", tmp_path / "confusion_digits.png")
+    plot_curves(heads, "digits", tmp_path / "curves_digits.png")
+    logreg = {**head_metrics("resnet", "mine", "probe", 0.6), "head_kind": "logreg", "C": 0.1,
+              "curve": [{"iteration": i, "train_loss": 2.0 / i} for i in range(1, 6)]}
+    plot_curves(heads + [logreg], "mine", tmp_path / "curves_mine.png")
+    for name in ("tradeoff", "confusion_digits", "curves_digits", "curves_mine"):
+        _assert_png(tmp_path / f"{name}.png")

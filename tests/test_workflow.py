@@ -8,6 +8,7 @@ import pytest
 
 from conftest import copy_workflow, snakemake, write_config
 from transfer_lab.bottleneck import read_bottleneck
+from transfer_lab.compare import COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +66,8 @@ def test_first_run_builds_every_artifact_in_the_contract_format(built):
         sizes[split] = len(b.labels)
     assert sum(sizes.values()) == 1797
     table = pd.read_csv(workdir / "results/comparison.csv")
-    assert list(table.columns) == [
-        "network", "arch", "weights", "dataset", "head", "feature_dim", "n_train", "n_validation",
-        "n_test", "validation_accuracy", "test_accuracy", "extract_seconds", "images_per_second",
-        "head_seconds",
-    ]
+    assert list(table.columns) == COLUMNS
+    assert (table["method"] == "features").all() and table["best"].sum() == 1
     assert sorted(table["head"]) == ["linear", "mlp"]
     assert (table["n_train"] == sizes["train"]).all() and (table["n_test"] == sizes["test"]).all()
     # Real features of real digits: far above chance (10%) even at 32 px and 20 epochs.
@@ -82,6 +80,21 @@ def test_first_run_builds_every_artifact_in_the_contract_format(built):
         assert logs and all(log.stat().st_size > 0 for log in logs), rule
         assert list((workdir / "results/benchmarks" / rule).glob("*.tsv")), rule
     assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits_train.log").read_text()
+
+
+def test_report_builds_offline_with_the_comparison_on_its_first_page(workdir):
+    snakemake(workdir, "--report", "results/report.html")
+    page = (workdir / "results/report.html").read_text()
+    assert len(page) > 100_000  # self-contained: scripts, styles and figures inlined
+    # The front page (the workflow description) carries the summary table.
+    best = pd.read_csv(workdir / "results/comparison.csv").query("best").iloc[0]
+    assert "Best per dataset" in page and f"lite0 (timm:tf_efficientnet_lite0, {best['head']} head" in page
+    for figure in ("comparison.html", "comparison.png", "tradeoff.png", "confusion_digits.png",
+                   "curves_digits.png"):
+        assert figure in page, figure
+    for caption in ("chosen on **validation**", "Up and to the right is", "Rows are the true classes",
+                    "the kept epoch"):
+        assert caption.replace("**", "") in page.replace("<strong>", "").replace("</strong>", ""), caption
 
 
 def test_second_run_does_nothing(workdir):
@@ -103,6 +116,8 @@ def test_head_hyperparameter_retrains_that_head_only(workdir):
     assert changed == {
         "results/heads/lite0_digits_linear.pt", "results/heads/lite0_digits_linear.json",
         "results/comparison.csv", "results/comparison.md", "results/comparison.png",
+        "results/comparison.html", "results/comparison_summary.rst", "results/plots/tradeoff.png",
+        "results/plots/confusion_digits.png", "results/plots/curves_digits.png",
     }
 
 

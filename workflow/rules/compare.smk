@@ -4,12 +4,45 @@ rule compare:
     output:
         csv="results/comparison.csv",
         md="results/comparison.md",
+        summary="results/comparison_summary.rst",
+        html=report(
+            "results/comparison.html",
+            caption="../report/table.rst",
+            category="1. Comparison",
+            labels={"figure": "table"},
+        ),
         png=report(
             "results/comparison.png",
             caption="../report/comparison.rst",
-            category="Comparison",
+            category="1. Comparison",
+            labels={"figure": "accuracy by network and dataset"},
         ),
+        tradeoff=report(
+            "results/plots/tradeoff.png",
+            caption="../report/tradeoff.rst",
+            category="1. Comparison",
+            labels={"figure": "accuracy against extraction cost"},
+        ),
+        confusion=[
+            report(
+                f"results/plots/confusion_{dataset}.png",
+                caption="../report/confusion.rst",
+                category="2. Confusion matrices",
+                labels={"dataset": dataset},
+            )
+            for dataset in DATASETS
+        ],
+        curves=[
+            report(
+                f"results/plots/curves_{dataset}.png",
+                caption="../report/curves.rst",
+                category="3. Training curves",
+                labels={"dataset": dataset},
+            )
+            for dataset in DATASETS
+        ],
     params:
+        datasets=comparison_datasets(),
         code=CODE["compare"],
     log:
         "results/logs/compare.log",

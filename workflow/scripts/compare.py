@@ -1,9 +1,16 @@
-"""Rule compare: every head's metrics + extraction throughput -> comparison CSV, Markdown, PNG."""
+"""Rule compare: every classifier's metrics + extraction throughput -> table and figures."""
 
 import json
 import logging
 
-from transfer_lab.compare import comparison_table, plot_comparison, write_table
+from transfer_lab.compare import (
+    comparison_table,
+    plot_comparison,
+    plot_confusion,
+    plot_curves,
+    plot_tradeoff,
+    write_table,
+)
 from transfer_lab.files import log_to
 
 
@@ -16,7 +23,13 @@ def read_json(paths):
 
 
 with log_to(snakemake.log[0]):
-    table = comparison_table(read_json(snakemake.input.heads), read_json(snakemake.input.extract))
-    write_table(table, snakemake.output.csv, snakemake.output.md)
-    plot_comparison(table, snakemake.output.png)
+    out = snakemake.output
+    metrics = read_json(snakemake.input.heads) + read_json(snakemake.input.finetune)
+    table = comparison_table(metrics, read_json(snakemake.input.extract), snakemake.params.datasets)
+    write_table(table, out.csv, out.md, out.html, out.summary)
+    plot_comparison(table, out.png)
+    plot_tradeoff(table, out.tradeoff)
+    for dataset, confusion, curves in zip(snakemake.params.datasets, out.confusion, out.curves):
+        plot_confusion(table, metrics, dataset, confusion)
+        plot_curves(metrics, dataset, curves)
     logging.info("%d rows\n%s", len(table), table.to_string())

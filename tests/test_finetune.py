@@ -1,0 +1,230 @@
+"""Fine-tuning: a real backbone trained end to end on real digits, on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from conftest import copy_workflow, snakemake, write_config
+from transfer_lab.config import ConfigError, load_schema, validate_config
+from transfer_lab.datasets import prepare_dataset
+from transfer_lab.extract import Extractor
+from transfer_lab.finetune import (
+    _train_mode,
+    build_classifier_net,
+    finetune,
+    load_finetuned,
+    param_groups,
+    save_finetuned,
+)
+from transfer_lab.networks import load_backbone
+
+SPEC = {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32}
+SCHEMA_PATH = Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml"
+
+
+def config(**over) -> dict:
+    cfg = {"epochs": 2, "batch_size": 20, "lr": 1e-3, "backbone_lr": 1e-4, "weight_decay": 0.0,
+           "batchnorm": "frozen", "seed": 0}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small network's small batches: more threads mostly wait
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits: 10 training images per class, 50 for validation and for test."""
+    ds = prepare_dataset({"source": "digits"}, {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0,
+                                                "train_per_class": 10})
+    splits = {name: ds.subset(name) for name in ("train", "validation", "test")}
+    splits["validation"] = tuple(a[:50] for a in splits["validation"])
+    splits["test"] = tuple(a[:50] for a in splits["test"])
+    return splits, ds.class_names
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return load_backbone(SPEC)
+
+
+def run(pretrained, digits, **over):
+    splits, class_names = digits
+    return finetune(copy.deepcopy(pretrained), SPEC, config(**over), splits, class_names, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(pretrained, digits):
+    return run(pretrained, digits)
+
+
+def test_finetuning_learns_and_keeps_the_best_epoch(trained):
+    _, metrics = trained
+    # Chance is 10%; two epochs of 100 images at 32 px reach ~45% (measured).
+    assert metrics["accuracy"]["validation"] > 0.25, metrics["accuracy"]
+    assert metrics["accuracy"]["train"] > 0.25
+    curve = metrics["curve"]
+    assert [c["epoch"] for c in curve] == [1, 2]
+    assert curve[1]["train_loss"] < curve[0]["train_loss"]
+    losses = [c["validation_loss"] for c in curve]
+    assert metrics["best_epoch"] == 1 + int(np.argmin(losses))
+    # The kept epoch's validation accuracy is the one reported.
+    assert metrics["accuracy"]["validation"] == pytest.approx(curve[metrics["best_epoch"] - 1]["validation_accuracy"])
+
+
+def test_metrics_have_the_head_metrics_fields(trained):
+    _, metrics = trained
+    assert metrics["method"] == "finetune" and metrics["feature_dim"] == 1280
+    assert metrics["n"] == {"train": 100, "validation": 50, "test": 50}
+    assert metrics["class_names"] == [str(i) for i in range(10)]
+    for split in ("train", "validation", "test"):
+        cm = np.array(metrics["confusion_matrix"][split])
+        assert cm.shape == (10, 10) and cm.sum() == metrics["n"][split]
+        assert np.trace(cm) / cm.sum() == pytest.approx(metrics["accuracy"][split])
+        assert set(metrics["per_class_accuracy"][split]) == set(metrics["class_names"])
+    assert metrics["train_seconds"] > 0 and metrics["device"] == "cpu" and metrics["precision"] == "fp32"
+    json.dumps(metrics)  # plain JSON types only
+
+
+def test_seeded_runs_are_identical(pretrained, digits, trained):
+    finetuned, metrics = run(pretrained, digits)
+    assert metrics["curve"] == trained[1]["curve"]
+    assert metrics["confusion_matrix"] == trained[1]["confusion_matrix"]
+    for part in ("backbone", "classifier"):
+        for key, value in finetuned[part].items():
+            assert torch.equal(value, trained[0][part][key]), key
+
+
+def test_saved_file_reloads_with_weights_only_and_classifies_the_same(trained, digits, tmp_path):
+    finetuned, metrics = trained
+    path = tmp_path / "net.pt"
+    save_finetuned(path, finetuned)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["class_names"] == metrics["class_names"] and raw["spec"] == SPEC
+    backbone, _ = load_finetuned(path)
+    assert backbone.feature_dim == 10 and not backbone.model.training
+    splits, _ = digits
+    for split, (images, labels) in splits.items():
+        logits = Extractor(backbone, "cpu").run(images, 64)
+        assert logits.shape == (len(images), 10)
+        assert (logits.argmax(1) == labels).mean() == pytest.approx(metrics["accuracy"][split])
+    # The same weights give the same logits, whichever object holds them.
+    again, _ = load_finetuned(path)
+    images = splits["validation"][0]
+    np.testing.assert_array_equal(Extractor(again, "cpu").run(images, 64),
+                                  Extractor(backbone, "cpu").run(images, 64))
+
+
+def test_load_refuses_a_file_that_is_not_a_finetuned_network(tmp_path):
+    path = tmp_path / "head.pt"
+    torch.save({"kind": "linear", "state_dict": {}}, path)
+    with pytest.raises(ValueError, match="head.pt: not a fine-tuned network file"):
+        load_finetuned(path)
+
+
+def test_backbone_and_classifier_train_at_their_own_learning_rates(pretrained, digits, trained):
+    net = build_classifier_net(copy.deepcopy(pretrained.model), 1280, 10)
+    groups = param_groups(net, config(lr=0.01, backbone_lr=0.0003))
+    assert [(g["name"], g["lr"]) for g in groups] == [("backbone", 0.0003), ("classifier", 0.01)]
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in net.parameters())  # each parameter once
+    assert all(p.requires_grad for p in net.parameters())
+
+    before = pretrained.model.state_dict()
+    changed = [k for k, v in trained[0]["backbone"].items() if not torch.equal(v, before[k])]
+    assert len(changed) > 100  # the backbone was unfrozen: its weights moved
+    # With backbone_lr 0 (and BatchNorm statistics frozen) only the classifier moves.
+    frozen, _ = run(pretrained, digits, epochs=1, backbone_lr=0.0)
+    assert all(torch.equal(v, before[k]) for k, v in frozen["backbone"].items())
+    assert not torch.equal(frozen["classifier"]["weight"], trained[0]["classifier"]["weight"])
+
+
+def test_frozen_batchnorm_keeps_running_statistics_in_training():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    _train_mode(net, "frozen")
+    assert not net[1].training and net[0].training and net[2].training
+    _train_mode(net, "train")
+    assert net[1].training
+
+
+# --- config -------------------------------------------------------------------------
+
+
+def minimal_config(**finetune) -> dict:
+    return {
+        "networks": {"net": {"arch": "resnet18"}},
+        "datasets": {"dig": {"source": "digits"}},
+        "heads": {"h": {"kind": "linear"}},
+        "finetune": finetune,
+    }
+
+
+def test_finetune_config_defaults_are_off():
+    config = validate_config(minimal_config(), load_schema(SCHEMA_PATH), check_resources=False)
+    assert config["finetune"] == {"networks": [], "datasets": [], "epochs": 3, "batch_size": 64, "lr": 0.001,
+                                  "backbone_lr": 0.0001, "weight_decay": 0.0, "batchnorm": "frozen", "seed": 0}
+
+
+def test_finetune_config_names_unknown_networks_and_datasets():
+    with pytest.raises(ConfigError) as info:
+        validate_config(minimal_config(networks=["net", "rsnet"], datasets=["digits"]), load_schema(SCHEMA_PATH),
+                        check_resources=False)
+    message = str(info.value)
+    assert "finetune.networks: 'rsnet' is not a key of networks; valid: net" in message
+    assert "finetune.datasets: 'digits' is not a key of datasets; valid: dig" in message
+
+
+# --- workflow -----------------------------------------------------------------------
+
+TINY = {
+    "networks": {"lite0": SPEC},
+    "datasets": {"digits": {"source": "digits"}},
+    "split": {"validation_fraction": 0.1, "test_fraction": 0.0, "seed": 0, "train_per_class": 10},
+    "heads": {"linear": {"kind": "linear", "epochs": 20}},
+    "extract": {"batch_size": 256, "threads": 1},
+    "finetune": {"networks": ["lite0"], "epochs": 1, "batch_size": 25},
+}
+
+
+@pytest.mark.integration
+def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
+    workdir = copy_workflow(tmp_path / "wd")
+    write_config(workdir, TINY)
+    first = snakemake(workdir)
+    assert first.jobs == {"prepare_dataset": 1, "extract_features": 2, "train_head": 1, "finetune": 1,
+                          "compare": 1}
+    table = pd.read_csv(workdir / "results/comparison.csv")
+    rows = table.set_index("head")
+    assert sorted(rows.index) == ["finetune", "linear"]
+    for column in ("network", "dataset", "arch", "weights", "feature_dim", "n_train", "n_validation"):
+        assert rows.loc["finetune", column] == rows.loc["linear", column], column
+    assert rows.loc["finetune", "validation_accuracy"] > 0.2  # chance: 0.1
+    assert rows.loc["finetune", "method"] == "finetune" and rows.loc["linear", "method"] == "features"
+    assert pd.isna(rows.loc["finetune", "images_per_second"])  # extraction cost is the heads' alone
+    assert rows["best"].sum() == 1  # one best classifier for the (network, dataset), either method
+    metrics = json.loads((workdir / "results/finetune/lite0_digits.json").read_text())
+    assert metrics["head"] == "finetune" and metrics["method"] == "finetune"
+    assert len(metrics["curve"]) == 1 and metrics["config"]["backbone_lr"] == 0.0001
+    finetuned = torch.load(workdir / "results/finetune/lite0_digits.pt", weights_only=True)
+    assert finetuned["spec"]["arch"] == SPEC["arch"] and len(finetuned["class_names"]) == 10
+    assert (workdir / "results/benchmarks/finetune/lite0_digits.tsv").is_file()
+    assert "epoch 1: train loss" in (workdir / "results/logs/finetune/lite0_digits.log").read_text()
+
+    # A fine-tuning setting retrains the fine-tuned network only: no extraction, no head.
+    changed = copy.deepcopy(TINY)
+    changed["finetune"]["lr"] = 0.002
+    write_config(workdir, changed)
+    assert snakemake(workdir, "-n").jobs == {"finetune": 1, "compare": 1}

@@ -1,0 +1,228 @@
+"""Predict on new images and export a deployable model: library, Snakemake, command line, fresh process."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_image
+
+from conftest import copy_workflow, snakemake, write_config
+from transfer_lab.bottleneck import read_bottleneck
+from transfer_lab.datasets import load_prepared
+from transfer_lab.extract import resize_matrix
+from transfer_lab.heads import load_head
+from transfer_lab.images import NoImagesError, find_images
+from transfer_lab.predict import PredictError, Storage, StorageResize, bicubic_rows, load_predictor
+from transfer_lab.sources import to_storage
+
+# --- the storage resize, in torch, against PIL ------------------------------------------
+
+
+@pytest.mark.parametrize("in_size,out_size", [(8, 36), (36, 8), (640, 64), (61, 32), (8, 8), (3, 17)])
+def test_bicubic_rows_are_pillows_matrix(in_size, out_size):
+    rows = bicubic_rows(in_size, torch.arange(out_size), torch.tensor(in_size / out_size, dtype=torch.float64))
+    assert np.array_equal(rows.numpy(), resize_matrix(in_size, out_size, "bicubic"))
+
+
+def test_storage_resize_reproduces_to_storage():
+    photo = load_sample_image("flower.jpg")
+    differing = total = 0
+    for (h, w), size, fit in [((427, 640), 64, "crop"), ((427, 640), 32, "squash"), ((50, 33), 8, "squash"),
+                              ((97, 61), 32, "squash"), ((33, 50), 64, "crop"), ((5, 200), 8, "crop")]:
+        image = np.array(photo[:h, :w])
+        ref = to_storage(Image.fromarray(image), size, fit).astype(int)
+        got = StorageResize(Storage(size, fit))(torch.from_numpy(image)).numpy().astype(int)
+        assert got.shape == ref.shape == (size, size, 3)
+        # Pillow 13 runs the vertical pass first for some shapes; its rounding then differs by one level.
+        assert np.abs(got - ref).max() <= 1, (h, w, size, fit)
+        differing += int((got != ref).sum())
+        total += got.size
+    assert differing / total < 0.1
+    # An image already at the storage size (every prepared training image) is kept exactly.
+    stored = np.array(photo[100:108, 200:208])
+    assert np.array_equal(StorageResize(Storage(8, "squash"))(torch.from_numpy(stored)).numpy(), stored)
+
+
+def test_find_images_folders_globs_and_plain_paths(tmp_path):
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    for name in ("a/x.png", "a/sub/y.JPG", "a/notes.txt", "a/.hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    found = find_images([tmp_path / "a", str(tmp_path / "a" / "*.txt"), tmp_path / "missing.png"])
+    assert found == [tmp_path / "a/sub/y.JPG", tmp_path / "a/x.png", tmp_path / "a/notes.txt",
+                     tmp_path / "missing.png"]
+    with pytest.raises(NoImagesError, match=r"no files match .*\*\.gif"):
+        find_images([str(tmp_path / "*.gif")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoImagesError, match="empty holds no"):
+        find_images([tmp_path / "empty"])
+
+
+# --- end to end: Snakemake, the command line, the exported file --------------------------
+
+TINY = {
+    "networks": {"lite0": {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32}},
+    "datasets": {"digits": {"source": "digits"}},
+    "split": {"validation_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # no test split: one job less
+    "heads": {"linear": {"kind": "linear", "epochs": 20}},
+    "extract": {"batch_size": 256},
+}
+N_TRAIN_IMAGES = 6
+
+
+def _write_new_images(folder: Path, digits) -> None:
+    """Training images as PNG files, a larger grey one, an RGBA one, and a file that is no image."""
+    folder.mkdir()
+    images, _ = digits.subset("train")
+    for i in range(N_TRAIN_IMAGES):
+        Image.fromarray(images[i]).save(folder / f"train_{i}.png")
+    Image.fromarray(images[10]).resize((30, 44), Image.BILINEAR).convert("L").save(folder / "grey_30x44.png")
+    Image.fromarray(images[11]).convert("RGBA").resize((20, 20)).save(folder / "rgba_20.png")
+    (folder / "broken.png").write_bytes(b"this is not a PNG")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny grid up to its head, then `snakemake predict export` on a folder of new images."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("predict"))
+    write_config(workdir, TINY)
+    snakemake(workdir, "results/datasets/digits.npz")
+    _write_new_images(workdir / "new", load_prepared(workdir / "results/datasets/digits.npz"))
+    run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}")
+    return workdir, run
+
+
+def _rows(text: str) -> list[dict]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+
+
+@pytest.mark.integration
+def test_snakemake_predict_writes_one_row_per_image(built):
+    workdir, run = built
+    assert run.jobs == {"extract_features": 2, "train_head": 1, "predict": 1, "export_model": 1, "export": 1}
+    rows = _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())
+    names = [Path(r["path"]).name for r in rows]
+    assert names == sorted(names) and len(rows) == N_TRAIN_IMAGES + 3
+    assert list(rows[0]) == ["path", "predicted", "probability", "class_1", "probability_1",
+                             "class_2", "probability_2", "error"]
+    broken = next(r for r in rows if r["path"].endswith("broken.png"))
+    assert "broken.png: not a readable image" in broken["error"] and broken["predicted"] == ""
+    for row in rows:
+        if row is broken:
+            continue
+        assert row["error"] == "" and row["predicted"] == row["class_1"] in [str(d) for d in range(10)]
+        assert 0.1 < float(row["probability"]) == float(row["probability_1"]) >= float(row["probability_2"])
+    # A second run has nothing to do.
+    again = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}")
+    assert again.jobs == {}
+
+
+@pytest.mark.integration
+def test_training_images_get_the_class_evaluation_gave_them(built):
+    workdir, _ = built
+    rows = {Path(r["path"]).name: r for r in
+            _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())}
+    head, head_file = load_head(workdir / "results/heads/lite0_digits_linear.pt")
+    train = read_bottleneck(workdir / "results/bottleneck/lite0_digits_bottleneck_features_train.p")
+    x = (torch.from_numpy(train.features[:N_TRAIN_IMAGES]) - head_file["mean"]) / head_file["std"]
+    with torch.no_grad():
+        evaluated = torch.softmax(head(x), dim=1)
+    for i in range(N_TRAIN_IMAGES):
+        row = rows[f"train_{i}.png"]
+        assert row["predicted"] == head_file["class_names"][int(evaluated[i].argmax())]
+        assert abs(float(row["probability"]) - float(evaluated[i].max())) < 1e-3
+
+
+@pytest.mark.integration
+def test_command_line_predict_matches_the_workflow(built, tmp_path):
+    workdir, _ = built
+    env = dict(os.environ, PYTHONPATH=str(workdir / "src"))
+    out = subprocess.run(
+        [sys.executable, "-m", "transfer_lab", "predict", "--head", "results/heads/lite0_digits_linear.pt", "new/",
+         "--top-k", "2", "--device", "cpu", "-o", str(tmp_path / "cli.csv")],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "1 of 9 images could not be read" in out.stderr
+    table = out.stdout.splitlines()
+    assert table[0].split() == ["image", "predicted", "probability", "runners-up"] and len(table) == 10
+    assert "error: new/broken.png: not a readable image" in out.stdout
+    cli_rows = _rows((tmp_path / "cli.csv").read_text())
+    rule_rows = _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())
+    assert [(r["path"], r["predicted"], r["class_2"]) for r in cli_rows] == \
+        [(r["path"], r["predicted"], r["class_2"]) for r in rule_rows]
+    for a, b in zip(cli_rows, rule_rows):
+        if not a["error"]:
+            assert abs(float(a["probability"]) - float(b["probability"])) < 1e-5
+            assert f"{a['predicted']}  " in next(line for line in table if line.startswith(a["path"]))
+
+
+@pytest.mark.integration
+def test_head_of_another_network_is_refused_naming_both(built):
+    workdir, _ = built
+    head = workdir / "results/heads/lite0_digits_linear.pt"
+    with pytest.raises(PredictError, match=r"features of network 'lite0' .* not of the requested network 'resnet'"):
+        load_predictor(head, network="resnet")
+    changed = {"networks": {"lite0": {**TINY["networks"]["lite0"], "input_size": 64}}, "datasets": TINY["datasets"]}
+    with pytest.raises(PredictError, match=r"trained on network 'lite0' as .*input 32.* is now .*input 64"):
+        load_predictor(head, network="lite0", config=changed)
+    with pytest.raises(PredictError, match="cannot tell the storage size of dataset 'digits'"):
+        load_predictor(head, config={"datasets": {}})
+
+
+@pytest.mark.integration
+def test_snakemake_predict_says_what_to_set(built):
+    workdir, _ = built
+    run = snakemake(workdir, "-n", "predict", check=False)
+    assert run.returncode != 0 and "predict: set predict.images to image files, folders or glob patterns" in run.output
+    run = snakemake(workdir, "-n", "predict", "--config", "predict={images: new/, head: nope}", check=False)
+    assert "predict.head: 'nope' is not in heads; valid: linear" in run.output
+
+
+FRESH = """
+import json, sys
+sys.modules["transfer_lab"] = None          # any import of the project would now fail
+import numpy as np, torch
+extra = {"transfer_lab.json": ""}
+model = torch.export.load(sys.argv[1], extra_files=extra).module()
+info = json.loads(extra["transfer_lab.json"])
+out = {}
+for path in sys.argv[2:]:
+    probs = model(torch.from_numpy(np.load(path)))
+    out[path] = probs.tolist()
+assert not any(m.startswith("transfer_lab.") for m in sys.modules)
+print(json.dumps({"class_names": info["class_names"], "input": info["input"], "probabilities": out}))
+"""
+
+
+@pytest.mark.integration
+def test_exported_model_reproduces_predict_in_a_fresh_process(built, tmp_path):
+    from transfer_lab.images import read_image
+    from transfer_lab.predict import predict_files
+
+    workdir, _ = built
+    exported = workdir / "results/export/lite0_digits_linear.pt2"
+    predictor = load_predictor(workdir / "results/heads/lite0_digits_linear.pt", storage=Storage(8, "squash"))
+    paths = sorted(p for p in (workdir / "new").iterdir() if p.name != "broken.png")
+    expected = {str(r["path"]): r["probabilities"] for r in predict_files(predictor, paths)}
+    arrays = []
+    for p in paths:  # decoded here (EXIF, modes) exactly as predict decodes; the model takes the pixels
+        arrays.append(tmp_path / f"{p.stem}.npy")
+        np.save(arrays[-1], read_image(p))
+    out = subprocess.run([sys.executable, "-I", "-c", FRESH, str(exported), *map(str, arrays)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["class_names"] == [str(d) for d in range(10)]
+    assert result["input"]["dtype"] == "uint8" and result["input"]["channels"] == "RGB"
+    for p, npy in zip(paths, arrays):
+        got = np.array(result["probabilities"][str(npy)])
+        assert np.abs(got - expected[str(p)]).max() <= 1e-4, p

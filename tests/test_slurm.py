@@ -1,0 +1,222 @@
+"""profiles/slurm: what it requests (dry run), and a run through a real one-node SLURM.
+
+The real run needs root: it installs Debian's SLURM packages when missing, writes
+/etc/slurm/slurm.conf and starts munged, slurmctld and slurmd (tests/slurm_cluster.py),
+and stops every daemon it started, by PID, when the module's tests end, failed or not.
+Most of its time is Snakemake starting twice inside every SLURM job (torch imports) and the
+plugin's status polling, whose interval grows by 10 s while no job finishes.
+"""
+
+import json
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import slurm_cluster
+from conftest import REPO, copy_workflow, snakemake, write_config
+
+# The quickstart, trimmed: one network at a small input, one head.
+SMALL = {
+    "networks": {
+        "lite0": {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32},
+    },
+    "datasets": {"digits": {"source": "digits"}},
+    "split": {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+    "heads": {"linear": {"kind": "linear", "epochs": 20}},
+    "extract": {"batch_size": 256, "threads": 1},
+}
+SLURM_JOBS = {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}
+GPU_RULES = {"extract_features", "finetune"}
+
+
+def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) per job of a dry run."""
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule \w+:)", output):
+        head = re.search(r"^(localrule|rule) (\w+):", block, flags=re.M)
+        if not head or head.group(2) == "all":
+            continue
+        line = re.search(r"^\s+resources: (.*)$", block, flags=re.M)
+        resources = dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
+        jobs.append((head.group(2), resources))
+    return jobs
+
+
+@pytest.mark.integration
+def test_dry_run_requests_one_gpu_per_extraction_job_and_none_for_cpu_rules(tmp_path):
+    """The profile as shipped, on a grid with both fetch rules and fine-tuning: nothing
+    needs a cluster."""
+    workdir = copy_workflow(tmp_path / "wd")
+    write_config(workdir, {
+        **SMALL,
+        "networks": {**SMALL["networks"], "resnet": {"arch": "resnet18", "weights": "DEFAULT"}},
+        "datasets": {**SMALL["datasets"], "cifar10": {"source": "cifar10", "download": True}},
+        "finetune": {"networks": ["lite0"], "datasets": ["digits"]},
+    })
+    run = snakemake(workdir, "-n", "--profile", str(REPO / "profiles/slurm"))
+    assert "Using profiles" in run.output and "profiles/slurm" in run.output
+    jobs = dry_run_jobs(run.output)
+    assert Counter(rule for rule, _ in jobs) == {
+        "fetch_dataset": 1, "fetch_weights": 1, "prepare_dataset": 2,
+        "extract_features": 12, "train_head": 4, "finetune": 1, "compare": 1,
+    }
+    for rule, resources in jobs:
+        if rule in GPU_RULES:
+            assert resources.get("gpu") == "1", resources
+            assert "gres" not in resources, resources
+        else:
+            assert "gpu" not in resources and "gres" not in resources, (rule, resources)
+        assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0, (rule, resources)
+
+
+@pytest.mark.parametrize("visible, expected", [(0, 1), (1, 1), (4, 4)])
+def test_default_profile_allows_one_gpu_job_per_gpu_torch_sees(monkeypatch, visible, expected):
+    """profiles/default is a YTE template: its GPU limit is computed when Snakemake reads it."""
+    import torch
+    from snakemake.profiles import ProfileConfigFileParser
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    with open(REPO / "profiles/default/config.yaml") as f:
+        args = ProfileConfigFileParser().parse(f)
+    assert args["resources"] == [f"gpu={expected}"]
+    # Local scope: a cluster's GPU jobs are not capped by the submitting machine's count.
+    assert args["set-resource-scopes"] == ["gpu=local"]
+
+
+def test_profile_declares_one_gpu_for_every_gpu_rule_and_fetch_rules_are_local():
+    """A dry run cannot show which jobs are local (the dry-run executor is local), so the
+    declarations are read instead."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    requested = {rule for rule, res in profile["set-resources"].items() if res.get("gpu") == 1}
+    assert requested == GPU_RULES
+    declared = set()
+    for smk in (REPO / "workflow/rules").glob("*.smk"):
+        for block in re.findall(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", smk.read_text(), flags=re.M):
+            declared |= set(re.findall(r"\w+", block))
+    assert {"fetch_dataset", "fetch_weights"} <= declared
+
+
+def ci_profile(dest: Path, gres: str | None = None) -> Path:
+    """profiles/slurm with what this one-node cluster needs, its GPU requests untouched:
+    small memory and time limits, squeue for status (no accounting database), fast polling,
+    no account, and the plugin's per-job logs kept as evidence. ``gres``: switch the GPU
+    rules to the gres: style, as the profile's comments say."""
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    if gres:
+        for rule in GPU_RULES:
+            profile["set-resources"][rule].update(gpu=0, gres=gres)
+    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
+        for key, value in {"mem_mb": 1000, "runtime": 30}.items():
+            if key in resources:
+                resources[key] = value
+    profile.update({
+        "latency-wait": 5,
+        "slurm-status-command": "squeue",
+        "slurm-init-seconds-before-status-checks": 2,
+        "seconds-between-status-checks": 1,
+        "slurm-no-account": True,
+        "slurm-keep-successful-logs": True,
+    })
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = slurm_cluster.unavailable()
+    if reason:
+        pytest.skip(reason)
+    # Three GPUs, so the three extraction jobs can run at once, each on its own.
+    root = tmp_path_factory.mktemp("slurm-cluster")
+    with slurm_cluster.running_cluster(root, gpus=3, cpus=4) as running:
+        yield running
+    # Every daemon started is stopped, and gone.
+    assert set(running.stopped) == {"munged", "slurmctld", "slurmd"}
+    alive = [name for name, proc in running.daemons.items() if slurm_cluster.pid_alive(proc.pid)]
+    assert not alive, f"still running after stop: {alive}"
+
+
+def rule_of(comment: str) -> str:
+    """The plugin tags each job with the comment rule_<name>[_wildcards_<values>]."""
+    match = re.fullmatch(r"rule_(\w+?)(?:_wildcards_.*)?", comment)
+    assert match, f"not a Snakemake job comment: {comment!r}"
+    return match.group(1)
+
+
+@pytest.mark.integration
+def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
+    on_slurm = copy_workflow(tmp_path / "slurm")
+    write_config(on_slurm, SMALL)
+    local = copy_workflow(tmp_path / "local")
+    write_config(local, SMALL)
+    # The local reference runs while the SLURM run mostly waits on the queue.
+    with ThreadPoolExecutor(1) as pool:
+        local_run = pool.submit(snakemake, local)
+        run = snakemake(on_slurm, "--profile", str(ci_profile(tmp_path / "ci-profile")), check=False)
+        local_run.result()
+    if run.returncode:
+        pytest.fail(f"snakemake on SLURM failed ({run.returncode}):\n{run.output[-5000:]}\n{cluster.log_tail()}")
+    assert run.jobs == SLURM_JOBS
+
+    # Every job went through sbatch: slurmctld's record of the jobs run from this folder.
+    jobs = [j for j in cluster.jobs() if j.get("WorkDir") == str(on_slurm)]
+    assert Counter(rule_of(j["Comment"]) for j in jobs) == SLURM_JOBS, jobs
+    for job in jobs:
+        rule = rule_of(job["Comment"])
+        assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
+        # SLURM allocated one GPU to each extraction job (asked with --gpus=1), none to the
+        # CPU rules.
+        assert job["JOB_GRES"] == ("gpu:1" if rule in GPU_RULES else "(null)"), (rule, job)
+        assert job.get("TresPerJob") == ("gres:gpu:1" if rule in GPU_RULES else None), (rule, job)
+    # profiles/default allows as many GPU jobs at once as this machine has GPUs (one on CI), yet
+    # extraction jobs ran at the same time on the cluster: gpu is a local-scope resource.
+    extract = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]) == "extract_features"]
+    assert any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(extract) for s2, e2 in extract[i + 1:]), extract
+    # The plugin's per-job logs (kept by the CI profile) name the same job ids.
+    logs = {p.stem for p in (on_slurm / ".snakemake/slurm_logs").rglob("*.log")}
+    assert logs == {j["JobId"] for j in jobs}
+
+    pickles = sorted(p.relative_to(local) for p in (local / "results/bottleneck").glob("*.p"))
+    assert len(pickles) == 3
+    for path in pickles:
+        assert (on_slurm / path).read_bytes() == (local / path).read_bytes(), path
+    for path in sorted((local / "results/heads").glob("*.json")):
+        ours, theirs = (json.loads(p.read_text()) for p in (on_slurm / path.relative_to(local), path))
+        assert ours["accuracy"] == theirs["accuracy"], path.name
+    columns = ["network", "head", "validation_accuracy", "test_accuracy", "n_train", "n_test"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(on_slurm / "results/comparison.csv")[columns],
+        pd.read_csv(local / "results/comparison.csv")[columns],
+    )
+
+
+@pytest.mark.integration
+def test_gres_style_requests_the_gpu_with_gres(cluster, tmp_path):
+    """The profile's gres: alternative (gpu: 0, gres: "gpu:1") reaches sbatch as --gres.
+    A one-rule workflow named like the real one keeps this quick (no torch start-up)."""
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(
+        'rule extract_features:\n'
+        '    output: "visible.txt"\n'
+        '    resources: gpu=1\n'
+        '    shell: "echo $CUDA_VISIBLE_DEVICES > {output}"\n'
+    )
+    profile = ci_profile(tmp_path / "ci-profile", gres="gpu:1")
+    run = snakemake(workdir, "--profile", str(profile), "--verbose", check=False)
+    if run.returncode:
+        pytest.fail(f"snakemake on SLURM failed ({run.returncode}):\n{run.output[-5000:]}\n{cluster.log_tail()}")
+    assert re.search(r"sbatch call: sbatch .* --gres=gpu:1 ", run.output), run.output[-3000:]
+    assert "--gpus" not in run.output
+    [job] = [j for j in cluster.jobs() if j.get("WorkDir") == str(workdir)]
+    assert job["JobState"] == "COMPLETED" and job["JOB_GRES"] == "gpu:1", job
+    assert job.get("TresPerNode") == "gres:gpu:1", job
+    # SLURM hands the job its GPU the way real clusters do.
+    assert (workdir / "visible.txt").read_text().strip().isdigit()

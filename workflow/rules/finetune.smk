@@ -1,0 +1,21 @@
+# Fine-tuning: the network trained end to end, beside the heads on frozen features.
+rule finetune:
+    input:
+        unpack(extract_inputs),
+    output:
+        weights="results/finetune/{network}_{dataset}.pt",
+        metrics="results/finetune/{network}_{dataset}.json",
+    params:
+        network=extract_params,
+        finetune=finetune_params,
+        splits=lambda wildcards: splits(wildcards.dataset),
+        code=CODE["finetune"],
+    threads: config["extract"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        "results/logs/finetune/{network}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/finetune/{network}_{dataset}.tsv"
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,52 @@
+# Use a trained (network, dataset, head): classify new images, or export it as one file.
+#   snakemake predict --cores 4 --config 'predict={images: my_photos/}'
+#   snakemake export --cores 4          # the predict section's choice -> results/export/...pt2
+
+
+rule predict:
+    input:
+        unpack(predict_inputs),
+    output:
+        f"results/predictions/{PREDICT_NAME}.csv",
+    params:
+        network=lambda wildcards: predict_chosen()[0],
+        spec=lambda wildcards: canonical(NETWORKS[predict_chosen()[0]]),
+        storage=lambda wildcards: storage_spec(predict_chosen()[1]),
+        images=predict_patterns(),
+        top_k=int(PREDICT["top_k"]),
+        device=config["extract"]["device"],
+        code=CODE["predict"],
+        versions=VERSIONS,
+    threads: config["extract"]["threads"]
+    resources:
+        gpu=1,  # extract.device auto: the GPU when there is one
+    log:
+        f"results/logs/predict/{PREDICT_NAME}.log",
+    benchmark:
+        f"results/benchmarks/predict/{PREDICT_NAME}.tsv"
+    script:
+        "../scripts/predict.py"
+
+
+rule export_model:
+    input:
+        unpack(export_inputs),
+    output:
+        "results/export/{network}_{dataset}_{head}.pt2",
+    params:
+        spec=lambda wildcards: canonical(NETWORKS[wildcards.network]),
+        storage=lambda wildcards: storage_spec(wildcards.dataset),
+        code=CODE["export"],
+        versions=VERSIONS,
+    log:
+        "results/logs/export_model/{network}_{dataset}_{head}.log",
+    benchmark:
+        "results/benchmarks/export_model/{network}_{dataset}_{head}.tsv"
+    script:
+        "../scripts/export_model.py"
+
+
+rule export:
+    localrule: True
+    input:
+        exported_model,

@@ -1,0 +1,20 @@
+"""Rule export_model: a trained head + its backbone -> one torch.export file (.pt2)."""
+
+import logging
+from pathlib import Path
+
+from transfer_lab.export import export_model
+from transfer_lab.files import log_to
+from transfer_lab.predict import load_predictor, storage_for
+
+with log_to(snakemake.log[0]):
+    w, p = snakemake.wildcards, snakemake.params
+    checkpoint = snakemake.input.get("checkpoint")
+    predictor = load_predictor(
+        snakemake.input.head, network=w.network, config={"networks": {w.network: p.spec}},
+        storage=storage_for(p.storage), checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        device="cpu",
+    )
+    record = export_model(predictor, snakemake.output[0])
+    logging.info("exported %s: %d classes, storage %s, preprocessing %s", snakemake.output[0],
+                 len(record["class_names"]), record["storage"], record["preprocess"])

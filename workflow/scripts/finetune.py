@@ -1,0 +1,34 @@
+"""Rule finetune: prepared images of one dataset -> fine-tuned network + metrics JSON."""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from transfer_lab.datasets import load_prepared
+from transfer_lab.devices import claim_device
+from transfer_lab.files import atomic_write, log_to
+from transfer_lab.finetune import finetune, save_finetuned
+from transfer_lab.networks import load_backbone
+
+with log_to(snakemake.log[0]) as log:
+    w, spec, cfg = snakemake.wildcards, snakemake.params.network, snakemake.params.finetune
+    torch.set_num_threads(snakemake.threads)
+    ds = load_prepared(snakemake.input.dataset, mmap=True)
+    splits = {name: ds.subset(name) for name in snakemake.params.splits}
+    checkpoint = snakemake.input.get("checkpoint")
+    backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
+    device = claim_device(spec["device"])
+    logging.info("fine-tuning %s (%s, weights %s) on %s %s, %s; preprocessing: %s", w.network, spec["arch"],
+                 spec["weights"], w.dataset, {k: len(v[1]) for k, v in splits.items()}, cfg,
+                 backbone.preprocess.describe())
+    finetuned, metrics = finetune(backbone, spec, cfg, splits, ds.class_names, device, spec["precision"],
+                                  progress=log)
+    logging.info("accuracy %s, best epoch %d, %.1f s on %s (%s)", metrics["accuracy"], metrics["best_epoch"],
+                 metrics["train_seconds"], metrics["device"], metrics["precision"])
+    metrics = {"network": w.network, "dataset": w.dataset, "head": "finetune",
+               "arch": spec["arch"], "weights": spec["weights"], **metrics, "config": cfg}
+    save_finetuned(snakemake.output.weights, finetuned)
+    with atomic_write(snakemake.output.metrics, "w") as f:
+        json.dump(metrics, f, indent=2)

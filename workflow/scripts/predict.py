@@ -1,0 +1,31 @@
+"""Rule predict: image files + a trained head -> results/predictions/<name>.csv (one row per image)."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from transfer_lab.files import atomic_write, log_to
+from transfer_lab.images import find_images
+from transfer_lab.predict import load_predictor, predict_files, storage_for, to_csv
+
+with log_to(snakemake.log[0]):
+    p = snakemake.params
+    torch.set_num_threads(snakemake.threads)
+    checkpoint = snakemake.input.get("checkpoint")
+    predictor = load_predictor(
+        snakemake.input.head, network=p.network, config={"networks": {p.network: p.spec}},
+        storage=storage_for(p.storage), checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        device=p.device,
+    )
+    paths = find_images(p.images)
+    logging.info("%d images, head %s (%s) on %s, storage %s, device %s", len(paths), snakemake.input.head,
+                 predictor.head_kind, predictor.meta["network"], predictor.storage, predictor.device)
+    top_k = max(1, min(p.top_k, len(predictor.class_names)))
+    rows = predict_files(predictor, paths, top_k)
+    failed = [r for r in rows if r["error"]]
+    for row in failed:
+        logging.warning("%s", row["error"])
+    logging.info("%d predicted, %d unreadable", len(rows) - len(failed), len(failed))
+    with atomic_write(snakemake.output[0], "w") as f:
+        f.write(to_csv(rows, top_k))
