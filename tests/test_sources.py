@@ -586,3 +586,13 @@ def test_check_dataset_refusals(tmp_path, source, root, extra, key, expected):
     assert expected in msg
     if key == "root" and path is not None:
         assert str(path) in msg
+
+
+def test_storage_fit_crops_only_photos_of_any_aspect():
+    from transfer_lab.sources import storage_fit, storage_size
+
+    assert storage_fit({"source": "imagefolder"}) == "crop"
+    for source in ("cifar10", "gtsrb", "traffic-pickle", "digits"):
+        assert storage_fit({"source": source}) == "squash"
+    assert storage_size({"source": "imagefolder", "image_size": None}) == 64
+    assert storage_size({"source": "digits", "image_size": 16}) == 16

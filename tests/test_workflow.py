@@ -63,6 +63,8 @@ def test_first_run_builds_every_artifact_in_the_contract_format(built):
         assert b.class_names == [str(i) for i in range(10)]
         assert b.meta["arch"] == "timm:tf_efficientnet_lite0" and b.meta["split"] == split
         assert b.meta["input_size"] == 32 and b.meta["version_torch"]
+        # How the images were stored, so a prediction on a new image can repeat it.
+        assert (b.meta["storage_size"], b.meta["storage_fit"]) == (8, "squash")
         sizes[split] = len(b.labels)
     assert sum(sizes.values()) == 1797
     table = pd.read_csv(workdir / "results/comparison.csv")

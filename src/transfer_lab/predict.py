@@ -31,9 +31,7 @@ from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
 
-# How each source fits an image into its square storage size (see the loaders in
-# transfer_lab.sources): photos of any aspect are centre-cropped, the others squashed.
-CROP_SOURCES = frozenset({"imagefolder"})
+# How an image is fit into its square storage size (transfer_lab.sources.storage_fit).
 FITS = ("squash", "crop")
 _PIL_ONE = float(1 << 22)  # Pillow's fixed-point precision (Resample.c: PRECISION_BITS)
 
@@ -52,10 +50,9 @@ class Storage:
 
 def storage_for(dataset_spec: dict) -> Storage:
     """The storage step of a dataset's config entry (``image_size`` or its source's default)."""
-    from .sources import storage_size
+    from .sources import storage_fit, storage_size
 
-    fit = "crop" if dataset_spec["source"] in CROP_SOURCES else "squash"
-    return Storage(storage_size(dataset_spec), fit)
+    return Storage(storage_size(dataset_spec), storage_fit(dataset_spec))
 
 
 def bicubic_rows(in_size: int, out_index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,15 @@ def storage_size(spec: dict) -> int:
     return DEFAULT_IMAGE_SIZE[spec["source"]] if size is None else int(size)
 
 
+# Sources whose images come in any aspect: the shorter side is resized, then centre-cropped.
+CROP_SOURCES = frozenset({"imagefolder"})
+
+
+def storage_fit(spec: dict) -> str:
+    """How a source's images are fit into the storage square (``to_storage``'s ``fit``)."""
+    return "crop" if spec["source"] in CROP_SOURCES else "squash"
+
+
 def _as_rgb(image):
     """Any PIL mode as 8-bit RGB (16-bit greys scaled down, not clipped to white)."""
     from PIL import Image
@@ -719,7 +728,7 @@ def load_imagefolder(spec: dict) -> RawDataset:
             image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block: keep the pixels as stored
             pass
-        images[i] = to_storage(image, size, "crop")
+        images[i] = to_storage(image, size, storage_fit(spec))
         if (i + 1) % _PROGRESS_EVERY == 0 or i + 1 == len(files):
             log.info("read %d/%d images", i + 1, len(files))
     return RawDataset(

@@ -46,6 +46,7 @@ with log_to(snakemake.log[0]) as log:
         "layer": spec.get("layer") or "penultimate (classifier removed)", "precision": result.precision,
         "feature_dim": backbone.feature_dim,
         "seed": ds.meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,  # split seed; random weights' seed
+        **{k: ds.meta[k] for k in ("storage_size", "storage_fit") if k in ds.meta},
         **preprocess_meta(backbone.preprocess),
         **{f"version_{k}": v for k, v in spec["versions"].items()},
     }

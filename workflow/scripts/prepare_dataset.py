@@ -4,7 +4,7 @@ import logging
 
 from transfer_lab.datasets import prepare_dataset, save_prepared
 from transfer_lab.files import log_to
-from transfer_lab.sources import check_dataset
+from transfer_lab.sources import check_dataset, storage_fit, storage_size
 
 with log_to(snakemake.log[0]):
     spec = snakemake.params.spec
@@ -17,5 +17,7 @@ with log_to(snakemake.log[0]):
         len(ds.labels), ds.images.shape[1:], len(ds.class_names), ds.split_sizes(),
     )
     ds.meta = {"dataset": snakemake.wildcards.dataset, "source": spec["source"], "seed": split_cfg["seed"],
+               # How images were stored: what a prediction on a new image must repeat.
+               "storage_size": storage_size(spec), "storage_fit": storage_fit(spec),
                **{f"version_{k}": v for k, v in snakemake.params.versions.items()}}
     save_prepared(ds, snakemake.output[0])
