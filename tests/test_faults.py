@@ -241,7 +241,7 @@ def _tree(workdir: Path) -> dict:
     for p in sorted(results.glob("heads/*.json")) + sorted(results.glob("extract/*.json")):
         out[p.relative_to(results).as_posix()] = strip(json.loads(p.read_text()))
     table = pd.read_csv(results / "comparison.csv")
-    table = table.drop(columns=[c for c in table if c in timing]).fillna("NA")  # NaN != NaN
+    table = table.drop(columns=[c for c in table if c in timing]).astype(object).fillna("NA")  # NaN != NaN
     out["comparison.csv"] = table.to_dict("list")
     return out
 
