@@ -159,18 +159,25 @@ class Extractor:
         # Lowered when a batch runs out of device memory; None = the caller's batch size.
         self.max_batch_size: int | None = None
 
-    def _autocast(self):
+    def autocast(self):
+        """The precision's autocast context (none for fp32)."""
         if self.precision in _AUTOCAST_DTYPES:
             return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
         return contextlib.nullcontext()
 
-    def _to_device(self, images: np.ndarray) -> torch.Tensor:
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        """A uint8 batch on the device, copied without waiting for the copy to finish."""
         # A copy of just this batch (read from the memory map, if that is what ``images``
         # is): host memory is bounded by the batch, not the dataset.
         batch = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         return batch.to(self.device, non_blocking=True)
+
+    def network_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch on the device as the network takes it: preprocessed, channels-last on CUDA."""
+        x = self.prep(batch)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
     def run(self, images: np.ndarray, batch_size: int, bar: tqdm | None = None) -> np.ndarray:
         """Features of ``images`` (any array that slices into uint8 NHWC batches), in order.
@@ -182,23 +189,20 @@ class Extractor:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         n = len(images)
-        cuda = self.device.type == "cuda"
         batch_size = min(batch_size, self.max_batch_size or batch_size)
         # Features stay on the device until the end (one copy back, no sync per batch), so
         # the host queues batch after batch while the GPU works; callers bound n by sharding.
         features = torch.empty((n, self.feature_dim), dtype=torch.float32, device=self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             start = 0
-            nxt = self._to_device(images[:batch_size]) if n else None
+            nxt = self.to_device(images[:batch_size]) if n else None
             while start < n:
                 batch = nxt
                 end = start + len(batch)
                 try:
                     if end < n:  # queue the next copy while this batch computes
-                        nxt = self._to_device(images[end:end + batch_size])
-                    x = self.prep(batch)
-                    if cuda:
-                        x = x.contiguous(memory_format=torch.channels_last)
+                        nxt = self.to_device(images[end:end + batch_size])
+                    x = self.network_input(batch)
                     features[start:end] = self.model(x).float()
                 except Exception as err:
                     if not is_out_of_memory(err):
@@ -206,7 +210,7 @@ class Extractor:
                     del batch
                     nxt = x = None
                     batch_size = self._smaller_batch(end - start, err)
-                    nxt = self._to_device(images[start:start + batch_size])
+                    nxt = self.to_device(images[start:start + batch_size])
                     continue
                 if bar is not None:
                     bar.update(end - start)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .evaluation import classification_metrics
 from .extract import Extractor
 from .files import atomic_write
-from .networks import Backbone, Preprocess, load_backbone
+from .networks import Backbone, load_backbone
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 NHWC images, int64 labels
 
@@ -111,7 +111,7 @@ def finetune(
     # The Extractor moves the network to the device (channels_last on CUDA) and owns
     # preprocessing and precision; its run() gives logits, since the net outputs them.
     extractor = Extractor(Backbone(net, backbone.preprocess, n_classes), device, precision)
-    dev, cuda = extractor.device, extractor.device.type == "cuda"
+    dev = extractor.device
     opt = torch.optim.AdamW(param_groups(net, cfg), weight_decay=cfg["weight_decay"])
     scaler = torch.amp.GradScaler(dev.type, enabled=extractor.precision == "fp16")
     images, labels = splits["train"]
@@ -129,13 +129,10 @@ def finetune(
         _train_mode(net, cfg["batchnorm"])
         total, seen = torch.zeros((), device=dev), 0
         for idx in _batches(len(images), batch_size, gen):
-            x = extractor._to_device(images[idx])
+            x = extractor.to_device(images[idx])
             y = torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)).to(dev, non_blocking=True)
-            with extractor._autocast():
-                x = extractor.prep(x)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(net(x).float(), y)
+            with extractor.autocast():
+                loss = F.cross_entropy(net(extractor.network_input(x)).float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -217,6 +214,6 @@ def load_finetuned(path: str | os.PathLike, checkpoint_dir: str | os.PathLike | 
         net.classifier.load_state_dict(finetuned["classifier"], strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit {finetuned['spec'].get('arch')}: {err}") from err
-    p = finetuned["preprocess"]
-    preprocess = Preprocess(p["resize"], p["crop"], p["interpolation"], tuple(p["mean"]), tuple(p["std"]))
-    return Backbone(net.eval().requires_grad_(False), preprocess, n_classes), finetuned
+    # The stored spec rebuilds the preprocessing it was trained with (the file also keeps
+    # it, under "preprocess", for readers without the project).
+    return Backbone(net.eval().requires_grad_(False), base.preprocess, n_classes), finetuned
