@@ -46,7 +46,7 @@ def bare_forward(extractor: Extractor, n: int, batch_size: int) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
 
     def run():
-        with torch.inference_mode(), extractor._autocast():
+        with torch.inference_mode(), extractor.autocast():
             for _ in range(n // batch_size):
                 extractor.model(x).float()
 
