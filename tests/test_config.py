@@ -283,3 +283,33 @@ def test_schema_enums_match_library(schema):
     assert dataset_spec["properties"]["source"]["enum"] == sorted(sources.SOURCES)
     head_spec = schema["properties"]["heads"]["additionalProperties"]
     assert tuple(head_spec["properties"]["kind"]["enum"]) == tuple(heads.HEAD_KINDS)
+
+
+# --- values from the command line ----------------------------------------------------------
+
+
+def test_nested_command_line_strings_take_the_schemas_types(schema):
+    """What Snakemake's --config 'section={key: value}' gives: every nested scalar a string."""
+    config = minimal()
+    config["heads"]["m"].update(hidden=["64", "32"], epochs="3", lr="0.01")
+    config["heads"]["h"]["hidden"] = "16"
+    config["split"] = {"seed": "3", "official_validation": "true", "train_per_class": "null"}
+    config["extract"] = {"compile": "false", "batch_size": "8"}
+    config["predict"] = {"top_k": "5", "head": "null", "name": "007"}
+    out = validate_config(config, schema)
+    assert out["heads"]["m"]["hidden"] == [64, 32] and out["heads"]["h"]["hidden"] == 16
+    assert (out["heads"]["m"]["epochs"], out["heads"]["m"]["lr"]) == (3, 0.01)
+    assert out["split"]["seed"] == 3 and out["split"]["official_validation"] is True
+    assert out["split"]["train_per_class"] is None
+    assert out["extract"]["compile"] is False and out["extract"]["batch_size"] == 8
+    assert out["predict"]["top_k"] == 5 and out["predict"]["head"] is None
+    assert out["predict"]["name"] == "007"  # a string where the schema takes a string
+
+
+def test_command_line_string_of_the_wrong_kind_is_still_refused(schema):
+    config = minimal()
+    config["heads"]["m"]["epochs"] = "three"
+    config["heads"]["h"]["epochs"] = "1.5"
+    message = errors_of(config, schema)
+    assert "heads.m.epochs: 'three' is not of type 'integer'" in message
+    assert "heads.h.epochs: '1.5' is not of type 'integer'" in message

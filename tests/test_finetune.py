@@ -20,6 +20,7 @@ from transfer_lab.finetune import (
     _train_mode,
     build_classifier_net,
     finetune,
+    is_finetuned,
     load_finetuned,
     param_groups,
     save_finetuned,
@@ -128,6 +129,46 @@ def test_saved_file_reloads_with_weights_only_and_classifies_the_same(trained, d
                                   Extractor(backbone, "cpu").run(images, 64))
 
 
+def test_predict_and_export_apply_a_finetuned_network_as_it_classifies(trained, digits, tmp_path):
+    """predict's Classifier (and the exported program) on a fine-tuned file: the network's own
+    classifier on unstandardised features, the probabilities softmax of its logits."""
+    from transfer_lab.export import export_model, load_exported
+    from transfer_lab.predict import PredictError, load_predictor
+
+    finetuned, _ = trained
+    splits, class_names = digits
+    images = splits["test"][0][:6]
+    meta = {"network": "lite0", "dataset": "digits", "arch": SPEC["arch"], "weights": SPEC["weights"],
+            "input_size": 32, "layer": "penultimate (classifier removed)",
+            "storage_size": images.shape[1], "storage_fit": "squash"}
+    path = tmp_path / "lite0_digits.pt"
+    save_finetuned(path, {**finetuned, "network_meta": meta})
+    assert is_finetuned(path)
+    predictor = load_predictor(path, network="lite0", config={"networks": {"lite0": SPEC}})
+    assert predictor.head_kind == "finetune" and predictor.class_names == class_names
+    backbone, _ = load_finetuned(path)
+    logits = torch.from_numpy(Extractor(backbone, "cpu").run(images, 6))
+    with torch.inference_mode():
+        stored = torch.from_numpy(images)
+        probs = predictor.model.classify(stored)
+        one = predictor.model(stored[0])  # one image through the storage resize (same size: none)
+    torch.testing.assert_close(probs, torch.softmax(logits, dim=1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(one, probs[0], rtol=0, atol=1e-6)
+    export_model(predictor, tmp_path / "lite0_digits_finetune.pt2")
+    module, record = load_exported(tmp_path / "lite0_digits_finetune.pt2")
+    assert record["head"]["kind"] == "finetune" and record["class_names"] == class_names
+    with torch.no_grad():
+        torch.testing.assert_close(module(stored[1]), probs[1], rtol=0, atol=1e-4)
+    with pytest.raises(PredictError, match="not of the requested network 'resnet'"):
+        load_predictor(path, network="resnet")
+
+
+def test_a_head_file_is_not_a_finetuned_network(tmp_path):
+    path = tmp_path / "head.pt"
+    torch.save({"kind": "linear", "state_dict": {}, "network_meta": {}}, path)
+    assert not is_finetuned(path)
+
+
 def test_load_refuses_a_file_that_is_not_a_finetuned_network(tmp_path):
     path = tmp_path / "head.pt"
     torch.save({"kind": "linear", "state_dict": {}}, path)
@@ -187,6 +228,18 @@ def test_finetune_config_names_unknown_networks_and_datasets():
     assert "finetune.datasets: 'digits' is not a key of datasets; valid: dig" in message
 
 
+def test_finetune_is_a_head_name_for_predict_and_no_config_head_may_take_it():
+    schema = load_schema(SCHEMA_PATH)
+    config = {**minimal_config(networks=["net"]), "predict": {"head": "finetune"}}
+    assert validate_config(config, schema, check_resources=False)["predict"]["head"] == "finetune"
+    with pytest.raises(ConfigError) as info:
+        validate_config({**config, "predict": {"head": "hh"}}, schema, check_resources=False)
+    assert "predict.head: 'hh' is not in heads; valid: h, finetune" in str(info.value)
+    with pytest.raises(ConfigError, match="heads: 'finetune' is the name of fine-tuned networks"):
+        validate_config({**minimal_config(), "heads": {"finetune": {"kind": "linear"}}}, schema,
+                        check_resources=False)
+
+
 # --- workflow -----------------------------------------------------------------------
 
 TINY = {
@@ -222,8 +275,32 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     assert finetuned["spec"]["arch"] == SPEC["arch"] and len(finetuned["class_names"]) == 10
     assert (workdir / "results/benchmarks/finetune/lite0_digits.tsv").is_file()
     assert "epoch 1: train loss" in (workdir / "results/logs/finetune/lite0_digits.log").read_text()
+    meta = finetuned["network_meta"]
+    assert (meta["network"], meta["dataset"], meta["storage_fit"]) == ("lite0", "digits", "squash")
+    assert meta["storage_size"] > 0 and torch.__version__.startswith(meta["version_torch"])
+    assert metrics["meta"]["seed"] == 0 and metrics["meta"]["version_torch"] == meta["version_torch"]
 
-    # A fine-tuning setting retrains the fine-tuned network only: no extraction, no head.
+    # predict applies the fine-tuned network (head `finetune`) as evaluation did.
+    from PIL import Image
+
+    from transfer_lab.datasets import load_prepared
+
+    images = load_prepared(workdir / "results/datasets/digits.npz").subset("train")[0][:3]
+    (workdir / "new").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(workdir / f"new/train_{i}.png")
+    run = snakemake(workdir, "predict", "--config", "predict={images: new/, head: finetune}")
+    assert run.jobs == {"predict": 1}
+    rows = pd.read_csv(workdir / "results/predictions/lite0_digits_finetune.csv", keep_default_na=False)
+    backbone, _ = load_finetuned(workdir / "results/finetune/lite0_digits.pt")
+    evaluated = Extractor(backbone, "cpu").run(images, 3).argmax(1)
+    assert list(rows["predicted"].astype(str)) == [finetuned["class_names"][i] for i in evaluated]
+    assert (rows["error"] == "").all()
+
+    # A fine-tuning setting retrains the fine-tuned network only: no extraction, no head;
+    # the same from the command line, where Snakemake hands nested numbers over as strings.
+    override = "finetune={networks: [lite0], epochs: 1, batch_size: 25, lr: 0.002}"
+    assert snakemake(workdir, "-n", "--config", override).jobs == {"finetune": 1, "compare": 1}
     changed = copy.deepcopy(TINY)
     changed["finetune"]["lr"] = 0.002
     write_config(workdir, changed)

@@ -15,12 +15,14 @@ examples:
   transfer-lab predict --head results/heads/efficientnet_lite0_digits_linear.pt my_digits/
   transfer-lab predict --head results/heads/efficientnet_lite0_digits_linear.pt 'photos/*.png' --csv > out.csv
   transfer-lab export --head results/heads/efficientnet_lite0_digits_linear.pt -o model.pt2
+  transfer-lab predict --head results/finetune/efficientnet_lite0_digits.pt my_digits/
 """
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", required=True, metavar="PT",
-                   help="a trained head file, results/heads/<network>_<dataset>_<head>.pt")
+                   help="a trained head file, results/heads/<network>_<dataset>_<head>.pt, "
+                        "or a fine-tuned network, results/finetune/<network>_<dataset>.pt")
     p.add_argument("--network", metavar="NAME",
                    help="the network (config name) you mean to use: a head trained on another one is refused")
     p.add_argument("--config", metavar="YAML", default=None,

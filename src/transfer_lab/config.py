@@ -13,6 +13,10 @@ import os
 import jsonschema
 import yaml
 
+# The head name of a fine-tuned network: in the comparison, and for predict and export
+# (so no head in the config may take it).
+FINETUNED = "finetune"
+
 
 class ConfigError(ValueError):
     pass
@@ -47,6 +51,64 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+_JSON_TYPES = {"integer": (int,), "number": (int, float), "boolean": (bool,), "null": (type(None),)}
+
+
+def _alternatives(schema: dict, root: dict) -> list[dict]:
+    """``schema`` with a local ``$ref`` followed, or its ``oneOf``/``anyOf`` branches."""
+    if "$ref" in schema:
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        return _alternatives(node, root)
+    branches = schema.get("oneOf") or schema.get("anyOf")
+    return [alt for branch in branches for alt in _alternatives(branch, root)] if branches else [schema]
+
+
+def _types(schema: dict) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def coerce_command_line_strings(value, schema: dict, root: dict):
+    """``value`` with strings read as YAML where the schema wants a number, boolean or null.
+
+    Snakemake parses a nested ``--config`` value with YAML's BaseLoader, so in
+    ``--config 'finetune={epochs: 1}'`` every scalar is a string ('1', 'true', 'null').
+    Such a string becomes what a config file would have given, where the schema does not
+    take it as a string; anything else is left for validation to report.
+    """
+    alternatives = _alternatives(schema, root)
+    if isinstance(value, dict):
+        for alt in alternatives:
+            if "object" in _types(alt) or "properties" in alt:
+                props, extra = alt.get("properties", {}), alt.get("additionalProperties")
+                for key, item in value.items():
+                    sub = props.get(key, extra if isinstance(extra, dict) else None)
+                    if sub is not None:
+                        value[key] = coerce_command_line_strings(item, sub, root)
+                break
+        return value
+    if isinstance(value, list):
+        for alt in alternatives:
+            if "array" in _types(alt) and isinstance(alt.get("items"), dict):
+                return [coerce_command_line_strings(item, alt["items"], root) for item in value]
+        return value
+    if isinstance(value, str):
+        types = [t for alt in alternatives for t in _types(alt)]
+        if value in ("null", "~") and "null" in types:
+            return None
+        if types and "string" not in types:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            wanted = tuple(c for t in types for c in _JSON_TYPES.get(t, ()))
+            if isinstance(parsed, wanted) and not (isinstance(parsed, bool) and "boolean" not in types):
+                return parsed
+    return value
+
+
 def load_schema(path: str | os.PathLike) -> dict:
     with open(path) as f:
         return yaml.safe_load(f)
@@ -59,6 +121,7 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
     exist in the installed torchvision/timm, and the dataset keys that depend on the
     source. Whether a dataset's files are in place is checked by ``prepare_dataset``.
     """
+    coerce_command_line_strings(config, schema, schema)
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -99,13 +162,15 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                     f"  finetune.{section}: {name!r} is not a key of {section}; "
                     f"valid: {', '.join(config[section])}"
                 )
+    if FINETUNED in config["heads"]:
+        problems.append(f"  heads: {FINETUNED!r} is the name of fine-tuned networks (in the comparison, "
+                        "and predict.head); give the head another name")
     predict = config.get("predict") or {}
     for key, section in (("network", "networks"), ("dataset", "datasets"), ("head", "heads")):
-        if predict.get(key) is not None and predict[key] not in config[section]:
+        valid = [*config[section], FINETUNED] if key == "head" else list(config[section])
+        if predict.get(key) is not None and predict[key] not in valid:
             problems.append(f"  predict.{key}: {predict[key]!r} is not in {section}; "
-                            f"valid: {', '.join(config[section])}")
-    if str(predict.get("top_k", 1)) == "0":
-        problems.append("  predict.top_k: must be at least 1")
+                            f"valid: {', '.join(valid)}")
     # File names join names with '_': no two combinations may spell the same file.
     pairs = itertools.product(config["networks"], config["datasets"])
     triples = itertools.product(config["networks"], config["datasets"], config["heads"])

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .config import FINETUNED
 from .evaluation import classification_metrics
 from .extract import Extractor
 from .files import atomic_write
@@ -165,7 +166,7 @@ def finetune(
     }
     metrics = {
         "method": "finetune",
-        "head_kind": "finetune",
+        "head_kind": FINETUNED,
         "feature_dim": int(backbone.feature_dim),
         **classification_metrics(predictions, class_names),
         "best_epoch": best[1],
@@ -189,6 +190,15 @@ def finetune(
 def save_finetuned(path: str | os.PathLike, finetuned: dict) -> None:
     with atomic_write(path) as f:
         torch.save(finetuned, f)
+
+
+def is_finetuned(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a fine-tuned network rather than a head file.
+
+    Memory-mapped (``weights_only``): telling the two apart does not read the backbone.
+    """
+    contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return isinstance(contents, dict) and {"spec", "backbone", "classifier"} <= set(contents)
 
 
 def load_finetuned(path: str | os.PathLike, checkpoint_dir: str | os.PathLike | None = None) -> tuple[Backbone, dict]:

@@ -2,7 +2,8 @@
 
 One module, :class:`Classifier`, does every step a training image went through (the
 storage resize of preparation, the network's own resize/crop/normalisation, the frozen
-backbone, the head's standardisation and the head) and then a softmax. ``predict`` runs it
+backbone, the head's standardisation and the head) and then a softmax; a fine-tuned
+network (rule finetune) is applied the same way, its own classifier as the head. ``predict`` runs it
 eagerly and ``export`` (:mod:`transfer_lab.export`) saves the very same module with
 ``torch.export``, so an exported file gives predict's probabilities, not an approximation.
 
@@ -27,6 +28,8 @@ from torch import nn
 
 from .devices import resolve_device
 from .extract import DevicePreprocess
+from .config import FINETUNED
+from .finetune import is_finetuned, load_finetuned
 from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
@@ -211,19 +214,31 @@ def load_predictor(
     checkpoint_dir: str | os.PathLike | None = None,
     device: str = "cpu",
 ) -> Predictor:
-    """The head file plus the backbone it was trained on, as one :class:`Classifier`.
+    """A head file plus the backbone it was trained on, or a fine-tuned network, as one
+    :class:`Classifier`.
 
-    ``network`` is the config name the caller asked for, ``config`` the workflow's config
-    (``networks`` and ``datasets``; either may be absent). A head trained on another
-    network's features, or on a network whose config entry has changed since, is refused
-    naming both, rather than producing confident nonsense. ``storage`` overrides the
-    storage step otherwise taken from the head's meta or the config.
+    ``head_path`` is a head file (rule train_head) or a fine-tuned network (rule
+    finetune, ``results/finetune/*.pt``): the latter's own classifier is the head, on
+    unstandardised features. ``network`` is the config name the caller asked for,
+    ``config`` the workflow's config (``networks`` and ``datasets``; either may be absent).
+    A head trained on another network's features, or on a network whose config entry has
+    changed since, is refused naming both, rather than producing confident nonsense.
+    ``storage`` overrides the storage step otherwise taken from the file's meta or the
+    config.
     """
     where = str(head_path)
     if not Path(head_path).is_file():
         raise PredictError(f"{where}: no such head file; train it first (snakemake {where})")
-    head, head_file = load_head(head_path)
-    meta = dict(head_file.get("network_meta") or {})
+    finetuned = is_finetuned(head_path)
+    if finetuned:
+        backbone, trained_file = load_finetuned(head_path, checkpoint_dir)
+        n_classes = len(trained_file["class_names"])
+        # The fine-tuned classifier takes the backbone's features as they are.
+        head, mean, std = nn.Identity(), torch.zeros(n_classes), torch.ones(n_classes)
+    else:
+        head, trained_file = load_head(head_path)
+        mean, std = trained_file["mean"], trained_file["std"]
+    meta = dict(trained_file.get("network_meta") or {})
     trained = network_spec(meta, where)
     if network is not None and meta["network"] != network:
         raise PredictError(
@@ -241,17 +256,18 @@ def load_predictor(
             "or restore the network's config entry"
         )
     storage = storage or resolve_storage(meta, config, where)
-    backbone = load_backbone(trained, checkpoint_dir=checkpoint_dir)
-    if backbone.feature_dim != head_file["feature_dim"]:
-        raise PredictError(
-            f"{where}: the head takes {head_file['feature_dim']}-d features but {describe_network(meta)} "
-            f"gives {backbone.feature_dim}-d; the head file does not belong to this network"
-        )
+    if not finetuned:
+        backbone = load_backbone(trained, checkpoint_dir=checkpoint_dir)
+        if backbone.feature_dim != trained_file["feature_dim"]:
+            raise PredictError(
+                f"{where}: the head takes {trained_file['feature_dim']}-d features but {describe_network(meta)} "
+                f"gives {backbone.feature_dim}-d; the head file does not belong to this network"
+            )
     dev = resolve_device(device)
-    model = Classifier(backbone.model, DevicePreprocess(backbone.preprocess), head, head_file["mean"],
-                       head_file["std"], storage).to(dev).eval()
-    return Predictor(model, [str(c) for c in head_file["class_names"]], storage, meta, where,
-                     str(head_file.get("kind", "")), dev)
+    model = Classifier(backbone.model, DevicePreprocess(backbone.preprocess), head, mean, std,
+                       storage).to(dev).eval()
+    kind = FINETUNED if finetuned else str(trained_file.get("kind", ""))
+    return Predictor(model, [str(c) for c in trained_file["class_names"]], storage, meta, where, kind, dev)
 
 
 # --- predictions ---------------------------------------------------------------------------

@@ -209,11 +209,13 @@ def finetune_params(wildcards):
 
 # --- predict and export: one trained (network, dataset, head) applied to new images ---
 
+from transfer_lab.config import FINETUNED
 from transfer_lab.images import NoImagesError, find_images
 
 PREDICT = config["predict"]
 CODE["predict"] = source_hash(
     "transfer_lab.predict",
+    "transfer_lab.finetune",
     "transfer_lab.images",
     "transfer_lab.extract",
     "transfer_lab.networks",
@@ -222,7 +224,7 @@ CODE["predict"] = source_hash(
     "transfer_lab.devices",
     "transfer_lab.files",
 )
-CODE["export"] = source_hash("transfer_lab.export", "transfer_lab.predict", "transfer_lab.extract",
+CODE["export"] = source_hash("transfer_lab.export", "transfer_lab.predict", "transfer_lab.finetune", "transfer_lab.extract",
                              "transfer_lab.networks", "transfer_lab.heads", "transfer_lab.sources")
 
 
@@ -233,7 +235,7 @@ def predict_choice():
     for key, names in (("network", NETWORKS), ("dataset", DATASETS), ("head", HEADS)):
         value = PREDICT[key] if PREDICT[key] is not None else (next(iter(names)) if len(names) == 1 else None)
         if value is None:
-            missing.append(f"predict.{key} (one of: {', '.join(names)})")
+            missing.append(f"predict.{key} (one of: {', '.join([*names, FINETUNED] if key == 'head' else names)})")
         chosen.append(value)
     return tuple(chosen), missing
 
@@ -269,12 +271,18 @@ def predict_inputs(wildcards):
         images = [str(p) for p in find_images(predict_patterns()) if p.is_file()]
     except NoImagesError as err:
         raise WorkflowError(f"predict.images: {err}")
-    return {"head": f"results/heads/{network}_{dataset}_{head}.pt", "images": images,
-            **backbone_inputs(network)}
+    return {"head": trained_file(network, dataset, head), "images": images, **backbone_inputs(network)}
+
+
+def trained_file(network, dataset, head):
+    """What predict and export apply: a head file, or for head `finetune` the fine-tuned network."""
+    if head == FINETUNED:
+        return f"results/finetune/{network}_{dataset}.pt"
+    return f"results/heads/{network}_{dataset}_{head}.pt"
 
 
 def export_inputs(wildcards):
-    return {"head": f"results/heads/{wildcards.network}_{wildcards.dataset}_{wildcards.head}.pt",
+    return {"head": trained_file(wildcards.network, wildcards.dataset, wildcards.head),
             **backbone_inputs(wildcards.network)}
 
 

@@ -13,7 +13,7 @@ rule predict:
         spec=lambda wildcards: canonical(NETWORKS[predict_chosen()[0]]),
         storage=lambda wildcards: storage_spec(predict_chosen()[1]),
         images=predict_patterns(),
-        top_k=int(PREDICT["top_k"]),
+        top_k=PREDICT["top_k"],
         device=config["extract"]["device"],
         code=CODE["predict"],
         versions=VERSIONS,
