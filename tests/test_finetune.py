@@ -284,13 +284,15 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     from PIL import Image
 
     from transfer_lab.datasets import load_prepared
+    from transfer_lab.export import load_exported
 
     images = load_prepared(workdir / "results/datasets/digits.npz").subset("train")[0][:3]
     (workdir / "new").mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image).save(workdir / f"new/train_{i}.png")
-    run = snakemake(workdir, "predict", "--config", "predict={images: new/, head: finetune}")
-    assert run.jobs == {"predict": 1}
+    run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, head: finetune}")
+    assert run.jobs == {"predict": 1, "export_model": 1, "export": 1}
+    assert load_exported(workdir / "results/export/lite0_digits_finetune.pt2")[1]["head"]["kind"] == "finetune"
     rows = pd.read_csv(workdir / "results/predictions/lite0_digits_finetune.csv", keep_default_na=False)
     backbone, _ = load_finetuned(workdir / "results/finetune/lite0_digits.pt")
     evaluated = Extractor(backbone, "cpu").run(images, 3).argmax(1)

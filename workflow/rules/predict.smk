@@ -29,6 +29,8 @@ rule predict:
 
 
 rule export_model:
+    wildcard_constraints:
+        head=alternatives([*HEADS, FINETUNED]),  # a head, or the fine-tuned network
     input:
         unpack(export_inputs),
     output:
