@@ -266,12 +266,16 @@ def _killed_at(workdir: Path, pattern: str, unlock: bool = False, timeout: float
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     def writing() -> list[Path]:
-        """Temporary files (``.NAME.tmp-PID``) of outputs that match ``pattern``."""
+        """Temporary files (``.NAME.tmp-PID``) of outputs that match ``pattern``.
+
+        ``os.walk`` passes over a folder that a finishing job removes while it is being
+        listed (a shard folder), where ``Path.rglob`` raises."""
         found = []
-        for tmp in (workdir / "results").rglob(".*.tmp-*"):
-            target = tmp.parent / tmp.name[1:].rsplit(".tmp-", 1)[0]
-            if fnmatch.fnmatch(target.relative_to(workdir).as_posix(), pattern):
-                found.append(tmp)
+        for root, _, names in os.walk(workdir / "results"):
+            for name in fnmatch.filter(names, ".*.tmp-*"):
+                target = Path(root, name[1:].rsplit(".tmp-", 1)[0])
+                if fnmatch.fnmatch(target.relative_to(workdir).as_posix(), pattern):
+                    found.append(Path(root, name))
         return found
 
     deadline = time.monotonic() + timeout
