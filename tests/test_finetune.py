@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from conftest import copy_workflow, snakemake, write_config
 from transfer_lab.config import ConfigError, load_schema, validate_config
-from transfer_lab.datasets import prepare_dataset
+from transfer_lab.datasets import load_prepared, prepare_dataset
+from transfer_lab.export import export_model, load_exported
 from transfer_lab.extract import Extractor
 from transfer_lab.finetune import (
     _train_mode,
@@ -26,6 +28,7 @@ from transfer_lab.finetune import (
     save_finetuned,
 )
 from transfer_lab.networks import load_backbone
+from transfer_lab.predict import PredictError, load_predictor
 
 SPEC = {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32}
 SCHEMA_PATH = Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml"
@@ -132,9 +135,6 @@ def test_saved_file_reloads_with_weights_only_and_classifies_the_same(trained, d
 def test_predict_and_export_apply_a_finetuned_network_as_it_classifies(trained, digits, tmp_path):
     """predict's Classifier (and the exported program) on a fine-tuned file: the network's own
     classifier on unstandardised features, the probabilities softmax of its logits."""
-    from transfer_lab.export import export_model, load_exported
-    from transfer_lab.predict import PredictError, load_predictor
-
     finetuned, _ = trained
     splits, class_names = digits
     images = splits["test"][0][:6]
@@ -279,13 +279,9 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     assert (meta["network"], meta["dataset"], meta["storage_fit"]) == ("lite0", "digits", "squash")
     assert meta["storage_size"] > 0 and torch.__version__.startswith(meta["version_torch"])
     assert metrics["meta"]["seed"] == 0 and metrics["meta"]["version_torch"] == meta["version_torch"]
+    assert finetuned["meta"] == metrics["meta"] and metrics["meta"]["split_seed"] == meta["seed"] == 0
 
     # predict applies the fine-tuned network (head `finetune`) as evaluation did.
-    from PIL import Image
-
-    from transfer_lab.datasets import load_prepared
-    from transfer_lab.export import load_exported
-
     images = load_prepared(workdir / "results/datasets/digits.npz").subset("train")[0][:3]
     (workdir / "new").mkdir()
     for i, image in enumerate(images):

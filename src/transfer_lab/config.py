@@ -18,6 +18,11 @@ import yaml
 FINETUNED = "finetune"
 
 
+def head_choices(heads) -> list[str]:
+    """What ``predict.head`` (and an exported file's head) may name: a head, or ``finetune``."""
+    return [*heads, FINETUNED]
+
+
 class ConfigError(ValueError):
     pass
 
@@ -167,7 +172,7 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                         "and predict.head); give the head another name")
     predict = config.get("predict") or {}
     for key, section in (("network", "networks"), ("dataset", "datasets"), ("head", "heads")):
-        valid = [*config[section], FINETUNED] if key == "head" else list(config[section])
+        valid = head_choices(config[section]) if key == "head" else list(config[section])
         if predict.get(key) is not None and predict[key] not in valid:
             problems.append(f"  predict.{key}: {predict[key]!r} is not in {section}; "
                             f"valid: {', '.join(valid)}")

@@ -428,3 +428,17 @@ def load_backbone(spec: dict, checkpoint_dir: str | os.PathLike | None = None) -
 
 def preprocess_meta(preprocess: Preprocess) -> dict:
     return {f"preprocess_{k}": (str(v) if isinstance(v, tuple) else v) for k, v in asdict(preprocess).items()}
+
+
+def network_meta(network: str, dataset: str, spec: dict, preprocess: Preprocess, prepared_meta: dict) -> dict:
+    """What a file made by a network from a prepared dataset records of both (the bottleneck
+    pickle's ``meta``, a fine-tuned file's ``network_meta``): the backbone as ``predict``
+    rebuilds it, how the images were stored, the split and random-weights seeds, versions."""
+    return {
+        "network": network, "arch": spec["arch"], "weights": spec["weights"], "dataset": dataset,
+        "input_size": preprocess.crop, "layer": spec.get("layer") or "penultimate (classifier removed)",
+        "seed": prepared_meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,  # split seed; random weights' seed
+        **{k: prepared_meta[k] for k in ("storage_size", "storage_fit") if k in prepared_meta},
+        **preprocess_meta(preprocess),
+        **{f"version_{k}": v for k, v in spec["versions"].items()},
+    }

@@ -3,8 +3,8 @@
 One module, :class:`Classifier`, does every step a training image went through (the
 storage resize of preparation, the network's own resize/crop/normalisation, the frozen
 backbone, the head's standardisation and the head) and then a softmax; a fine-tuned
-network (rule finetune) is applied the same way, its own classifier as the head. ``predict`` runs it
-eagerly and ``export`` (:mod:`transfer_lab.export`) saves the very same module with
+network (rule finetune) is applied the same way, its own classifier as the head.
+``predict`` runs it eagerly and ``export`` (:mod:`transfer_lab.export`) saves the very same module with
 ``torch.export``, so an exported file gives predict's probabilities, not an approximation.
 
 The storage resize is PIL's bicubic resize written as two matrix products whose weights
@@ -26,9 +26,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .config import FINETUNED
 from .devices import resolve_device
 from .extract import DevicePreprocess
-from .config import FINETUNED
 from .finetune import is_finetuned, load_finetuned
 from .heads import load_head
 from .images import read_image
@@ -162,7 +162,8 @@ def network_spec(meta: dict, where: str) -> dict:
     """The backbone spec a head was trained with, from its network meta (the bottleneck's)."""
     missing = [k for k in ("network", "arch", "weights", "input_size") if k not in meta]
     if missing:
-        raise PredictError(f"{where}: the head file's network_meta lacks {', '.join(missing)}; retrain the head")
+        raise PredictError(f"{where}: the file's network_meta lacks {', '.join(missing)}; rebuild it with this "
+                           "version of the workflow (snakemake reruns it)")
     layer = meta.get("layer")
     if not isinstance(layer, str) or layer.startswith("penultimate"):
         layer = None

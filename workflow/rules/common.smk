@@ -209,7 +209,7 @@ def finetune_params(wildcards):
 
 # --- predict and export: one trained (network, dataset, head) applied to new images ---
 
-from transfer_lab.config import FINETUNED
+from transfer_lab.config import FINETUNED, head_choices
 from transfer_lab.images import NoImagesError, find_images
 
 PREDICT = config["predict"]
@@ -224,8 +224,9 @@ CODE["predict"] = source_hash(
     "transfer_lab.devices",
     "transfer_lab.files",
 )
-CODE["export"] = source_hash("transfer_lab.export", "transfer_lab.predict", "transfer_lab.finetune", "transfer_lab.extract",
-                             "transfer_lab.networks", "transfer_lab.heads", "transfer_lab.sources")
+CODE["export"] = source_hash("transfer_lab.export", "transfer_lab.predict", "transfer_lab.finetune",
+                             "transfer_lab.extract", "transfer_lab.networks", "transfer_lab.heads",
+                             "transfer_lab.sources")
 
 
 def predict_choice():
@@ -235,7 +236,8 @@ def predict_choice():
     for key, names in (("network", NETWORKS), ("dataset", DATASETS), ("head", HEADS)):
         value = PREDICT[key] if PREDICT[key] is not None else (next(iter(names)) if len(names) == 1 else None)
         if value is None:
-            missing.append(f"predict.{key} (one of: {', '.join([*names, FINETUNED] if key == 'head' else names)})")
+            choices = head_choices(names) if key == "head" else names
+            missing.append(f"predict.{key} (one of: {', '.join(choices)})")
         chosen.append(value)
     return tuple(chosen), missing
 

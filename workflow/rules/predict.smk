@@ -30,7 +30,7 @@ rule predict:
 
 rule export_model:
     wildcard_constraints:
-        head=alternatives([*HEADS, FINETUNED]),  # a head, or the fine-tuned network
+        head=alternatives(head_choices(HEADS)),  # a head, or the fine-tuned network
     input:
         unpack(export_inputs),
     output:

@@ -17,7 +17,7 @@ from transfer_lab.datasets import load_prepared
 from transfer_lab.devices import claim_device
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.files import atomic_write, log_to
-from transfer_lab.networks import RANDOM_INIT_SEED, load_backbone, preprocess_meta
+from transfer_lab.networks import load_backbone, network_meta
 
 with log_to(snakemake.log[0]) as log:
     w, spec, params = snakemake.wildcards, snakemake.params.network, snakemake.params
@@ -41,14 +41,8 @@ with log_to(snakemake.log[0]) as log:
     logging.info("%.1f s, %.1f images/s on %s (%s)", result.seconds, result.images_per_second,
                  result.device, result.precision)
     meta = {
-        "network": w.network, "arch": spec["arch"], "weights": spec["weights"],
-        "dataset": w.dataset, "split": w.split, "input_size": backbone.preprocess.crop,
-        "layer": spec.get("layer") or "penultimate (classifier removed)", "precision": result.precision,
-        "feature_dim": backbone.feature_dim,
-        "seed": ds.meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,  # split seed; random weights' seed
-        **{k: ds.meta[k] for k in ("storage_size", "storage_fit") if k in ds.meta},
-        **preprocess_meta(backbone.preprocess),
-        **{f"version_{k}": v for k, v in spec["versions"].items()},
+        **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta),
+        "split": w.split, "precision": result.precision, "feature_dim": backbone.feature_dim,
     }
     write_bottleneck(snakemake.output.features, Bottleneck(result.features, labels, ds.class_names, meta))
     metrics = {

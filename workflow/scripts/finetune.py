@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
+from transfer_lab.config import FINETUNED
 from transfer_lab.datasets import load_prepared
 from transfer_lab.devices import claim_device
 from transfer_lab.files import atomic_write, log_to
-from transfer_lab.finetune import FINETUNED, finetune, save_finetuned
-from transfer_lab.networks import RANDOM_INIT_SEED, load_backbone, preprocess_meta
+from transfer_lab.finetune import finetune, save_finetuned
+from transfer_lab.networks import load_backbone, network_meta
 
 with log_to(snakemake.log[0]) as log:
     w, spec, cfg = snakemake.wildcards, snakemake.params.network, snakemake.params.finetune
@@ -27,19 +28,15 @@ with log_to(snakemake.log[0]) as log:
                                   progress=log)
     logging.info("accuracy %s, best epoch %d, %.1f s on %s (%s)", metrics["accuracy"], metrics["best_epoch"],
                  metrics["train_seconds"], metrics["device"], metrics["precision"])
-    # What predict and export need (as a head file's network_meta), and the seeds and versions.
-    meta = {
-        "network": w.network, "arch": spec["arch"], "weights": spec["weights"], "dataset": w.dataset,
-        "input_size": backbone.preprocess.crop, "layer": spec.get("layer") or "penultimate (classifier removed)",
-        "seed": cfg["seed"], "split_seed": ds.meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,
-        **{k: ds.meta[k] for k in ("storage_size", "storage_fit") if k in ds.meta},
-        **preprocess_meta(backbone.preprocess),
-        **{f"version_{k}": v for k, v in spec["versions"].items()},
+    # What predict and export need (as a head file's network_meta); seeds and versions, as
+    # train_head records them: fine-tuning's own seed, and the split's.
+    finetuned["network_meta"] = meta = network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta)
+    finetuned["meta"] = run_meta = {
+        "seed": cfg["seed"], "split_seed": meta["seed"], "init_seed": meta["init_seed"],
+        **{k: v for k, v in meta.items() if k.startswith("version_")},
     }
-    finetuned["network_meta"] = meta
     metrics = {"network": w.network, "dataset": w.dataset, "head": FINETUNED,
-               "arch": spec["arch"], "weights": spec["weights"], **metrics, "config": cfg,
-               "meta": {k: v for k, v in meta.items() if "seed" in k or k.startswith("version_")}}
+               "arch": spec["arch"], "weights": spec["weights"], **metrics, "config": cfg, "meta": run_meta}
     save_finetuned(snakemake.output.weights, finetuned)
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)
