@@ -50,6 +50,14 @@ def test_storage_resize_reproduces_to_storage():
     assert np.array_equal(StorageResize(Storage(8, "squash"))(torch.from_numpy(stored)).numpy(), stored)
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_unreadable_head_file_is_refused_naming_it(tmp_path, content):
+    path = tmp_path / "lite0_digits_linear.pt"
+    path.write_bytes(content)
+    with pytest.raises(PredictError, match=rf"^{path}: not a head file or fine-tuned network \(.+\); expected "):
+        load_predictor(path)
+
+
 def test_find_images_folders_globs_and_plain_paths(tmp_path):
     (tmp_path / "a" / "sub").mkdir(parents=True)
     for name in ("a/x.png", "a/sub/y.JPG", "a/notes.txt", "a/.hidden.png"):

@@ -230,7 +230,15 @@ def load_predictor(
     where = str(head_path)
     if not Path(head_path).is_file():
         raise PredictError(f"{where}: no such head file; train it first (snakemake {where})")
-    finetuned = is_finetuned(head_path)
+    try:
+        finetuned = is_finetuned(head_path)
+    except Exception as err:  # truncated, another format, or refused by weights_only
+        first_line = (str(err).splitlines() or [""])[0]
+        raise PredictError(
+            f"{where}: not a head file or fine-tuned network ({type(err).__name__}: {first_line}); "
+            f"expected results/heads/*.pt or results/finetune/*.pt saved by the workflow: rebuild it "
+            f"(snakemake {where})"
+        ) from err
     if finetuned:
         backbone, trained_file = load_finetuned(head_path, checkpoint_dir)
         n_classes = len(trained_file["class_names"])
