@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# sitecustomize hooks for the processes of a run (hold a rename, record imports): on PYTHONPATH where a test needs them.
+HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -39,9 +41,17 @@ class Run:
         self.jobs.pop("all", None)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> Run:
-    """Run Snakemake in ``workdir`` against the copied library (first on PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), PYTHONDONTWRITEBYTECODE="1", **(env or {}))
+def run_env(workdir: Path, hooks: dict | None = None) -> dict:
+    """The environment of a run against the copied library (first on PYTHONPATH), with the
+    test hooks that ``hooks`` switches on (variables of tests/hooks/sitecustomize.py)."""
+    path = [str(workdir / "src")] if not hooks else [str(HOOKS), str(workdir / "src")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONDONTWRITEBYTECODE": "1", **(hooks or {})}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None,
+              hooks: dict | None = None) -> Run:
+    """Run Snakemake in ``workdir`` against the copied library."""
+    env = {**run_env(workdir, hooks), **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=900,

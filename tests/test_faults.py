@@ -1,8 +1,8 @@
 """Faults: write errors, a full disk, running out of GPU memory, and SIGKILL at any moment.
 
 Unit tests inject the fault into the library; the integration tests run Snakemake, kill
-its whole process group at exact points (through the one test hook,
-``files.HOLD_ENV``) and check that what the user reruns finishes with the same results
+its whole process group at exact points (held there by a test hook,
+``tests/hooks/sitecustomize.py``) and check that what the user reruns finishes with the same results
 as a run that was never interrupted.
 """
 
@@ -25,12 +25,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_workflow, snakemake, write_config
+from conftest import copy_workflow, run_env, snakemake, write_config
 from transfer_lab import files
 from transfer_lab.bottleneck import Bottleneck, read_bottleneck, write_bottleneck
 from transfer_lab.extract import Extractor, extract_features, extract_sharded, is_out_of_memory
 from transfer_lab.files import atomic_write
 from transfer_lab.networks import load_backbone
+from transfer_lab.specs import NetworkSpec
 
 # --- write errors ------------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ def backbone():
     # One thread: tiny batches on a busy 2-core machine are many times slower with more.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32})
+    yield load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=32))
     torch.set_num_threads(threads)
 
 
@@ -260,7 +261,7 @@ def _killed_at(workdir: Path, pattern: str, unlock: bool = False, timeout: float
 
     ``unlock``: then run ``snakemake --unlock`` as a user does; otherwise remove the lock
     files it would remove (each Snakemake start costs seconds of imports)."""
-    env = dict(os.environ, PYTHONPATH=str(workdir / "src"), **{files.HOLD_ENV: pattern})
+    env = run_env(workdir, hooks={"TRANSFER_LAB_TEST_HOLD": pattern})
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", "--rerun-incomplete"],
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import glob
 import io
 import os
 import pickle
-import time
 from pathlib import Path
 from typing import IO, Any, Iterator
-
-
-# Test hook (the only one): with this variable set to a glob, ``atomic_write`` of a
-# matching path stops after writing its temporary file, before the rename, until the
-# process is killed. The kill tests use it to SIGKILL a job at an exact point.
-HOLD_ENV = "TRANSFER_LAB_TEST_HOLD_BEFORE_RENAME"
 
 
 def _tmp_pid(tmp: Path) -> int | None:
@@ -62,10 +54,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        hold = os.environ.get(HOLD_ENV)
-        if hold and fnmatch.fnmatch(str(path), hold):
-            while True:  # until the test kills this process
-                time.sleep(1)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
