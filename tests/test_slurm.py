@@ -74,13 +74,24 @@ def test_dry_run_requests_one_gpu_per_extraction_job_and_none_for_cpu_rules(tmp_
         assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0, (rule, resources)
 
 
-@pytest.mark.parametrize("visible, expected", [(0, 1), (1, 1), (4, 4)])
-def test_default_profile_allows_one_gpu_job_per_gpu_torch_sees(monkeypatch, visible, expected):
-    """profiles/default is a YTE template: its GPU limit is computed when Snakemake reads it."""
-    import torch
+@pytest.mark.parametrize("present, visible, expected", [
+    (0, None, 1), (1, None, 1), (4, None, 4), (4, "1,3", 2), (4, "", 1), (4, "0,-1,2", 1), (1, "0,1", 1),
+])
+def test_default_profile_allows_one_gpu_job_per_gpu_this_machine_shows(monkeypatch, tmp_path, present, visible,
+                                                                        expected):
+    """profiles/default is a YTE template: its GPU limit is computed when Snakemake reads it,
+    from the machine's /dev/nvidiaN devices and CUDA_VISIBLE_DEVICES, without importing torch."""
     from snakemake.profiles import ProfileConfigFileParser
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    from transfer_lab import devices
+
+    for name in [f"nvidia{i}" for i in range(present)] + ["nvidiactl", "nvidia-uvm"]:
+        (tmp_path / name).touch()
+    monkeypatch.setattr(devices.gpu_count, "__defaults__", (tmp_path, None))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     with open(REPO / "profiles/default/config.yaml") as f:
         args = ProfileConfigFileParser().parse(f)
     assert args["resources"] == [f"gpu={expected}"]
@@ -100,6 +111,22 @@ def test_profile_declares_one_gpu_for_every_gpu_rule_and_fetch_rules_are_local()
         for block in re.findall(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", smk.read_text(), flags=re.M):
             declared |= set(re.findall(r"\w+", block))
     assert {"fetch_dataset", "fetch_weights"} <= declared
+
+
+def test_profile_says_what_every_rule_of_the_workflow_requests():
+    """The profile's comment table names every rule once; what it says matches its settings."""
+    text = (REPO / "profiles/slurm/config.yaml").read_text()
+    table = re.findall(r"^#   ([\w, ]+?)  +(.*)$", text.split("# Per rule.", 1)[1], flags=re.M)
+    said = {rule.strip(): what for rules, what in table for rule in rules.split(",")}
+    rules = set()
+    for smk in [REPO / "Snakefile", *(REPO / "workflow/rules").glob("*.smk")]:
+        rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), flags=re.M))
+    assert set(said) == rules - {"all"}
+    profile = yaml.safe_load(text)["set-resources"]
+    for rule, what in said.items():
+        gpus = profile.get(rule, {}).get("gpu", 0)
+        assert ("GPU" in what) == (gpus == 1), (rule, what, gpus)
+        assert ("local rule" in what) == (rule in {"fetch_dataset", "fetch_weights", "export"}), rule
 
 
 def ci_profile(dest: Path, gres: str | None = None) -> Path:

@@ -3,7 +3,8 @@
 Snakemake's ``resources: gpu=1`` bounds how many extraction jobs run at once; it does
 not say which GPU each should use. Each job therefore claims a free one with a lock file
 per device, held until the process exits, so concurrent jobs spread over the GPUs
-instead of all landing on ``cuda:0``.
+instead of all landing on ``cuda:0``. How many GPU jobs may run at once locally is
+:func:`gpu_count`, which the workflow profile reads without importing torch.
 """
 
 from __future__ import annotations
@@ -11,17 +12,42 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _held: list[IO] = []  # claimed locks live as long as the process
 
 
+def gpu_count(dev: str | os.PathLike = "/dev", environ: dict | None = None) -> int:
+    """The NVIDIA GPUs a process started here would see, at least 1, without importing torch.
+
+    The GPUs of this machine (or container) are its ``/dev/nvidiaN`` device files; a
+    ``CUDA_VISIBLE_DEVICES`` list keeps only its entries before the first invalid one
+    (``-1``, as CUDA reads it). Torch takes seconds to import, and the workflow profile
+    asks this at every ``snakemake`` call, dry runs included.
+    """
+    environ = os.environ if environ is None else environ
+    present = sum(1 for p in Path(dev).glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name))
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = []
+        for entry in (e.strip() for e in visible.split(",")):
+            if not entry or entry.startswith("-"):
+                break
+            entries.append(entry)
+        present = min(present, len(entries))
+    return max(1, present)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto``: the GPU when torch sees one, else the CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -36,6 +62,8 @@ def claim_device(device: str = "auto", lock_dir: str | os.PathLike | None = None
     jobs on one node see each other's claims and nodes do not). A scheduler that already
     restricts the job to one GPU (``CUDA_VISIBLE_DEVICES``) leaves torch one to see.
     """
+    import torch
+
     dev = resolve_device(device)
     if dev.type != "cuda" or dev.index is not None or torch.cuda.device_count() < 2:
         return dev
