@@ -24,6 +24,7 @@ import torch
 
 from transfer_lab.extract import Extractor
 from transfer_lab.networks import load_backbone
+from transfer_lab.specs import NetworkSpec
 
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, of the SXM parts.
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
@@ -64,7 +65,7 @@ def naive(spec: dict, images: np.ndarray, batch_size: int, device: torch.device,
     from PIL import Image
     from torchvision import transforms
 
-    backbone = load_backbone(spec)
+    backbone = load_backbone(NetworkSpec(**spec))
     p = backbone.preprocess
     transform = transforms.Compose([
         transforms.Resize(p.resize, interpolation=transforms.InterpolationMode(p.interpolation)),
@@ -109,7 +110,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     spec = {"arch": args.arch, "weights": args.weights, "input_size": args.input_size}
-    extractor = Extractor(load_backbone(spec), args.device, args.precision, compile=args.compile)
+    extractor = Extractor(load_backbone(NetworkSpec(**spec)), args.device, args.precision, compile=args.compile)
     dev = extractor.device
     images = np.random.default_rng(0).integers(0, 256, (args.n, args.image_size, args.image_size, 3), dtype=np.uint8)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} threads"

@@ -21,6 +21,7 @@ from torchvision import transforms
 
 from transfer_lab.extract import DevicePreprocess, extract_features
 from transfer_lab.networks import Preprocess, load_backbone
+from transfer_lab.specs import NetworkSpec
 
 
 def pillow_agreement(device: torch.device) -> None:
@@ -41,16 +42,16 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def agreement_with_cpu(spec: dict, images: np.ndarray) -> None:
-    cpu = extract_features(load_backbone(spec), images, batch_size=64, device="cpu", precision="fp32")
+    cpu = extract_features(load_backbone(NetworkSpec(**spec)), images, batch_size=64, device="cpu", precision="fp32")
     for precision in ("fp32", "bf16", "fp16"):
-        gpu = extract_features(load_backbone(spec), images, batch_size=64, device="cuda", precision=precision)
+        gpu = extract_features(load_backbone(NetworkSpec(**spec)), images, batch_size=64, device="cuda", precision=precision)
         c = cosine(cpu.features, gpu.features)
         print(f"{spec['arch']} {spec.get('weights')} {precision} cuda vs fp32 cpu: cosine min {c.min():.6f} "
               f"mean {c.mean():.6f} over {len(c)} images")
 
 
 def throughput(spec: dict, n: int, batch_size: int, precision: str) -> None:
-    backbone = load_backbone(spec)
+    backbone = load_backbone(NetworkSpec(**spec))
     images = np.random.default_rng(0).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
     extract_features(backbone, images[:batch_size * 2], batch_size=batch_size, device="cuda", precision=precision)
     result = extract_features(backbone, images, batch_size=batch_size, device="cuda", precision=precision)

@@ -30,6 +30,7 @@ from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.files import UnsafePickleError, load_pickle
 from transfer_lab.networks import load_backbone
 from transfer_lab.sources import CIFAR10_MD5, CIFAR10_URL, DatasetError
+from transfer_lab.specs import NetworkSpec
 
 OFFICIAL = f"the official cifar-10-python.tar.gz (md5 {CIFAR10_MD5}) from {CIFAR10_URL}"
 
@@ -117,7 +118,7 @@ def test_checkpoint_that_would_run_a_command_is_refused_and_nothing_runs(tmp_pat
         f"{path}: refused by torch.load(weights_only=True): the checkpoint holds more than tensors "
         "({reason}); loading it would run code "
         "from the file. Save the weights alone, with torch.save(model.state_dict(), path)",
-        load_backbone, {"arch": "resnet18", "weights": str(path)}, reason=True,
+        load_backbone, NetworkSpec(arch="resnet18", weights=str(path)), reason=True,
     )
     assert f"{os.system.__module__}.system" in str(err)  # names the refused global
     assert not marker.exists()
@@ -138,7 +139,7 @@ def test_hostile_file_under_a_torchvision_checkpoint_name_is_refused_and_nothing
         f"{tmp_path / 'checkpoints' / name}: refused by torch.load(weights_only=True): the checkpoint holds more "
         f"than tensors; loading it would run code from the file. Delete it and place the official {name} from "
         f"{ResNet18_Weights.DEFAULT.url} there",
-        load_backbone, {"arch": "resnet18", "weights": "DEFAULT"}, tmp_path,
+        load_backbone, NetworkSpec(arch="resnet18", weights="DEFAULT"), tmp_path,
     )
     assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # set only while loading
@@ -152,7 +153,7 @@ def test_truncated_checkpoint(tmp_path):
         ValueError,
         f"{path}: not a readable PyTorch checkpoint ({{reason}}); truncated or another format. "
         "Expected a state dict saved with torch.save(model.state_dict(), path)",
-        load_backbone, {"arch": "resnet18", "weights": str(path)}, reason=True,
+        load_backbone, NetworkSpec(arch="resnet18", weights=str(path)), reason=True,
     )
 
 

@@ -1,5 +1,7 @@
 """The extraction hot path against a per-image reference, and its invariants."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +11,12 @@ from torchvision import transforms
 
 from transfer_lab.extract import DevicePreprocess, extract_features, resolve_precision
 from transfer_lab.networks import load_backbone
+from transfer_lab.specs import NetworkSpec
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    return load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 64})
+    return load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled", input_size=64))
 
 
 def reference_transform(p):
@@ -129,6 +132,22 @@ def test_sharded_extraction_resumes_from_saved_shards(backbone, tmp_path):
     np.save(tmp_path / "a" / "shard-00002.npy", np.zeros((2, 1280), dtype=np.float32))
     repaired = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
     assert repaired.n_computed == 5 and repaired.features.tobytes() == whole.features.tobytes()
+
+
+def test_a_truncated_shard_is_recomputed_with_one_warning(backbone, tmp_path, caplog):
+    from transfer_lab.extract import Extractor, extract_sharded
+
+    images = np.random.default_rng(4).integers(0, 256, size=(12, 12, 12, 3), dtype=np.uint8)
+    extractor = Extractor(backbone, "cpu", "fp32")
+    whole = extract_sharded(extractor, images, tmp_path, shard_size=5, batch_size=4)
+    shard = tmp_path / "shard-00001.npy"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # cut short, as by a full disk
+    with caplog.at_level(logging.WARNING):
+        repaired = extract_sharded(extractor, images, tmp_path, shard_size=5, batch_size=4)
+    assert repaired.n_computed == 5 and repaired.features.tobytes() == whole.features.tobytes()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{shard}: unreadable shard (ValueError"), warnings
+    assert np.load(shard).tobytes() == whole.features[5:10].tobytes()  # rewritten whole
 
 
 def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):

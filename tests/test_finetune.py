@@ -29,8 +29,9 @@ from transfer_lab.finetune import (
 )
 from transfer_lab.networks import load_backbone
 from transfer_lab.predict import PredictError, load_predictor
+from transfer_lab.specs import NetworkSpec
 
-SPEC = {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32}
+SPEC = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled", input_size=32)
 SCHEMA_PATH = Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml"
 
 
@@ -117,7 +118,7 @@ def test_saved_file_reloads_with_weights_only_and_classifies_the_same(trained, d
     path = tmp_path / "net.pt"
     save_finetuned(path, finetuned)
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["class_names"] == metrics["class_names"] and raw["spec"] == SPEC
+    assert raw["class_names"] == metrics["class_names"] and raw["spec"] == SPEC.to_dict()
     backbone, _ = load_finetuned(path)
     assert backbone.feature_dim == 10 and not backbone.model.training
     splits, _ = digits
@@ -138,13 +139,12 @@ def test_predict_and_export_apply_a_finetuned_network_as_it_classifies(trained, 
     finetuned, _ = trained
     splits, class_names = digits
     images = splits["test"][0][:6]
-    meta = {"network": "lite0", "dataset": "digits", "arch": SPEC["arch"], "weights": SPEC["weights"],
-            "input_size": 32, "layer": "penultimate (classifier removed)",
+    meta = {"network": "lite0", "dataset": "digits", "network_spec": SPEC.to_json(),
             "storage_size": images.shape[1], "storage_fit": "squash"}
     path = tmp_path / "lite0_digits.pt"
     save_finetuned(path, {**finetuned, "network_meta": meta})
     assert is_finetuned(path)
-    predictor = load_predictor(path, network="lite0", config={"networks": {"lite0": SPEC}})
+    predictor = load_predictor(path, network="lite0", config={"networks": {"lite0": SPEC.to_dict()}})
     assert predictor.head_kind == "finetune" and predictor.class_names == class_names
     backbone, _ = load_finetuned(path)
     logits = torch.from_numpy(Extractor(backbone, "cpu").run(images, 6))

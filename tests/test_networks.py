@@ -7,10 +7,8 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from transfer_lab.networks import (
-    bundled_efficientnet_lite0_state_dict,
-    load_backbone,
-)
+from transfer_lab.networks import bundled_efficientnet_lite0_state_dict, load_backbone
+from transfer_lab.specs import NetworkSpec
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def test_bundled_weights_map_onto_timm(lite0_classifier, image, imagenet_class):
 
 
 def test_bundled_backbone_gives_the_classifiers_pre_logits(lite0_classifier):
-    backbone = load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 64})
+    backbone = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled", input_size=64))
     assert backbone.feature_dim == 1280
     assert not backbone.model.training
     assert not any(p.requires_grad for p in backbone.model.parameters())
@@ -46,15 +44,15 @@ def test_bundled_backbone_gives_the_classifiers_pre_logits(lite0_classifier):
 
 
 def test_timm_preprocessing_from_the_weights_metadata():
-    p = load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "random"}).preprocess
+    p = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random")).preprocess
     assert (p.crop, p.resize, p.interpolation) == (224, 256, "bicubic")  # crop_pct 0.875
     assert p.mean == (0.5, 0.5, 0.5)
-    small = load_backbone({"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 96}).preprocess
+    small = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=96)).preprocess
     assert (small.crop, small.resize) == (96, 109)
 
 
 def test_random_weights_are_reproducible():
-    spec = {"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32}
+    spec = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=32)
     a, b = load_backbone(spec).model, load_backbone(spec).model
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(ta, tb), name
@@ -71,7 +69,7 @@ def test_random_weights_are_reproducible():
     ],
 )
 def test_torchvision_penultimate_layer_and_preprocessing(arch, dim, crop, resize, interpolation):
-    backbone = load_backbone({"arch": arch, "weights": "random"})
+    backbone = load_backbone(NetworkSpec(arch=arch, weights="random"))
     p = backbone.preprocess
     assert backbone.feature_dim == dim
     assert (p.crop, p.resize, p.interpolation) == (crop, resize, interpolation)
@@ -82,7 +80,7 @@ def test_torchvision_penultimate_layer_and_preprocessing(arch, dim, crop, resize
 
 
 def test_input_size_keeps_the_weights_resize_ratio():
-    p = load_backbone({"arch": "resnet18", "weights": "random", "input_size": 64}).preprocess
+    p = load_backbone(NetworkSpec(arch="resnet18", weights="random", input_size=64)).preprocess
     assert (p.crop, p.resize) == (64, 73)
 
 
@@ -101,7 +99,7 @@ def _seed_hub_cache(tmp_path, monkeypatch):
 
 def test_torchvision_default_weights_load_from_the_hub_cache(tmp_path, monkeypatch):
     reference = _seed_hub_cache(tmp_path, monkeypatch)
-    backbone = load_backbone({"arch": "resnet18", "weights": "DEFAULT"})
+    backbone = load_backbone(NetworkSpec(arch="resnet18", weights="DEFAULT"))
     reference.fc = torch.nn.Identity()
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
@@ -122,7 +120,7 @@ def offline(monkeypatch):
 def test_offline_download_names_the_file_and_folder(tmp_path, monkeypatch, offline):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty-hub"))
     with pytest.raises(RuntimeError) as err:
-        load_backbone({"arch": "resnet18", "weights": "DEFAULT"})
+        load_backbone(NetworkSpec(arch="resnet18", weights="DEFAULT"))
     message = str(err.value)
     assert "resnet18-f37072fd.pth" in message
     assert str(tmp_path / "empty-hub" / "checkpoints") in message
@@ -135,8 +133,8 @@ def test_local_state_dict_path(tmp_path):
     model = resnet18()
     path = tmp_path / "mine.pth"
     torch.save(model.state_dict(), path)
-    backbone = load_backbone({"arch": "resnet18", "weights": str(path)})
-    random = load_backbone({"arch": "resnet18", "weights": "random"})
+    backbone = load_backbone(NetworkSpec(arch="resnet18", weights=str(path)))
+    random = load_backbone(NetworkSpec(arch="resnet18", weights="random"))
     model.fc = torch.nn.Identity()
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
@@ -148,41 +146,41 @@ def test_checkpoint_that_needs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"weights": np.zeros(3, dtype=object)}, path)  # not loadable with weights_only
     with pytest.raises(ValueError, match="weights_only"):
-        load_backbone({"arch": "resnet18", "weights": str(path)})
+        load_backbone(NetworkSpec(arch="resnet18", weights=str(path)))
 
 
 def test_layer_selects_a_node_and_pools_it():
     """VGG16's last conv block, globally pooled: the 512-d features of the lab's VGG pickles."""
-    backbone = load_backbone({"arch": "vgg16", "weights": "random", "layer": "features.30", "input_size": 64})
+    backbone = load_backbone(NetworkSpec(arch="vgg16", weights="random", layer="features.30", input_size=64))
     assert backbone.feature_dim == 512
     with torch.inference_mode():
         assert backbone.model(torch.randn(2, 3, 64, 64)).shape == (2, 512)
-    fc7 = load_backbone({"arch": "vgg16", "weights": "random", "input_size": 64})
+    fc7 = load_backbone(NetworkSpec(arch="vgg16", weights="random", input_size=64))
     assert fc7.feature_dim == 4096
 
 
 def test_unknown_layer_names_close_nodes():
     with pytest.raises(ValueError, match="features.30"):
-        load_backbone({"arch": "vgg16", "weights": "random", "layer": "features.31", "input_size": 64})
+        load_backbone(NetworkSpec(arch="vgg16", weights="random", layer="features.31", input_size=64))
 
 
 @pytest.mark.parametrize("arch, too_small", [("alexnet", 62), ("inception_v3", 74)])
 def test_input_size_below_the_architectures_minimum_is_refused(arch, too_small):
-    from transfer_lab.networks import check_network
+    from transfer_lab.specs import check_network
 
     with pytest.raises(ValueError, match=f"networks.n.input_size: {arch} needs at least {too_small + 1}"):
-        check_network("n", {"arch": arch, "weights": "random", "input_size": too_small})
-    check_network("n", {"arch": arch, "weights": "random", "input_size": too_small + 1})
+        check_network("n", NetworkSpec(arch=arch, weights="random", input_size=too_small))
+    check_network("n", NetworkSpec(arch=arch, weights="random", input_size=too_small + 1))
 
 
 def test_fetch_checkpoint_takes_the_hub_cache_copy_and_loads_from_it(tmp_path, monkeypatch):
     """fetch_weights' path: the user's hub cache -> resources/weights -> the backbone."""
-    from transfer_lab.networks import checkpoint_name, checkpoint_url, fetch_checkpoint
+    from transfer_lab.networks import fetch_checkpoint
 
     reference = _seed_hub_cache(tmp_path, monkeypatch)
-    spec = {"arch": "resnet18", "weights": "DEFAULT"}
-    assert checkpoint_name(spec) == "resnet18-f37072fd.pth"
-    dest = fetch_checkpoint(checkpoint_url(spec), tmp_path / "resources" / "weights")
+    spec = NetworkSpec(arch="resnet18", weights="DEFAULT")
+    assert spec.checkpoint_name == "resnet18-f37072fd.pth"
+    dest = fetch_checkpoint(spec.checkpoint_url, tmp_path / "resources" / "weights")
     assert dest == tmp_path / "resources/weights/checkpoints/resnet18-f37072fd.pth"
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "elsewhere"))  # hub cache now empty
     backbone = load_backbone(spec, checkpoint_dir=tmp_path / "resources" / "weights")
@@ -194,11 +192,11 @@ def test_fetch_checkpoint_takes_the_hub_cache_copy_and_loads_from_it(tmp_path, m
 
 
 def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monkeypatch, offline):
-    from transfer_lab.networks import checkpoint_url, fetch_checkpoint
+    from transfer_lab.networks import fetch_checkpoint
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     with pytest.raises(RuntimeError) as err:
-        fetch_checkpoint(checkpoint_url({"arch": "alexnet", "weights": "IMAGENET1K_V1"}), tmp_path / "weights")
+        fetch_checkpoint(NetworkSpec(arch="alexnet", weights="IMAGENET1K_V1").checkpoint_url, tmp_path / "weights")
     message = str(err.value)
     assert "alexnet-owt-7be5be79.pth" in message
     assert str(tmp_path / "weights" / "checkpoints") in message and str(tmp_path / "hub" / "checkpoints") in message
@@ -206,8 +204,6 @@ def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monk
 
 
 def test_no_fetch_for_weights_that_need_none():
-    from transfer_lab.networks import checkpoint_name
-
-    for spec in ({"arch": "resnet18", "weights": "random"}, {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled"},
-                 {"arch": "resnet18", "weights": "/x/y.pth"}):
-        assert checkpoint_name(spec) is None
+    for spec in (NetworkSpec(arch="resnet18", weights="random"), NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled"),
+                 NetworkSpec(arch="resnet18", weights="/x/y.pth")):
+        assert spec.checkpoint_name is None

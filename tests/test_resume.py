@@ -15,6 +15,7 @@ from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.networks import load_backbone
+from transfer_lab.specs import NetworkSpec
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
 
     # The same features as an uninterrupted extraction with the same shards and batches.
     images, _ = load_prepared(workdir / "results/datasets/digits.npz").subset(split_name)
-    extractor = Extractor(load_backbone(NETWORK), "cpu", "fp32")
+    extractor = Extractor(load_backbone(NetworkSpec(**NETWORK)), "cpu", "fp32")
     reference = extract_sharded(extractor, images, tmp_path / "reference", shard_size=32, batch_size=16)
     assert features.tobytes() == reference.features.tobytes()
     assert rerun.jobs["compare"] == 1

@@ -145,13 +145,16 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                 )
     checks = []
     if check_resources:
-        from .networks import check_network
         from .sources import check_dataset
+        from .specs import NetworkSpec, check_network
+
+        def check_network_entry(name: str, entry: dict) -> None:
+            check_network(name, NetworkSpec.from_config(entry))
 
         def check_dataset_keys(name: str, spec: dict) -> None:
             check_dataset(name, spec, on_disk=False)
 
-        checks = [(check_network, config["networks"]), (check_dataset_keys, config["datasets"])]
+        checks = [(check_network_entry, config["networks"]), (check_dataset_keys, config["datasets"])]
     for check, section in checks:
         for name, spec in section.items():
             try:

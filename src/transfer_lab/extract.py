@@ -272,6 +272,20 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("nan")
 
 
+def _read_shard(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A saved shard, or None (with a warning) when it cannot be used: truncated or
+    overwritten by hand, or of another shape. It is then computed again, never trusted."""
+    try:
+        shard = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        logging.warning("%s: unreadable shard (%s: %s); recomputing it", path, type(err).__name__, err)
+        return None
+    if shard.shape != shape or shard.dtype != np.float32:
+        logging.warning("%s: %s %s, expected float32 %s; recomputing it", path, shard.dtype, shard.shape, shape)
+        return None
+    return shard
+
+
 def extract_sharded(
     extractor: Extractor,
     images: np.ndarray,
@@ -299,11 +313,11 @@ def extract_sharded(
     with _progress(n, progress, initial=sum(hi - lo for k, (lo, hi) in enumerate(bounds) if k in done)) as bar:
         for k, ((lo, hi), path) in enumerate(zip(bounds, paths)):
             if k in done:
-                shard = np.load(path, allow_pickle=False)
-                if shard.shape == (hi - lo, extractor.feature_dim) and shard.dtype == np.float32:
+                shard = _read_shard(path, (hi - lo, extractor.feature_dim))
+                if shard is not None:
                     out[lo:hi] = shard
                     continue
-                logging.warning("%s: shape %s, expected %s; recomputing", path, shard.shape, (hi - lo, extractor.feature_dim))
+                bar.update(lo - hi)  # counted as done above; computed again below
             start = time.perf_counter()
             out[lo:hi] = extractor.run(images[lo:hi], batch_size, bar)
             seconds += time.perf_counter() - start

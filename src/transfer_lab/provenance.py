@@ -1,12 +1,14 @@
 """What defines an artifact, beyond its inputs: library source and library versions.
 
 Snakemake tracks the mtime of a rule's ``script:`` but not the modules it imports, so
-each rule receives a hash of the library modules it runs as a ``param``.
+each rule receives a hash of the library modules it runs as a ``param``
+(:func:`code_hash`).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -14,21 +16,110 @@ import os
 from pathlib import Path
 
 
-def source_hash(*modules: str) -> str:
-    """Hash the code of the named modules, ignoring comments and formatting.
+PACKAGE = "transfer_lab"
 
-    The modules are located, not imported (no torch at workflow parse time). The AST
-    is hashed so that a reworded comment does not invalidate hours of extraction, while
-    any change to code or docstrings does.
+
+@functools.cache
+def _package_dir() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)  # located, not imported
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"cannot locate the {PACKAGE} package to hash its source")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a module of this package (a package's ``__init__.py``), or None."""
+    base = _package_dir().joinpath(*name.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _in_package(name: str) -> bool:
+    return name == PACKAGE or name.startswith(PACKAGE + ".")
+
+
+@functools.cache
+def _syntax_tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _tree_digest(path: Path) -> bytes:
+    """The digest of a file's syntax tree: code and docstrings, not comments or layout."""
+    return hashlib.sha256(ast.dump(_syntax_tree(path), annotate_fields=False).encode()).digest()
+
+
+@functools.cache
+def imported_modules(path: Path, name: str | None = None) -> frozenset[str]:
+    """The package's modules that the file at ``path`` imports, anywhere in it.
+
+    ``name`` is the file's module name (relative imports resolve against it; None for a
+    script outside the package). Imports inside functions count: they run when the
+    function does. Importing ``a.b.c`` runs ``a`` and ``a.b`` too.
     """
-    digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"cannot locate module {name!r} to hash its source")
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(_syntax_tree(path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if _in_package(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = (name or "").split(".")
+                anchor = parts if is_package else parts[:-1]
+                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if _in_package(base):
+                found.add(base)
+                # 'from pkg import mod' imports a module; 'from mod import name' does not
+                found.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}"))
+    return frozenset(".".join(name.split(".")[:i]) for name in found for i in range(1, name.count(".") + 2))
+
+
+def package_modules(name: str) -> set[str]:
+    """Every module of subpackage ``name``: a subpackage may load its modules without
+    naming them (the dataset sources' registry discovers its plugins), so it is hashed whole."""
+    folder = module_file(name).parent
+    return {
+        ".".join([name, *p.relative_to(folder).with_suffix("").parts]).removesuffix(".__init__")
+        for p in folder.rglob("*.py")
+    }
+
+
+def module_closure(script: str | os.PathLike) -> list[str]:
+    """The package's modules a script runs: what it imports, what those import, and so on."""
+    pending = set(imported_modules(Path(script)))
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        pending |= imported_modules(path, name)
+        if path.name == "__init__.py" and name != PACKAGE:
+            pending |= package_modules(name)
+    return sorted(seen)
+
+
+def code_hash(script: str | os.PathLike) -> str:
+    """Hash of a rule's script and every module of the package it runs, ignoring comments
+    and formatting.
+
+    Snakemake sees a script's own changes (by its modification time), not those of the
+    modules it imports; this hash, a ``param`` of the rule, makes the rule's outputs stale
+    when any of them changes. The modules come from the scripts' syntax trees, followed
+    import by import, so a new import can never be left out; they are located, not
+    imported (no torch at workflow parse time). The syntax tree is hashed so that a
+    reworded comment does not invalidate hours of extraction, while any change to code or
+    docstrings does.
+    """
+    digest = hashlib.sha256(_tree_digest(Path(script)))
+    for name in module_closure(script):
         digest.update(name.encode())
-        digest.update(ast.dump(tree, annotate_fields=False).encode())
+        digest.update(_tree_digest(module_file(name)))
     return digest.hexdigest()[:16]
 
 

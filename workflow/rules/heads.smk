@@ -6,7 +6,7 @@ rule train_head:
         metrics="results/heads/{network}_{dataset}_{head}.json",
     params:
         head=lambda wildcards: canonical(HEADS[wildcards.head]),
-        code=CODE["heads"],
+        code=code("train_head"),
         torch=VERSIONS["torch"],
     log:
         "results/logs/train_head/{network}_{dataset}_{head}.log",

@@ -10,12 +10,11 @@ rule predict:
         f"results/predictions/{PREDICT_NAME}.csv",
     params:
         network=lambda wildcards: predict_chosen()[0],
-        spec=lambda wildcards: canonical(NETWORKS[predict_chosen()[0]]),
+        spec=lambda wildcards: NETWORKS[predict_chosen()[0]].to_dict(),
         storage=lambda wildcards: storage_spec(predict_chosen()[1]),
         images=predict_patterns(),
         top_k=PREDICT["top_k"],
-        device=config["extract"]["device"],
-        code=CODE["predict"],
+        code=code("predict"),
         versions=VERSIONS,
     threads: config["extract"]["threads"]
     resources:
@@ -36,9 +35,9 @@ rule export_model:
     output:
         "results/export/{network}_{dataset}_{head}.pt2",
     params:
-        spec=lambda wildcards: canonical(NETWORKS[wildcards.network]),
+        spec=lambda wildcards: NETWORKS[wildcards.network].to_dict(),
         storage=lambda wildcards: storage_spec(wildcards.dataset),
-        code=CODE["export"],
+        code=code("export_model"),
         versions=VERSIONS,
     log:
         "results/logs/export_model/{network}_{dataset}_{head}.log",

@@ -18,38 +18,44 @@ from transfer_lab.devices import claim_device
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.networks import load_backbone, network_meta
+from transfer_lab.specs import ExtractSettings, NetworkSpec
 
 with log_to(snakemake.log[0]) as log:
-    w, spec, params = snakemake.wildcards, snakemake.params.network, snakemake.params
+    w, params = snakemake.wildcards, snakemake.params
+    spec = NetworkSpec(**params.network["spec"])
+    settings = ExtractSettings.from_config(snakemake.config["extract"])
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     images, labels = ds.subset(w.split)
     checkpoint = snakemake.input.get("checkpoint")
     backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
-    logging.info(
-        "%s (%s, weights %s): %d-d features; preprocessing: %s",
-        w.network, spec["arch"], spec["weights"], backbone.feature_dim, backbone.preprocess.describe(),
-    )
-    extractor = Extractor(backbone, claim_device(spec["device"]), spec["precision"], compile=params.compile)
+    logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
+                 backbone.preprocess.describe())
+    extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
+                          compile=settings.compile)
     logging.info("extracting %d %s images of %s on %s (%s)", len(images), w.split, w.dataset,
                  extractor.device, extractor.precision)
-    # Shards are only reused by a job with the same definition (params and code).
-    definition = hashlib.sha256(repr((spec, params.code, params.shard_size)).encode()).hexdigest()[:12]
+    # Shards are reused only by a job that computes the same values the same way: the same
+    # network, code and versions, on the same kind of device at the same precision (a job
+    # resumed on a CPU node never stitches its fp32 shards to a GPU node's bf16 ones).
+    definition = repr((spec, params.code, params.versions, extractor.device.type, extractor.precision,
+                       settings.shard_size))
     shard_root = Path("results/shards") / f"{w.network}_{w.dataset}_{w.split}"
-    result = extract_sharded(extractor, images, shard_root / definition, params.shard_size,
-                             params.batch_size, progress=log)
+    shard_dir = shard_root / hashlib.sha256(definition.encode()).hexdigest()[:12]
+    result = extract_sharded(extractor, images, shard_dir, settings.shard_size, settings.batch_size, progress=log)
     logging.info("%.1f s, %.1f images/s on %s (%s)", result.seconds, result.images_per_second,
                  result.device, result.precision)
     meta = {
-        **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta),
-        "split": w.split, "precision": result.precision, "feature_dim": backbone.feature_dim,
+        **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
+        "split": w.split, "device": extractor.device.type, "precision": result.precision,
+        "feature_dim": backbone.feature_dim,
     }
     write_bottleneck(snakemake.output.features, Bottleneck(result.features, labels, ds.class_names, meta))
     metrics = {
         "network": w.network, "dataset": w.dataset, "split": w.split, "n_images": len(images),
         "n_computed": result.n_computed, "seconds": result.seconds, "images_per_second": result.images_per_second,
         "device": result.device, "precision": result.precision,
-        "batch_size": params.batch_size, "threads": snakemake.threads,
+        "batch_size": settings.batch_size, "threads": snakemake.threads,
         "meta": {k: v for k, v in meta.items() if k in ("seed", "init_seed") or k.startswith("version_")},
     }
     with atomic_write(snakemake.output.metrics, "w") as f:

@@ -12,31 +12,34 @@ from transfer_lab.devices import claim_device
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.finetune import finetune, save_finetuned
 from transfer_lab.networks import load_backbone, network_meta
+from transfer_lab.specs import ExtractSettings, NetworkSpec
 
 with log_to(snakemake.log[0]) as log:
-    w, spec, cfg = snakemake.wildcards, snakemake.params.network, snakemake.params.finetune
+    w, params, cfg = snakemake.wildcards, snakemake.params, snakemake.params.finetune
+    spec = NetworkSpec(**params.network["spec"])
+    settings = ExtractSettings.from_config(snakemake.config["extract"])
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset, mmap=True)
-    splits = {name: ds.subset(name) for name in snakemake.params.splits}
+    splits = {name: ds.subset(name) for name in params.splits}
     checkpoint = snakemake.input.get("checkpoint")
     backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
-    device = claim_device(spec["device"])
-    logging.info("fine-tuning %s (%s, weights %s) on %s %s, %s; preprocessing: %s", w.network, spec["arch"],
-                 spec["weights"], w.dataset, {k: len(v[1]) for k, v in splits.items()}, cfg,
-                 backbone.preprocess.describe())
-    finetuned, metrics = finetune(backbone, spec, cfg, splits, ds.class_names, device, spec["precision"],
+    device = claim_device(settings.device)
+    logging.info("fine-tuning %s (%s) on %s %s, %s; preprocessing: %s", w.network, spec.describe(), w.dataset,
+                 {k: len(v[1]) for k, v in splits.items()}, cfg, backbone.preprocess.describe())
+    finetuned, metrics = finetune(backbone, spec, cfg, splits, ds.class_names, device, params.network["precision"],
                                   progress=log)
     logging.info("accuracy %s, best epoch %d, %.1f s on %s (%s)", metrics["accuracy"], metrics["best_epoch"],
                  metrics["train_seconds"], metrics["device"], metrics["precision"])
     # What predict and export need (as a head file's network_meta); seeds and versions, as
     # train_head records them: fine-tuning's own seed, and the split's.
-    finetuned["network_meta"] = meta = network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta)
+    finetuned["network_meta"] = meta = network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta,
+                                                    params.versions)
     finetuned["meta"] = run_meta = {
         "seed": cfg["seed"], "split_seed": meta["seed"], "init_seed": meta["init_seed"],
         **{k: v for k, v in meta.items() if k.startswith("version_")},
     }
     metrics = {"network": w.network, "dataset": w.dataset, "head": FINETUNED,
-               "arch": spec["arch"], "weights": spec["weights"], **metrics, "config": cfg, "meta": run_meta}
+               "arch": spec.arch, "weights": spec.weights, **metrics, "config": cfg, "meta": run_meta}
     save_finetuned(snakemake.output.weights, finetuned)
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)

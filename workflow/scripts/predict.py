@@ -16,7 +16,7 @@ with log_to(snakemake.log[0]):
     predictor = load_predictor(
         snakemake.input.head, network=p.network, config={"networks": {p.network: p.spec}},
         storage=storage_for(p.storage), checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
-        device=p.device,
+        device=snakemake.config["extract"]["device"],  # how to compute, not what: not a param
     )
     paths = find_images(p.images)
     logging.info("%d images, head %s (%s) on %s, storage %s, device %s", len(paths), snakemake.input.head,
