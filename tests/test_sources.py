@@ -38,27 +38,6 @@ def assert_class_colours(images: np.ndarray, labels: np.ndarray, tol: float = 6.
     assert np.abs(means - expected).max() < tol
 
 
-# --- the one resize step --------------------------------------------------------------------
-
-
-def test_to_storage_squash_crop_and_identity():
-    wide = np.zeros((100, 200, 3), dtype=np.uint8)
-    wide[:, :50] = (255, 0, 0)
-    wide[:, 50:150] = (0, 255, 0)
-    wide[:, 150:] = (0, 0, 255)
-    cropped = sources.to_storage(Image.fromarray(wide), 32, "crop")
-    assert cropped.shape == (32, 32, 3) and cropped.dtype == np.uint8
-    assert (cropped[..., 1] > 200).all() and (cropped[..., [0, 2]] < 50).all()  # only the green centre
-    squashed = sources.to_storage(Image.fromarray(wide), 32, "squash")
-    assert squashed[:, 0, 0].min() > 200 and squashed[:, -1, 2].min() > 200  # every band kept
-    same = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-    assert sources.to_storage(same, 8) is same
-    grey16 = Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16))
-    assert grey16.mode == "I;16"
-    out = sources.to_storage(grey16, 64)
-    assert 100 < out.mean() < 155  # scaled to 8 bits, not clipped to white
-
-
 # --- CIFAR-10 -------------------------------------------------------------------------------
 
 

@@ -155,7 +155,7 @@ def test_editing_extraction_code_marks_extraction_stale(workdir):
 
 
 def test_reworded_comment_changes_nothing(workdir):
-    module = workdir / "src/transfer_lab/extract.py"
+    module = workdir / "src/transfer_lab/preprocess.py"
     module.write_text(module.read_text().replace("# Horizontal pass", "# The horizontal pass"))
     assert "# The horizontal pass" in module.read_text()
     run = snakemake(workdir)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .files import load_pickle, loads_pickle
+from .images import IMAGE_EXTENSIONS, image_files, open_image, open_upright
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ DEFAULT_IMAGE_SIZE: dict[str, int] = {
     "imagefolder": 64,
 }
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
 _PROGRESS_EVERY = 5000
 
 
@@ -93,109 +93,33 @@ def storage_fit(spec: dict) -> str:
     return "crop" if spec["source"] in CROP_SOURCES else "squash"
 
 
-def _as_rgb(image):
-    """Any PIL mode as 8-bit RGB (16-bit greys scaled down, not clipped to white)."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if values.max(initial=0) > 255:  # 16-bit (or wider) grey
-            values = values / 257.0
-        grey = np.rint(values).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
-    if image.mode in ("P", "PA"):
-        # Via RGBA so a palette transparency is resolved instead of warned about.
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
-def to_storage(image, size: int, fit: str = "squash") -> np.ndarray:
-    """One image (a PIL image of any mode, or a uint8 (H, W, 3) array) as uint8 (size, size, 3) RGB.
-
-    ``fit="squash"``: resized to size x size whatever its aspect (CIFAR, GTSRB, traffic
-    pickles: tight, roughly square crops already). ``fit="crop"``: the shorter side
-    resized to ``size``, then the centre size x size (photos of any aspect). Resizing is
-    PIL BICUBIC; an image already at size x size is returned as it is. Every reader stores
-    its images through this function.
-    """
-    from PIL import Image
-
-    if isinstance(image, np.ndarray):
-        if image.shape[:2] == (size, size):
-            return image
-        image = Image.fromarray(np.ascontiguousarray(image))
-    image = _as_rgb(image)
-    width, height = image.size
-    if fit == "squash":
-        if (width, height) != (size, size):
-            image = image.resize((size, size), Image.BICUBIC)
-    elif fit == "crop":
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), Image.BICUBIC)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    else:
-        raise ValueError(f"fit must be 'squash' or 'crop', not {fit!r}")
-    return np.asarray(image, dtype=np.uint8)
-
-
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, H, W, 3) -> (N, size, size, 3) through :func:`to_storage`; unchanged if already there."""
     if images.shape[1:3] == (size, size):
         return images
+    # preprocess imports torch, which parsing the workflow must not: only a reader needs it.
+    from .preprocess import to_storage
+
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         out[i] = to_storage(image, size)
     return out
 
 
-# Smaller images hold no picture worth classifying: a 1x1 file in a downloaded folder is
-# a placeholder or a web beacon. 8 is the side of the smallest real images here (digits).
-MIN_IMAGE_SIDE = 8
-
-
-def _open_image(path: Path):
-    """A fully decoded PIL image, or a :class:`DatasetError` naming the file."""
-    from PIL import Image
-
-    image = None
-    try:
-        if path.stat().st_size == 0:
-            raise DatasetError(f"{path}: empty file (0 bytes), not an image; replace or remove the file")
-        image = Image.open(path)
-        image.load()  # decodes, and closes the file of a single-frame image
-    except DatasetError:
-        raise
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except Exception as err:  # PIL raises many types for corrupt or truncated files
-        if image is not None:
-            image.close()
-        raise DatasetError(
-            f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove the file"
-        ) from err
-    width, height = image.size
-    if min(width, height) < MIN_IMAGE_SIDE:
-        image.close()
-        raise DatasetError(
-            f"{path}: a {width}x{height} image; images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
-            "pixels (a placeholder or tracking pixel?); replace or remove the file"
-        )
-    return image
-
-
-def _read_images(paths: list[Path], size: int, fit: str, boxes=None, what: str = "images") -> np.ndarray:
+def _read_images(
+    paths: list[Path], size: int, fit: str, boxes=None, what: str = "images", opener: Callable = open_image
+) -> np.ndarray:
     """Decode image files into one preallocated uint8 (N, size, size, 3) array, logging progress.
 
-    ``boxes``: optional per-image (left, top, right, bottom) crops applied before resizing.
+    ``boxes``: optional per-image (left, top, right, bottom) crops applied before resizing;
+    ``opener``: how a file becomes a PIL image (``open_upright`` for photos).
     """
+    # preprocess imports torch, which parsing the workflow must not: only a reader needs it.
+    from .preprocess import to_storage
+
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        image = _open_image(path)
+        image = opener(path)
         if boxes is not None:
             left, top, right, bottom = boxes[i]
             width, height = image.size
@@ -684,25 +608,12 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under a class folder (subfolders too, as torchvision's ImageFolder), hidden ones skipped."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
-
-
 def load_imagefolder(spec: dict) -> RawDataset:
     """``root/<class>/*.jpg|jpeg|png|ppm|bmp``: classes are the sorted subfolder names.
 
     Any size and mode; each image is turned upright by its EXIF orientation, converted to
     RGB, its shorter side resized to ``image_size`` (default 64) and centre-cropped square.
     """
-    from PIL import ImageOps
-
     root = Path(spec["root"])
     expected = f"one subfolder per class holding {', '.join(IMAGE_EXTENSIONS)} images"
     if not root.is_dir():
@@ -712,7 +623,7 @@ def load_imagefolder(spec: dict) -> RawDataset:
         raise DatasetError(f"{root}: no class folders; expected {expected}")
     files, labels = [], []
     for label, folder in enumerate(class_dirs):
-        found = _image_files(folder)
+        found = image_files(folder)
         if not found:
             raise DatasetError(
                 f"{folder}: class folder {folder.name!r} has no images (expected files ending in "
@@ -720,17 +631,7 @@ def load_imagefolder(spec: dict) -> RawDataset:
             )
         files += found
         labels += [label] * len(found)
-    size = storage_size(spec)
-    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(files):
-        image = _open_image(path)
-        try:
-            image = ImageOps.exif_transpose(image)
-        except Exception:  # a broken EXIF block: keep the pixels as stored
-            pass
-        images[i] = to_storage(image, size, storage_fit(spec))
-        if (i + 1) % _PROGRESS_EVERY == 0 or i + 1 == len(files):
-            log.info("read %d/%d images", i + 1, len(files))
+    images = _read_images(files, storage_size(spec), storage_fit(spec), opener=open_upright)
     return RawDataset(
         images=images, labels=np.array(labels, dtype=np.int64), class_names=[d.name for d in class_dirs]
     )

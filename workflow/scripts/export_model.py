@@ -5,7 +5,8 @@ from pathlib import Path
 
 from transfer_lab.export import export_model
 from transfer_lab.files import log_to
-from transfer_lab.predict import load_predictor, storage_for
+from transfer_lab.predict import load_predictor
+from transfer_lab.preprocess import storage_for
 
 with log_to(snakemake.log[0]):
     w, p = snakemake.wildcards, snakemake.params

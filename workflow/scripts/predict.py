@@ -7,7 +7,8 @@ import torch
 
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.images import find_images
-from transfer_lab.predict import load_predictor, predict_files, storage_for, to_csv
+from transfer_lab.predict import load_predictor, predict_files, to_csv
+from transfer_lab.preprocess import storage_for
 
 with log_to(snakemake.log[0]):
     p = snakemake.params
