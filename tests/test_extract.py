@@ -70,9 +70,11 @@ def test_sharded_extraction_resumes_from_saved_shards(backbone, tmp_path):
 
 def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):
     """Prepared files are read by mapping: the split's rows, batch by batch."""
-    from transfer_lab.datasets import load_prepared, prepare_dataset, save_prepared
+    from transfer_lab.datasets import SplitSpec, load_prepared, prepare_dataset, save_prepared
+    from transfer_lab.sources import dataset_spec
 
-    ds = prepare_dataset({"source": "digits"}, {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0})
+    split = SplitSpec(validation_fraction=0.2, test_fraction=0.2, seed=0)
+    ds = prepare_dataset(dataset_spec({"source": "digits"}), split)
     save_prepared(ds, tmp_path / "d.npz")
     mapped = load_prepared(tmp_path / "d.npz", mmap=True)
     assert isinstance(mapped.images, np.memmap)

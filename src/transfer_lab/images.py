@@ -66,7 +66,7 @@ def open_image(path: Path):
     from PIL import Image
 
     # The dataset readers import this module: importing theirs at the top would be circular.
-    from .sources import DatasetError
+    from .sources.base import DatasetError
 
     image = None
     try:

@@ -33,6 +33,8 @@ from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
 from .preprocess import DevicePreprocess, Storage, StorageResize, storage_for
+from .sources import dataset_spec
+from .sources.base import DatasetError
 
 
 class PredictError(ValueError):
@@ -118,7 +120,7 @@ def resolve_storage(meta: dict, config: dict | None, where: str) -> Storage:
             f"the config has no datasets.{dataset} entry. Run from the workflow folder (config.yaml), "
             "pass --config, or give --image-size and --fit"
         )
-    return storage_for(spec)
+    return storage_for(dataset_spec(spec))
 
 
 def load_predictor(
@@ -207,8 +209,6 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
 
     An unreadable file gets its ``error`` and no prediction; the others go on.
     """
-    from .sources import DatasetError
-
     paths = [str(p) for p in paths]
     top_k = max(1, min(int(top_k), len(predictor.class_names)))
     model, dev = predictor.model, predictor.device

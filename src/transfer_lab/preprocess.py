@@ -19,6 +19,7 @@ from torch import nn
 
 from .images import as_rgb
 from .sources import storage_fit, storage_size
+from .sources.base import DatasetSpec
 
 # How an image is fit into its square storage size (a source's ``fit``).
 FITS = ("squash", "crop")
@@ -197,9 +198,9 @@ class Storage:
     fit: str  # one of FITS
 
 
-def storage_for(dataset_spec: dict) -> Storage:
-    """The storage step of a dataset's config entry (``image_size`` or its source's default)."""
-    return Storage(storage_size(dataset_spec), storage_fit(dataset_spec))
+def storage_for(spec: DatasetSpec) -> Storage:
+    """The storage step of a dataset (``image_size`` or its source's default, and its source's fit)."""
+    return Storage(storage_size(spec), storage_fit(spec))
 
 
 class StorageResize(nn.Module):

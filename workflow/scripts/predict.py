@@ -9,6 +9,7 @@ from transfer_lab.files import atomic_write, log_to
 from transfer_lab.images import find_images
 from transfer_lab.predict import load_predictor, predict_files, to_csv
 from transfer_lab.preprocess import storage_for
+from transfer_lab.sources import dataset_spec
 
 with log_to(snakemake.log[0]):
     p = snakemake.params
@@ -16,7 +17,8 @@ with log_to(snakemake.log[0]):
     checkpoint = snakemake.input.get("checkpoint")
     predictor = load_predictor(
         snakemake.input.head, network=p.network, config={"networks": {p.network: p.spec}},
-        storage=storage_for(p.storage), checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        storage=storage_for(dataset_spec(p.storage)),
+        checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
         device=p.device,
     )
     paths = find_images(p.images)
