@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 import fixtures
+from conftest import REPO
 from transfer_lab import sources
 from transfer_lab.datasets import SPLITS, SplitSpec, prepare_dataset
 from transfer_lab.sources import check_dataset, cifar10, imagefolder, traffic_pickle
@@ -578,4 +579,8 @@ def test_storage_fit_crops_only_photos_of_any_aspect():
         assert storage_fit(spec(source)) == "squash"
     assert storage_size(spec("imagefolder", image_size=None)) == 64
     assert storage_size(spec("digits", image_size=16)) == 16
+
+
+def test_readme_datasets_table_is_what_the_registry_renders():
+    assert sources.docs_table() in (REPO / "README.md").read_text(encoding="utf-8")
 
