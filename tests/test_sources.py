@@ -9,6 +9,8 @@ import logging
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -584,3 +586,18 @@ def test_storage_fit_crops_only_photos_of_any_aspect():
 def test_readme_datasets_table_is_what_the_registry_renders():
     assert sources.docs_table() in (REPO / "README.md").read_text(encoding="utf-8")
 
+
+def test_reading_the_config_imports_no_torch():
+    """What the workflow imports to check a config and plan the DAG (the registry and every
+    source module included) leaves torch out, so parsing stays fast."""
+    code = (
+        "import sys, transfer_lab.sources, transfer_lab.datasets, transfer_lab.images, transfer_lab.config\n"
+        "transfer_lab.config.load_schema(sys.argv[1])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "workflow/schemas/config.schema.yaml")],
+        env=dict(os.environ, PYTHONPATH=str(REPO / "src")), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
