@@ -19,8 +19,9 @@ from PIL import Image
 from sklearn.datasets import load_digits, load_sample_image
 from torchvision import transforms
 
-from transfer_lab.extract import DevicePreprocess, extract_features
-from transfer_lab.networks import Preprocess, load_backbone
+from transfer_lab.extract import extract_features
+from transfer_lab.networks import load_backbone
+from transfer_lab.preprocess import DevicePreprocess, Preprocess
 from transfer_lab.specs import NetworkSpec
 
 

@@ -29,17 +29,20 @@ from transfer_lab import sources
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.files import UnsafePickleError, load_pickle
 from transfer_lab.networks import load_backbone
-from transfer_lab.sources import CIFAR10_MD5, CIFAR10_URL, DatasetError
+from transfer_lab.sources import cifar10, gtsrb, imagefolder, traffic_pickle
+from transfer_lab.sources.base import DatasetError, DatasetSpec
+from transfer_lab.sources.cifar10 import MD5 as CIFAR10_MD5
+from transfer_lab.sources.cifar10 import URL as CIFAR10_URL
 from transfer_lab.specs import NetworkSpec
 
 OFFICIAL = f"the official cifar-10-python.tar.gz (md5 {CIFAR10_MD5}) from {CIFAR10_URL}"
 
 
-def spec(source: str, root=None, **kw) -> dict:
+def spec(source: str, root=None, **kw) -> DatasetSpec:
     d = {"source": source, "download": False, "image_size": None, "crop_roi": False, **kw}
     if root is not None:
         d["root"] = str(root)
-    return d
+    return sources.dataset_spec(d)
 
 
 def raises_exactly(exc_type, message: str, call, *args, reason: bool = False):
@@ -78,7 +81,7 @@ def test_course_pickle_that_would_run_a_command_is_refused_and_nothing_runs(tmp_
         f"{root / 'train.p'}: refused to load global '{system}'. Only numpy arrays and plain containers "
         "are allowed in data pickles; this file may run code when loaded with plain pickle. "
         "Regenerate it or check where it came from.",
-        sources.load_traffic_pickle, spec("traffic-pickle", root),
+        traffic_pickle.read, spec("traffic-pickle", root),
     )
     # The same file handed in as bottleneck features.
     with pytest.raises(UnsafePickleError, match=re.escape(f"{root / 'train.p'}: refused to load global")):
@@ -175,7 +178,7 @@ def test_archive_member_outside_the_archive_is_refused(tmp_path, name):
         DatasetError,
         f"{path}: refused archive member {name!r}: an absolute path or '..' in a member name is the mark of a "
         f"crafted archive. Use the official cifar-10-python.tar.gz from {CIFAR10_URL}",
-        sources.load_cifar10, spec("cifar10", path),
+        cifar10.read, spec("cifar10", path),
     )
 
 
@@ -188,7 +191,7 @@ def test_archive_member_that_is_a_link_is_refused(tmp_path, kind):
         DatasetError,
         f"{path}: refused archive member 'cifar-10-batches-py/data_batch_1': a link to '/home/user/.ssh/id_rsa'. "
         f"Use the official cifar-10-python.tar.gz from {CIFAR10_URL}",
-        sources.load_cifar10, spec("cifar10", path),
+        cifar10.read, spec("cifar10", path),
     )
 
 
@@ -200,7 +203,7 @@ def test_archive_with_a_batch_twice_is_refused(tmp_path):
         DatasetError,
         f"{path}: two members named data_batch_1 (cifar-10-batches-py/data_batch_1 and "
         "cifar-10-batches-py/x/data_batch_1); the official cifar-10-python.tar.gz has one. Use the official archive",
-        sources.load_cifar10, spec("cifar10", path),
+        cifar10.read, spec("cifar10", path),
     )
 
 
@@ -215,7 +218,7 @@ def test_truncated_tarball(tmp_path):
         DatasetError,
         f"{path}: not a readable tar.gz archive ({{reason}}); truncated (an interrupted download?) or another "
         f"file. Replace it with {OFFICIAL}",
-        sources.load_cifar10, spec("cifar10", root), reason=True,
+        cifar10.read, spec("cifar10", root), reason=True,
     )
 
 
@@ -236,7 +239,7 @@ def test_wrong_checksum(tmp_path, monkeypatch):
         f"expected {CIFAR10_MD5}; removed it. Try again, or download cifar-10-python.tar.gz from {CIFAR10_URL} "
         f"on a machine with network access and place it in {tmp_path.resolve()}{os.sep} (md5 {CIFAR10_MD5}), "
         "then rerun",
-        sources.fetch_cifar10, tmp_path,
+        cifar10.fetch, tmp_path,
     )
     assert list(tmp_path.iterdir()) == []
 
@@ -255,7 +258,7 @@ def test_wrong_checksum_of_a_tarball_in_place_offline(tmp_path, monkeypatch):
         f"the {tmp_path / 'cifar-10-python.tar.gz'} in place has md5 {hashlib.md5(data).hexdigest()}, not "
         f"{CIFAR10_MD5} (truncated or another file): download cifar-10-python.tar.gz from {CIFAR10_URL} on a "
         f"machine with network access and place it in {tmp_path.resolve()}{os.sep} (md5 {CIFAR10_MD5}), then rerun",
-        sources.fetch_cifar10, tmp_path,
+        cifar10.fetch, tmp_path,
     )
 
 
@@ -270,7 +273,7 @@ def test_cifar_batch_with_the_wrong_key(tmp_path):
     raises_exactly(
         DatasetError,
         f"{path}: expected a CIFAR-10 batch with keys 'data' and 'labels', got keys ['labels', 'pixels']",
-        sources.load_cifar10, spec("cifar10", root),
+        cifar10.read, spec("cifar10", root),
     )
 
 
@@ -279,7 +282,7 @@ def test_cifar_batch_with_the_wrong_shape(tmp_path):
     raises_exactly(
         DatasetError,
         f"{path}: 'data' must be uint8 (N, 3072) rows of 3x32x32 RGB planes, got uint8 (3, 1024)",
-        sources.load_cifar10, spec("cifar10", root),
+        cifar10.read, spec("cifar10", root),
     )
 
 
@@ -292,7 +295,7 @@ def test_gtsrb_csv_with_missing_columns(tmp_path):
         f"{csv_path}: expected the header Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId "
         "(semicolon-separated), got 'Filename;Width;Height' - this is the unlabelled GT-final_test.test.csv "
         "format; the labels are in GT-final_test.csv from GTSRB_Final_Test_GT.zip",
-        sources.load_gtsrb, spec("gtsrb", root),
+        gtsrb.read, spec("gtsrb", root),
     )
 
 
@@ -304,7 +307,7 @@ def test_class_folder_with_no_images(tmp_path):
         DatasetError,
         f"{root / 'emu'}: class folder 'emu' has no images (expected files ending in .jpg, .jpeg, .png, .ppm, "
         ".bmp); add images or remove the folder",
-        sources.load_imagefolder, spec("imagefolder", root),
+        imagefolder.read, spec("imagefolder", root),
     )
 
 
@@ -320,7 +323,7 @@ def test_unreadable_image(tmp_path):
     raises_exactly(
         DatasetError,
         f"{path}: not a readable image ({{reason}}); replace or remove the file",
-        sources.load_imagefolder, spec("imagefolder", root), reason=True,
+        imagefolder.read, spec("imagefolder", root), reason=True,
     )
 
 
@@ -329,7 +332,7 @@ def test_zero_byte_image(tmp_path):
     raises_exactly(
         DatasetError,
         f"{path}: empty file (0 bytes), not an image; replace or remove the file",
-        sources.load_imagefolder, spec("imagefolder", root),
+        imagefolder.read, spec("imagefolder", root),
     )
 
 
@@ -339,7 +342,7 @@ def test_one_by_one_image(tmp_path):
         DatasetError,
         f"{path}: a 1x1 image; images must be at least 8x8 pixels (a placeholder or tracking pixel?); "
         "replace or remove the file",
-        sources.load_imagefolder, spec("imagefolder", root),
+        imagefolder.read, spec("imagefolder", root),
     )
 
 
@@ -352,7 +355,7 @@ def test_sixteen_bit_png_loads_scaled_to_eight_bits(tmp_path):
         Image.fromarray(grey16).save(root / name / "deep.png")
     with Image.open(root / "a" / "deep.png") as image:
         assert image.mode.startswith("I")  # really a 16-bit file
-    raw = sources.load_imagefolder(spec("imagefolder", root, image_size=16))
+    raw = imagefolder.read(spec("imagefolder", root, image_size=16))
     assert raw.images.dtype == np.uint8 and (raw.images == 128).all()
 
 
@@ -366,7 +369,7 @@ def test_cmyk_jpeg_loads_as_rgb(tmp_path):
         Image.fromarray(rgb).convert("CMYK").save(root / name / "print.jpg", quality=100)
     with Image.open(root / "a" / "print.jpg") as image:
         assert image.mode == "CMYK"
-    raw = sources.load_imagefolder(spec("imagefolder", root, image_size=16))
+    raw = imagefolder.read(spec("imagefolder", root, image_size=16))
     assert raw.images.shape == (2, 16, 16, 3)
     assert np.abs(raw.images.reshape(-1, 3).mean(0) - [200, 0, 0]).max() < 6
 
@@ -376,7 +379,7 @@ def test_labels_out_of_range(tmp_path):
     raises_exactly(
         DatasetError,
         f"{path}: label 12 but batches.meta names only 10 classes",
-        sources.load_cifar10, spec("cifar10", root),
+        cifar10.read, spec("cifar10", root),
     )
 
 
@@ -395,7 +398,7 @@ def test_features_and_labels_of_different_lengths(tmp_path):
     raises_exactly(
         DatasetError,
         f"{root / 'train.p'}: 5 labels for 12 images; they must match one to one",
-        sources.load_traffic_pickle, spec("traffic-pickle", root),
+        traffic_pickle.read, spec("traffic-pickle", root),
     )
 
 
@@ -425,7 +428,7 @@ def test_truncated_pickle(tmp_path):
     raises_exactly(
         DatasetError,
         f"{path}: not a readable pickle ({{reason}}); the file may be truncated or in another format",
-        sources.load_traffic_pickle, spec("traffic-pickle", root), reason=True,
+        traffic_pickle.read, spec("traffic-pickle", root), reason=True,
     )
 
 

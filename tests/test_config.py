@@ -105,7 +105,7 @@ def test_unknown_dataset_source_names_path_and_choices(schema):
     msg = errors_of(config, schema)
     assert "datasets.dig.source" in msg
     assert "'mnist'" in msg
-    for source in sources.SOURCES:
+    for source in sources.names():
         assert source in msg
 
 
@@ -280,7 +280,7 @@ def test_unambiguous_underscored_names_are_accepted(schema):
 
 def test_schema_enums_match_library(schema):
     dataset_spec = schema["properties"]["datasets"]["additionalProperties"]
-    assert dataset_spec["properties"]["source"]["enum"] == sorted(sources.SOURCES)
+    assert dataset_spec["properties"]["source"]["enum"] == sources.names()
     head_spec = schema["properties"]["heads"]["additionalProperties"]
     assert tuple(head_spec["properties"]["kind"]["enum"]) == tuple(heads.HEAD_KINDS)
 

@@ -8,20 +8,23 @@ import pytest
 from transfer_lab.datasets import (
     SPLITS,
     PreparedDataset,
+    SplitSpec,
     assign_splits,
     load_prepared,
     prepare_dataset,
     save_prepared,
     splits_for,
 )
+from transfer_lab.sources import dataset_spec
 
 TRAIN, VALIDATION, TEST = (SPLITS.index(s) for s in ("train", "validation", "test"))
 SPLIT_CFG = {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "train_per_class": None}
+DIGITS = dataset_spec({"source": "digits"})
 
 
 @pytest.fixture(scope="module")
 def digits() -> PreparedDataset:
-    return prepare_dataset({"source": "digits"}, dict(SPLIT_CFG))
+    return prepare_dataset(DIGITS, SplitSpec(**SPLIT_CFG))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_digits_images_labels_and_class_names(digits):
 
 def test_unknown_source_lists_valid_sources():
     with pytest.raises(ValueError, match=r"'nope'.*digits"):
-        prepare_dataset({"source": "nope"}, dict(SPLIT_CFG))
+        prepare_dataset(dataset_spec({"source": "nope"}), SplitSpec(**SPLIT_CFG))
 
 
 def test_split_sizes_and_subset_agree(digits):
@@ -104,7 +107,7 @@ def test_assign_splits_is_reproducible_and_seeded(digit_labels):
 
 
 def test_prepare_dataset_is_reproducible(digits):
-    again = prepare_dataset({"source": "digits"}, dict(SPLIT_CFG))
+    again = prepare_dataset(DIGITS, SplitSpec(**SPLIT_CFG))
     assert np.array_equal(again.split, digits.split)
     assert np.array_equal(again.images, digits.images)
 
@@ -126,17 +129,17 @@ def test_official_test_split_is_kept_exactly(digit_labels):
 
 def test_no_test_split_when_test_fraction_is_zero():
     cfg = dict(SPLIT_CFG, test_fraction=0.0)
-    ds = prepare_dataset({"source": "digits"}, cfg)
+    ds = prepare_dataset(DIGITS, SplitSpec(**cfg))
     assert ds.split_sizes()["test"] == 0
     assert ds.split_sizes()["validation"] > 0
-    assert splits_for({"source": "digits"}, cfg) == ["train", "validation"]
+    assert splits_for(DIGITS, SplitSpec(**cfg)) == ["train", "validation"]
     present = [SPLITS[i] for i in np.unique(ds.split)]
-    assert present == splits_for({"source": "digits"}, cfg)
+    assert present == splits_for(DIGITS, SplitSpec(**cfg))
 
 
 def test_splits_for_agrees_with_prepared_splits(digits):
     present = [SPLITS[i] for i in np.unique(digits.split)]
-    assert splits_for({"source": "digits"}, SPLIT_CFG) == ["train", "validation", "test"] == present
+    assert splits_for(DIGITS, SplitSpec(**SPLIT_CFG)) == ["train", "validation", "test"] == present
 
 
 def test_train_per_class_keeps_k_and_leaves_other_splits(digit_labels):
@@ -158,7 +161,7 @@ def test_train_per_class_larger_than_class_keeps_all(digit_labels):
 
 
 def test_prepare_dataset_with_train_per_class_drops_images(digits):
-    few = prepare_dataset({"source": "digits"}, dict(SPLIT_CFG, train_per_class=3))
+    few = prepare_dataset(DIGITS, SplitSpec(**dict(SPLIT_CFG, train_per_class=3)))
     sizes, full_sizes = few.split_sizes(), digits.split_sizes()
     assert sizes["train"] == 30
     assert sizes["validation"] == full_sizes["validation"]

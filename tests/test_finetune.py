@@ -15,7 +15,7 @@ from torch import nn
 
 from conftest import copy_workflow, snakemake, write_config
 from transfer_lab.config import ConfigError, load_schema, validate_config
-from transfer_lab.datasets import load_prepared, prepare_dataset
+from transfer_lab.datasets import SplitSpec, load_prepared, prepare_dataset
 from transfer_lab.export import export_model, load_exported
 from transfer_lab.extract import Extractor
 from transfer_lab.finetune import (
@@ -29,6 +29,7 @@ from transfer_lab.finetune import (
 )
 from transfer_lab.networks import load_backbone
 from transfer_lab.predict import PredictError, load_predictor
+from transfer_lab.sources import dataset_spec
 from transfer_lab.specs import NetworkSpec
 
 SPEC = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled", input_size=32)
@@ -53,8 +54,8 @@ def few_threads():
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn's digits: 10 training images per class, 50 for validation and for test."""
-    ds = prepare_dataset({"source": "digits"}, {"validation_fraction": 0.2, "test_fraction": 0.2, "seed": 0,
-                                                "train_per_class": 10})
+    ds = prepare_dataset(dataset_spec({"source": "digits"}),
+                         SplitSpec(validation_fraction=0.2, test_fraction=0.2, seed=0, train_per_class=10))
     splits = {name: ds.subset(name) for name in ("train", "validation", "test")}
     splits["validation"] = tuple(a[:50] for a in splits["validation"])
     splits["test"] = tuple(a[:50] for a in splits["test"])

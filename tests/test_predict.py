@@ -11,43 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_sample_image
 
 from conftest import copy_workflow, snakemake, write_config
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
-from transfer_lab.extract import resize_matrix
 from transfer_lab.heads import load_head
 from transfer_lab.images import NoImagesError, find_images
-from transfer_lab.predict import PredictError, Storage, StorageResize, bicubic_rows, load_predictor
-from transfer_lab.sources import to_storage
-
-# --- the storage resize, in torch, against PIL ------------------------------------------
-
-
-@pytest.mark.parametrize("in_size,out_size", [(8, 36), (36, 8), (640, 64), (61, 32), (8, 8), (3, 17)])
-def test_bicubic_rows_are_pillows_matrix(in_size, out_size):
-    rows = bicubic_rows(in_size, torch.arange(out_size), torch.tensor(in_size / out_size, dtype=torch.float64))
-    assert np.array_equal(rows.numpy(), resize_matrix(in_size, out_size, "bicubic"))
-
-
-def test_storage_resize_reproduces_to_storage():
-    photo = load_sample_image("flower.jpg")
-    differing = total = 0
-    for (h, w), size, fit in [((427, 640), 64, "crop"), ((427, 640), 32, "squash"), ((50, 33), 8, "squash"),
-                              ((97, 61), 32, "squash"), ((33, 50), 64, "crop"), ((5, 200), 8, "crop")]:
-        image = np.array(photo[:h, :w])
-        ref = to_storage(Image.fromarray(image), size, fit).astype(int)
-        got = StorageResize(Storage(size, fit))(torch.from_numpy(image)).numpy().astype(int)
-        assert got.shape == ref.shape == (size, size, 3)
-        # Pillow 13 runs the vertical pass first for some shapes; its rounding then differs by one level.
-        assert np.abs(got - ref).max() <= 1, (h, w, size, fit)
-        differing += int((got != ref).sum())
-        total += got.size
-    assert differing / total < 0.1
-    # An image already at the storage size (every prepared training image) is kept exactly.
-    stored = np.array(photo[100:108, 200:208])
-    assert np.array_equal(StorageResize(Storage(8, "squash"))(torch.from_numpy(stored)).numpy(), stored)
+from transfer_lab.predict import PredictError, load_predictor
+from transfer_lab.preprocess import Storage
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])

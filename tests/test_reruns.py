@@ -115,10 +115,18 @@ def test_nothing_reruns_nothing(workdir):
 
 def test_a_head_hyperparameter_retrains_that_head(workdir):
     """Row: a head's hyperparameter."""
-    reconfigure(workdir, lambda c: c["heads"]["mlp"].update(lr=0.01))
-    assert plan(workdir) == {"train_head": 4, "compare": 1}
     reconfigure(workdir, lambda c: c["heads"]["linear"].update(seed=1))  # predict and export apply linear
     assert plan(workdir) == {"train_head": 4, "compare": 1, "predict": 1, "export_model": 1, "export": 1}
+    reconfigure(workdir, lambda c: c["heads"]["mlp"].update(lr=0.01))
+    before = mtimes(workdir)
+    assert snakemake(workdir, *TARGETS).jobs == {"train_head": 4, "compare": 1}
+    after = mtimes(workdir)
+    changed = {p.as_posix() for p in after if after[p] != before.get(p)}
+    comparison = {"comparison.csv", "comparison.md", "comparison.png", "comparison.html", "comparison_summary.rst",
+                  "plots/tradeoff.png", *(f"plots/{kind}_{d}.png" for kind in ("confusion", "curves")
+                                          for d in GRID["datasets"])}
+    heads = {f"heads/{n}_{d}_mlp.{ext}" for n in GRID["networks"] for d in GRID["datasets"] for ext in ("pt", "json")}
+    assert changed == {f"results/{name}" for name in comparison | heads}
 
 
 def test_adding_a_network_runs_that_network_only(workdir):
@@ -177,12 +185,13 @@ def test_deleting_a_pickle_rebuilds_it_and_its_dependents(workdir):
 
 def test_extraction_code_reruns_extraction_and_a_comment_nothing(workdir):
     """Row: the library code a step runs."""
-    module = workdir / "src/transfer_lab/extract.py"
+    module = workdir / "src/transfer_lab/preprocess.py"
     original = module.read_text()
     module.write_text(original.replace("# Horizontal pass", "# The horizontal pass"))
     assert "# The horizontal pass" in module.read_text()
     assert plan(workdir) == {}
-    module.write_text(original + "\nEDITED = True\n")
+    module = workdir / "src/transfer_lab/extract.py"
+    module.write_text(module.read_text() + "\nEDITED = True\n")
     assert plan(workdir) == {"extract_features": 12, "train_head": 8, "finetune": 1, "compare": 1, "predict": 1,
                              "export_model": 1, "export": 1}
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -18,17 +21,20 @@ import pytest
 from PIL import Image
 
 import fixtures
+from conftest import REPO
 from transfer_lab import sources
-from transfer_lab.datasets import SPLITS, prepare_dataset
-from transfer_lab.sources import DatasetError, check_dataset
+from transfer_lab.datasets import SPLITS, SplitSpec, prepare_dataset
+from transfer_lab.sources import check_dataset, cifar10, imagefolder, traffic_pickle
+from transfer_lab.sources import gtsrb as gtsrb_source  # `gtsrb` is the fixture of its files
+from transfer_lab.sources.base import DatasetError, DatasetSpec
 
 
-def spec(source: str, root=None, **kw) -> dict:
+def spec(source: str, root=None, **kw) -> DatasetSpec:
     """A dataset spec as the schema leaves it (defaults filled in)."""
     d = {"source": source, "download": False, "image_size": None, "crop_roi": False, **kw}
     if root is not None:
         d["root"] = str(root)
-    return d
+    return sources.dataset_spec(d)
 
 
 def assert_class_colours(images: np.ndarray, labels: np.ndarray, tol: float = 6.0) -> None:
@@ -36,27 +42,6 @@ def assert_class_colours(images: np.ndarray, labels: np.ndarray, tol: float = 6.
     means = images.reshape(len(images), -1, 3).mean(axis=1)
     expected = np.array([fixtures.class_colour(int(y)) for y in labels])
     assert np.abs(means - expected).max() < tol
-
-
-# --- the one resize step --------------------------------------------------------------------
-
-
-def test_to_storage_squash_crop_and_identity():
-    wide = np.zeros((100, 200, 3), dtype=np.uint8)
-    wide[:, :50] = (255, 0, 0)
-    wide[:, 50:150] = (0, 255, 0)
-    wide[:, 150:] = (0, 0, 255)
-    cropped = sources.to_storage(Image.fromarray(wide), 32, "crop")
-    assert cropped.shape == (32, 32, 3) and cropped.dtype == np.uint8
-    assert (cropped[..., 1] > 200).all() and (cropped[..., [0, 2]] < 50).all()  # only the green centre
-    squashed = sources.to_storage(Image.fromarray(wide), 32, "squash")
-    assert squashed[:, 0, 0].min() > 200 and squashed[:, -1, 2].min() > 200  # every band kept
-    same = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
-    assert sources.to_storage(same, 8) is same
-    grey16 = Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16))
-    assert grey16.mode == "I;16"
-    out = sources.to_storage(grey16, 64)
-    assert 100 < out.mean() < 155  # scaled to 8 bits, not clipped to white
 
 
 # --- CIFAR-10 -------------------------------------------------------------------------------
@@ -79,7 +64,7 @@ def test_cifar10_tarball_and_extracted_folder_read_identically(cifar):
         cifar["folder"] / "cifar-10-batches-py",
     ]
     assert not (cifar["tarball"] / "cifar-10-batches-py").exists()  # read without extracting
-    raws = [sources.load_cifar10(spec("cifar10", r)) for r in roots]
+    raws = [cifar10.read(spec("cifar10", r)) for r in roots]
     first = raws[0]
     assert first.images.shape == (180, 32, 32, 3) and first.images.dtype == np.uint8
     assert first.images.flags["C_CONTIGUOUS"]
@@ -97,7 +82,7 @@ def test_cifar10_tarball_and_extracted_folder_read_identically(cifar):
 
 
 def test_cifar10_planes_become_nhwc(cifar):
-    raw = sources.load_cifar10(spec("cifar10", cifar["folder"]))
+    raw = cifar10.read(spec("cifar10", cifar["folder"]))
     (row, col), rgb = fixtures.CIFAR10_MARKER
     assert raw.images[0, row, col].tolist() == list(rgb)
     assert raw.images[0, col, row].tolist() != list(rgb)
@@ -107,7 +92,7 @@ def test_cifar10_planes_become_nhwc(cifar):
 
 def test_cifar10_python3_bytes_keys_accepted(tmp_path):
     folder = fixtures.write_cifar10(tmp_path) / "cifar-10-batches-py"
-    reference = sources.load_cifar10(spec("cifar10", folder))
+    reference = cifar10.read(spec("cifar10", folder))
     batch = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="latin1")
     rewritten = {k.encode(): v for k, v in batch.items()}
     rewritten[b"labels"] = np.array(batch["labels"], dtype=np.int64)
@@ -115,14 +100,14 @@ def test_cifar10_python3_bytes_keys_accepted(tmp_path):
     meta = pickle.loads((folder / "batches.meta").read_bytes(), encoding="latin1")
     meta = {k.encode(): [n.encode() for n in v] if k == "label_names" else v for k, v in meta.items()}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    raw = sources.load_cifar10(spec("cifar10", folder))
+    raw = cifar10.read(spec("cifar10", folder))
     assert np.array_equal(raw.images, reference.images)
     assert np.array_equal(raw.labels, reference.labels)
     assert raw.class_names == reference.class_names
 
 
 def test_cifar10_image_size_override(cifar):
-    raw = sources.load_cifar10(spec("cifar10", cifar["folder"], image_size=48))
+    raw = cifar10.read(spec("cifar10", cifar["folder"], image_size=48))
     assert raw.images.shape == (180, 48, 48, 3)
     assert_class_colours(raw.images[1:], raw.labels[1:], tol=8)
 
@@ -131,7 +116,7 @@ def test_cifar10_missing_batch_in_folder_named(tmp_path):
     folder = fixtures.write_cifar10(tmp_path) / "cifar-10-batches-py"
     (folder / "data_batch_3").unlink()
     with pytest.raises(DatasetError, match="data_batch_3") as err:
-        sources.load_cifar10(spec("cifar10", tmp_path))
+        cifar10.read(spec("cifar10", tmp_path))
     assert "test_batch" in str(err.value) and "batches.meta" in str(err.value)  # lists what is expected
 
 
@@ -140,14 +125,14 @@ def test_cifar10_missing_member_in_tarball_named(tmp_path):
     del files["test_batch"]
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(fixtures.cifar10_tarball_bytes(files))
     with pytest.raises(DatasetError, match=r"cifar-10-batches-py/test_batch") as err:
-        sources.load_cifar10(spec("cifar10", tmp_path))
+        cifar10.read(spec("cifar10", tmp_path))
     assert "cifar-10-python.tar.gz" in str(err.value)
 
 
 def test_cifar10_corrupt_tarball_named(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08 not really gzip")
     with pytest.raises(DatasetError, match="cifar-10-python.tar.gz.*not a readable"):
-        sources.load_cifar10(spec("cifar10", tmp_path))
+        cifar10.read(spec("cifar10", tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -164,17 +149,17 @@ def test_cifar10_malformed_batch_named(tmp_path, batch):
     folder = fixtures.write_cifar10(tmp_path) / "cifar-10-batches-py"
     (folder / "data_batch_2").write_bytes(fixtures.py2_pickle(batch))
     with pytest.raises(DatasetError, match="data_batch_2"):
-        sources.load_cifar10(spec("cifar10", tmp_path))
+        cifar10.read(spec("cifar10", tmp_path))
 
 
 def test_cifar10_nothing_there_says_what_to_place(tmp_path):
     with pytest.raises(DatasetError) as err:
-        sources.load_cifar10(spec("cifar10", tmp_path))
+        cifar10.read(spec("cifar10", tmp_path))
     msg = str(err.value)
     assert str(tmp_path) in msg and "cifar-10-python.tar.gz" in msg and "cifar-10-batches-py" in msg
 
 
-# --- fetch_cifar10 (urllib monkeypatched: no network) -----------------------------------------
+# --- cifar10.fetch (urllib monkeypatched: no network) -----------------------------------------
 
 
 class _Response(io.BytesIO):
@@ -207,12 +192,12 @@ def test_fetch_cifar10_offline_says_which_file_where(tmp_path, monkeypatch):
     _offline(monkeypatch)
     dest = tmp_path / "raw" / "cifar10"
     with pytest.raises(DatasetError) as err:
-        sources.fetch_cifar10(dest)
+        cifar10.fetch(dest)
     msg = str(err.value)
     assert "cifar-10-python.tar.gz" in msg
-    assert sources.CIFAR10_URL in msg
+    assert cifar10.URL in msg
     assert str(dest.resolve()) in msg
-    assert sources.CIFAR10_MD5 in msg
+    assert cifar10.MD5 in msg
     assert list(dest.iterdir()) == []  # no partial download left behind
 
 
@@ -225,7 +210,7 @@ def test_fetch_cifar10_cut_connection_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Cut(b"x" * 100))
     with pytest.raises(DatasetError, match="Connection reset.*cifar-10-python.tar.gz"):
-        sources.fetch_cifar10(tmp_path)
+        cifar10.fetch(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -233,34 +218,34 @@ def test_fetch_cifar10_rejects_wrong_checksum(tmp_path, monkeypatch):
     data = fixtures.cifar10_tarball_bytes(fixtures.cifar10_batches())
     _serve(monkeypatch, data)
     with pytest.raises(DatasetError) as err:
-        sources.fetch_cifar10(tmp_path)
+        cifar10.fetch(tmp_path)
     msg = str(err.value)
-    assert hashlib.md5(data).hexdigest() in msg and sources.CIFAR10_MD5 in msg
+    assert hashlib.md5(data).hexdigest() in msg and cifar10.MD5 in msg
     assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_cifar10_accepts_right_checksum_and_reuses_it(tmp_path, monkeypatch):
     data = fixtures.cifar10_tarball_bytes(fixtures.cifar10_batches())
-    monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(data).hexdigest())
+    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(data).hexdigest())
     calls = _serve(monkeypatch, data)
-    path = sources.fetch_cifar10(tmp_path)
+    path = cifar10.fetch(tmp_path)
     assert path == tmp_path / "cifar-10-python.tar.gz"
     assert path.read_bytes() == data
-    assert calls == [sources.CIFAR10_URL]
+    assert calls == [cifar10.URL]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-python.tar.gz"]
     _offline(monkeypatch)
-    assert sources.fetch_cifar10(tmp_path) == path  # verified file reused, no network needed
+    assert cifar10.fetch(tmp_path) == path  # verified file reused, no network needed
 
 
 def test_load_cifar10_downloads_when_asked(tmp_path, monkeypatch):
     data = fixtures.cifar10_tarball_bytes(fixtures.cifar10_batches())
-    monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(data).hexdigest())
+    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(data).hexdigest())
     calls = _serve(monkeypatch, data)
     root = tmp_path / "resources" / "raw" / "cifar10"
-    raw = sources.load_cifar10(spec("cifar10", root, download=True))
+    raw = cifar10.read(spec("cifar10", root, download=True))
     assert raw.images.shape == (180, 32, 32, 3) and len(calls) == 1
     assert (root / "cifar-10-python.tar.gz").is_file()
-    sources.load_cifar10(spec("cifar10", root, download=True))
+    cifar10.read(spec("cifar10", root, download=True))
     assert len(calls) == 1  # found on disk the second time
 
 
@@ -277,36 +262,36 @@ def gtsrb(tmp_path_factory):
 
 
 def test_gtsrb_official_layout(gtsrb):
-    raw = sources.load_gtsrb(spec("gtsrb", gtsrb["official"]))
+    raw = gtsrb_source.read(spec("gtsrb", gtsrb["official"]))
     assert raw.images.shape == (18, 64, 64, 3) and raw.images.dtype == np.uint8
     assert raw.images.flags["C_CONTIGUOUS"]
     assert raw.labels.dtype == np.int64
     assert (raw.origin == 0).sum() == 12 and (raw.origin == 2).sum() == 6
     assert np.bincount(raw.labels[raw.origin == 0]).tolist() == [4, 4, 4]
     assert np.bincount(raw.labels[raw.origin == 2]).tolist() == [2, 2, 2]
-    assert raw.class_names == list(sources.GTSRB_CLASS_NAMES) and len(raw.class_names) == 43
+    assert raw.class_names == list(gtsrb_source.CLASS_NAMES) and len(raw.class_names) == 43
     assert raw.class_names[0] == "Speed limit (20km/h)"
     assert raw.class_names[42] == "End of no passing by vehicles over 3.5 metric tons"
     # The sign's centre is its class colour (the border around it is grey noise).
     centres = raw.images[:, 24:40, 24:40].reshape(18, -1, 3).mean(axis=1)
     expected = np.array([fixtures.class_colour(int(y)) for y in raw.labels])
     assert np.abs(centres - expected).max() < 8
-    again = sources.load_gtsrb(spec("gtsrb", gtsrb["official"] / "GTSRB"))
+    again = gtsrb_source.read(spec("gtsrb", gtsrb["official"] / "GTSRB"))
     assert np.array_equal(again.images, raw.images) and np.array_equal(again.origin, raw.origin)
 
 
 def test_gtsrb_torchvision_layout_reads_the_same(gtsrb):
-    official = sources.load_gtsrb(spec("gtsrb", gtsrb["official"]))
+    official = gtsrb_source.read(spec("gtsrb", gtsrb["official"]))
     for root in (gtsrb["torchvision"], gtsrb["torchvision"] / "gtsrb"):
-        raw = sources.load_gtsrb(spec("gtsrb", root))
+        raw = gtsrb_source.read(spec("gtsrb", root))
         assert np.array_equal(raw.images, official.images)
         assert np.array_equal(raw.labels, official.labels)
         assert np.array_equal(raw.origin, official.origin)
 
 
 def test_gtsrb_crop_roi_keeps_only_the_sign(gtsrb):
-    full = sources.load_gtsrb(spec("gtsrb", gtsrb["official"]))
-    cropped = sources.load_gtsrb(spec("gtsrb", gtsrb["official"], crop_roi=True))
+    full = gtsrb_source.read(spec("gtsrb", gtsrb["official"]))
+    cropped = gtsrb_source.read(spec("gtsrb", gtsrb["official"], crop_roi=True))
     assert cropped.images.shape == full.images.shape
     assert not np.array_equal(cropped.images, full.images)
     # The grey border is gone: every pixel, corners included, is near the class colour.
@@ -317,7 +302,7 @@ def test_gtsrb_crop_roi_keeps_only_the_sign(gtsrb):
 
 
 def test_gtsrb_image_size_override(gtsrb):
-    raw = sources.load_gtsrb(spec("gtsrb", gtsrb["official"], image_size=24))
+    raw = gtsrb_source.read(spec("gtsrb", gtsrb["official"], image_size=24))
     assert raw.images.shape == (18, 24, 24, 3)
 
 
@@ -326,14 +311,14 @@ def test_gtsrb_class_folder_without_csv_named(tmp_path):
     folder = root / "GTSRB" / "Final_Training" / "Images" / "00001"
     (folder / "GT-00001.csv").unlink()
     with pytest.raises(DatasetError) as err:
-        sources.load_gtsrb(spec("gtsrb", root))
+        gtsrb_source.read(spec("gtsrb", root))
     assert str(folder) in str(err.value) and "GT-00001.csv" in str(err.value)
 
 
 def test_gtsrb_missing_test_part_loads_training_only(tmp_path, caplog):
     root = fixtures.write_gtsrb(tmp_path, test_per_class=0)
     with caplog.at_level(logging.WARNING, logger="transfer_lab.sources"):
-        raw = sources.load_gtsrb(spec("gtsrb", root))
+        raw = gtsrb_source.read(spec("gtsrb", root))
     assert len(raw.labels) == 12 and (raw.origin == 0).all()
     assert "Final_Test" in caplog.text
 
@@ -344,13 +329,13 @@ def test_gtsrb_test_labels_missing_warns_and_finds_them_elsewhere(tmp_path, capl
     hidden = tmp_path / "elsewhere.csv"
     labels_csv.rename(hidden)
     with caplog.at_level(logging.WARNING, logger="transfer_lab.sources"):
-        raw = sources.load_gtsrb(spec("gtsrb", root))
+        raw = gtsrb_source.read(spec("gtsrb", root))
     # Only the unlabelled GT-final_test.test.csv is there: not mistaken for the labels.
     assert (raw.origin == 0).all() and len(raw.labels) == 12
     assert "GT-final_test.csv" in caplog.text
     for place in (root / "GTSRB", root / "GTSRB" / "Final_Test" / "Images"):
         shutil.copy(hidden, place / "GT-final_test.csv")
-        raw = sources.load_gtsrb(spec("gtsrb", root))
+        raw = gtsrb_source.read(spec("gtsrb", root))
         assert (raw.origin == 2).sum() == 6
         (place / "GT-final_test.csv").unlink()
 
@@ -360,16 +345,16 @@ def test_gtsrb_missing_image_and_missing_training_named(tmp_path):
     image = root / "GTSRB" / "Final_Training" / "Images" / "00002" / "00000_00001.ppm"
     image.unlink()
     with pytest.raises(DatasetError, match="00000_00001.ppm"):
-        sources.load_gtsrb(spec("gtsrb", root))
+        gtsrb_source.read(spec("gtsrb", root))
     with pytest.raises(DatasetError, match="Final_Training"):
-        sources.load_gtsrb(spec("gtsrb", tmp_path / "GTSRB" / "Final_Test"))
+        gtsrb_source.read(spec("gtsrb", tmp_path / "GTSRB" / "Final_Test"))
 
 
 def test_class_ids_beyond_the_43_signs_named_by_number(tmp_path):
     root = fixtures.write_gtsrb(tmp_path / "g", n_classes=45, per_class=1, test_per_class=0)
-    assert sources.load_gtsrb(spec("gtsrb", root, image_size=8)).class_names == [str(i) for i in range(45)]
+    assert gtsrb_source.read(spec("gtsrb", root, image_size=8)).class_names == [str(i) for i in range(45)]
     root = fixtures.write_traffic_pickle(tmp_path / "t", n_classes=44, per_class=1)
-    raw = sources.load_traffic_pickle(spec("traffic-pickle", root))
+    raw = traffic_pickle.read(spec("traffic-pickle", root))
     assert raw.class_names == [str(i) for i in range(44)]
 
 
@@ -378,14 +363,14 @@ def test_class_ids_beyond_the_43_signs_named_by_number(tmp_path):
 
 def test_traffic_pickle_with_validation(tmp_path):
     root = fixtures.write_traffic_pickle(tmp_path)
-    raw = sources.load_traffic_pickle(spec("traffic-pickle", root))
+    raw = traffic_pickle.read(spec("traffic-pickle", root))
     assert raw.images.shape == (24, 32, 32, 3) and raw.images.dtype == np.uint8
     assert raw.images.flags["C_CONTIGUOUS"]
     assert raw.labels.dtype == np.int64 and raw.origin.dtype == np.int8
     assert [(raw.origin == i).sum() for i in range(3)] == [12, 6, 6]
-    assert raw.class_names == list(sources.GTSRB_CLASS_NAMES)
+    assert raw.class_names == list(gtsrb_source.CLASS_NAMES)
     assert_class_colours(raw.images, raw.labels, tol=4)
-    resized = sources.load_traffic_pickle(spec("traffic-pickle", root, image_size=40))
+    resized = traffic_pickle.read(spec("traffic-pickle", root, image_size=40))
     assert resized.images.shape == (24, 40, 40, 3)
     assert_class_colours(resized.images, resized.labels, tol=6)
 
@@ -394,12 +379,12 @@ def test_traffic_pickle_without_validation_and_with_signnames(tmp_path):
     root = fixtures.write_traffic_pickle(tmp_path)
     (root / "valid.p").unlink()
     (root / "signnames.csv").write_text("ClassId,SignName\n0,Alpha\n1,Beta\n2,Gamma (3.5t)\n")
-    raw = sources.load_traffic_pickle(spec("traffic-pickle", root))
+    raw = traffic_pickle.read(spec("traffic-pickle", root))
     assert [(raw.origin == i).sum() for i in range(3)] == [12, 0, 6]
     assert raw.class_names == ["Alpha", "Beta", "Gamma (3.5t)"]
     (root / "signnames.csv").write_text("ClassId,SignName\n0,Alpha\n1,Beta\n")
     with pytest.raises(DatasetError, match=r"signnames\.csv.*2"):
-        sources.load_traffic_pickle(spec("traffic-pickle", root))
+        traffic_pickle.read(spec("traffic-pickle", root))
 
 
 @pytest.mark.parametrize(
@@ -422,7 +407,7 @@ def test_traffic_pickle_malformed_refused_naming_file(tmp_path, change):
     with open(root / "train.p", "wb") as f:
         pickle.dump(data, f)
     with pytest.raises(DatasetError, match=r"train\.p"):
-        sources.load_traffic_pickle(spec("traffic-pickle", root))
+        traffic_pickle.read(spec("traffic-pickle", root))
 
 
 class _Exploit:
@@ -439,7 +424,7 @@ def test_traffic_pickle_code_never_runs(tmp_path):
     payload = pickle.dumps({"features": _Exploit(str(marker)), "labels": np.zeros(1, np.uint8)})
     (root / "test.p").write_bytes(payload)
     with pytest.raises(DatasetError, match=r"test\.p.*refused"):
-        sources.load_traffic_pickle(spec("traffic-pickle", root))
+        traffic_pickle.read(spec("traffic-pickle", root))
     assert not marker.exists()
     pickle.loads(payload)  # the payload is real: plain pickle runs it
     assert marker.is_dir()
@@ -449,7 +434,7 @@ def test_traffic_pickle_missing_test_named(tmp_path):
     root = fixtures.write_traffic_pickle(tmp_path)
     (root / "test.p").unlink()
     with pytest.raises(DatasetError, match=r"test\.p"):
-        sources.load_traffic_pickle(spec("traffic-pickle", root))
+        traffic_pickle.read(spec("traffic-pickle", root))
 
 
 # --- one folder per class ------------------------------------------------------------------------
@@ -469,7 +454,7 @@ def test_imagefolder_every_mode_and_format(tmp_path):
     assert len(set(sizes)) == len(files)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. PIL's warning on palette transparency
-        raw = sources.load_imagefolder(spec("imagefolder", root))
+        raw = imagefolder.read(spec("imagefolder", root))
     assert raw.images.shape == (8, 64, 64, 3) and raw.images.dtype == np.uint8
     assert raw.images.flags["C_CONTIGUOUS"]
     assert raw.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -492,14 +477,14 @@ def test_imagefolder_keeps_the_centre_of_non_square_images(tmp_path):
             bands[height // 3: 2 * height // 3] = (0, 255, 0)
         (tmp_path / name).mkdir()
         Image.fromarray(bands).save(tmp_path / name / "bands.png")
-    raw = sources.load_imagefolder(spec("imagefolder", tmp_path, image_size=16))
+    raw = imagefolder.read(spec("imagefolder", tmp_path, image_size=16))
     assert raw.images.shape == (2, 16, 16, 3)
     assert (raw.images[..., 1] > 200).all() and (raw.images[..., 2] < 50).all()  # centre only, unsquashed
 
 
 def test_imagefolder_image_size_override(tmp_path):
     root = fixtures.write_imagefolder(tmp_path)
-    raw = sources.load_imagefolder(spec("imagefolder", root, image_size=20))
+    raw = imagefolder.read(spec("imagefolder", root, image_size=20))
     assert raw.images.shape == (8, 20, 20, 3)
 
 
@@ -508,7 +493,7 @@ def test_imagefolder_empty_class_folder_named(tmp_path):
     (root / "emu").mkdir()
     (root / "emu" / "notes.txt").write_text("no images yet")
     with pytest.raises(DatasetError, match="emu") as err:
-        sources.load_imagefolder(spec("imagefolder", root))
+        imagefolder.read(spec("imagefolder", root))
     assert str(root / "emu") in str(err.value)
 
 
@@ -521,13 +506,13 @@ def test_imagefolder_corrupt_image_named(tmp_path, content):
         content = data[: len(data) // 2]
     bad.write_bytes(content)
     with pytest.raises(DatasetError, match="broken.jpg"):
-        sources.load_imagefolder(spec("imagefolder", root))
+        imagefolder.read(spec("imagefolder", root))
 
 
 def test_imagefolder_without_class_folders_names_root(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "loose.png")
     with pytest.raises(DatasetError, match="no class folders") as err:
-        sources.load_imagefolder(spec("imagefolder", tmp_path))
+        imagefolder.read(spec("imagefolder", tmp_path))
     assert str(tmp_path) in str(err.value)
 
 
@@ -535,18 +520,18 @@ def test_imagefolder_without_class_folders_names_root(tmp_path):
 
 
 def test_registry():
-    assert list(sources.SOURCES) == sorted(sources.SOURCES)
-    assert set(sources.SOURCES) == {"cifar10", "digits", "gtsrb", "imagefolder", "traffic-pickle"}
-    assert sources.OFFICIAL_TEST == {"cifar10", "gtsrb", "traffic-pickle"}
-    assert set(sources.DEFAULT_IMAGE_SIZE) == set(sources.SOURCES)
+    assert sources.names() == sorted(sources.names())
+    assert set(sources.names()) == {"cifar10", "digits", "gtsrb", "imagefolder", "traffic-pickle"}
+    assert {n for n in sources.names() if "test" in sources.get(n).splits} == {"cifar10", "gtsrb", "traffic-pickle"}
+    assert all(sources.get(n).image_size > 0 for n in sources.names())
 
 
 def test_official_test_split_survives_preparation(gtsrb, tmp_path):
-    split_cfg = {"validation_fraction": 0.25, "test_fraction": 0.2, "seed": 0, "train_per_class": None}
+    split_cfg = SplitSpec(validation_fraction=0.25, test_fraction=0.2, seed=0, train_per_class=None)
     ds = prepare_dataset(spec("gtsrb", gtsrb["official"]), split_cfg)
     assert ds.split_sizes() == {"train": 9, "validation": 3, "test": 6}
     root = fixtures.write_traffic_pickle(tmp_path)
-    ds = prepare_dataset(spec("traffic-pickle", root), dict(split_cfg, official_validation=True))
+    ds = prepare_dataset(spec("traffic-pickle", root), dataclasses.replace(split_cfg, official_validation=True))
     assert ds.split_sizes() == {"train": 12, "validation": 6, "test": 6}
     assert set(SPLITS) == set(ds.split_sizes())
 
@@ -591,8 +576,28 @@ def test_check_dataset_refusals(tmp_path, source, root, extra, key, expected):
 def test_storage_fit_crops_only_photos_of_any_aspect():
     from transfer_lab.sources import storage_fit, storage_size
 
-    assert storage_fit({"source": "imagefolder"}) == "crop"
+    assert storage_fit(spec("imagefolder")) == "crop"
     for source in ("cifar10", "gtsrb", "traffic-pickle", "digits"):
-        assert storage_fit({"source": source}) == "squash"
-    assert storage_size({"source": "imagefolder", "image_size": None}) == 64
-    assert storage_size({"source": "digits", "image_size": 16}) == 16
+        assert storage_fit(spec(source)) == "squash"
+    assert storage_size(spec("imagefolder", image_size=None)) == 64
+    assert storage_size(spec("digits", image_size=16)) == 16
+
+
+def test_readme_datasets_table_is_what_the_registry_renders():
+    assert sources.docs_table() in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_reading_the_config_imports_no_torch():
+    """What the workflow imports to check a config and plan the DAG (the registry and every
+    source module included) leaves torch out, so parsing stays fast."""
+    code = (
+        "import sys, transfer_lab.sources, transfer_lab.datasets, transfer_lab.images, transfer_lab.config\n"
+        "transfer_lab.config.load_schema(sys.argv[1])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "workflow/schemas/config.schema.yaml")],
+        env=dict(os.environ, PYTHONPATH=str(REPO / "src")), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

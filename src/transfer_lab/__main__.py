@@ -78,7 +78,8 @@ def _config(path: str | None) -> dict | None:
 
 
 def _predictor(args: argparse.Namespace, device: str):
-    from .predict import Storage, load_predictor
+    from .predict import load_predictor
+    from .preprocess import Storage
 
     config = _config(args.config)
     storage = None

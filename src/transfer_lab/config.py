@@ -13,6 +13,8 @@ import os
 import jsonschema
 import yaml
 
+from . import sources
+
 # The head name of a fine-tuned network: in the comparison, and for predict and export
 # (so no head in the config may take it).
 FINETUNED = "finetune"
@@ -115,8 +117,13 @@ def coerce_command_line_strings(value, schema: dict, root: dict):
 
 
 def load_schema(path: str | os.PathLike) -> dict:
+    """The config schema, with what the dataset sources define (the ``source`` choices and
+    the options only some sources take) filled in from their registry."""
     with open(path) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    entry = schema["properties"]["datasets"]["additionalProperties"]
+    entry["properties"] = {**sources.schema_properties(), **entry["properties"]}
+    return schema
 
 
 def validate_config(config: dict, schema: dict, check_resources: bool = True) -> dict:
@@ -134,9 +141,9 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
             f"  {_path(e)}: {_describe(e)}" for e in errors))
     problems = []
     for name, spec in config["datasets"].items():
-        if spec.get("download"):
+        if spec.get("download") and sources.get(spec["source"]).fetch is not None:
             # Downloads land in the project, where the workflow's fetch step writes them.
-            expected = f"resources/raw/{name}"
+            expected = sources.download_root(name)
             spec.setdefault("root", expected)
             if os.path.normpath(spec["root"]) != expected:
                 problems.append(
@@ -145,14 +152,13 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                 )
     checks = []
     if check_resources:
-        from .sources import check_dataset
         from .specs import NetworkSpec, check_network
 
         def check_network_entry(name: str, entry: dict) -> None:
             check_network(name, NetworkSpec.from_config(entry))
 
         def check_dataset_keys(name: str, spec: dict) -> None:
-            check_dataset(name, spec, on_disk=False)
+            sources.check_dataset(name, sources.dataset_spec(spec), on_disk=False)
 
         checks = [(check_network_entry, config["networks"]), (check_dataset_keys, config["datasets"])]
     for check, section in checks:

@@ -15,10 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
+from . import sources
 from .files import atomic_write
-from .sources import OFFICIAL_TEST, SOURCES, DatasetError
+from .sources.base import DatasetError, DatasetSpec
 
 SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a dataset's images are assigned to splits: the config's ``split`` section with
+    the dataset's own ``split`` overrides applied (``SplitSpec(**section)``)."""
+
+    validation_fraction: float
+    test_fraction: float
+    seed: int
+    method: str = "stratified"  # or "sklearn": train_test_split's own choice, the lab's protocol
+    official_validation: bool = False
+    train_per_class: int | None = None
 
 
 @dataclass
@@ -47,9 +61,9 @@ class PreparedDataset:
         return {name: int((self.split == i).sum()) for i, name in enumerate(SPLITS)}
 
 
-def splits_for(spec: dict, split_cfg: dict) -> list[str]:
+def splits_for(spec: DatasetSpec, split: SplitSpec) -> list[str]:
     """The splits a dataset will have, known from the config alone (the DAG needs them)."""
-    has_test = spec["source"] in OFFICIAL_TEST or split_cfg["test_fraction"] > 0
+    has_test = "test" in sources.get(spec.source).splits or split.test_fraction > 0
     return ["train", "validation"] + (["test"] if has_test else [])
 
 
@@ -124,31 +138,25 @@ def assign_splits(
     return split
 
 
-def prepare_dataset(spec: dict, split_cfg: dict) -> PreparedDataset:
+def prepare_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> PreparedDataset:
     """Load a source and assign splits; images stay uint8, one array for all splits."""
-    try:
-        loader = SOURCES[spec["source"]]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset source {spec['source']!r}; valid: {', '.join(sorted(SOURCES))}"
-        ) from None
-    raw = loader(spec)
+    raw = sources.get(spec.source).read(spec)
     split = assign_splits(
         raw.labels,
         raw.origin,
-        split_cfg["validation_fraction"],
-        split_cfg["test_fraction"],
-        split_cfg["seed"],
-        split_cfg.get("train_per_class"),
-        split_cfg.get("method", "stratified"),
-        split_cfg.get("official_validation", False),
+        split_spec.validation_fraction,
+        split_spec.test_fraction,
+        split_spec.seed,
+        split_spec.train_per_class,
+        split_spec.method,
+        split_spec.official_validation,
     )
     keep = split >= 0
-    sizes = {name: int((split == SPLITS.index(name)).sum()) for name in splits_for(spec, split_cfg)}
+    sizes = {name: int((split == SPLITS.index(name)).sum()) for name in splits_for(spec, split_spec)}
     empty = [name for name, n in sizes.items() if n == 0]
     if empty:
         raise DatasetError(
-            f"{spec.get('root', spec['source'])}: no images for split(s) {', '.join(empty)} "
+            f"{spec.root or spec.source}: no images for split(s) {', '.join(empty)} "
             f"(sizes {sizes}). A source without its official test part needs split.test_fraction > 0; "
             "a tiny dataset needs more images per class."
         )

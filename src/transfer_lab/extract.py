@@ -12,16 +12,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from .devices import resolve_device
 from .files import atomic_write
-from .networks import Backbone, Preprocess
+from .networks import Backbone
+from .preprocess import DevicePreprocess
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -34,103 +34,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _pil_filter(interpolation: str) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
-    """PIL's resampling filters (support, kernel), as in Pillow's Resample.c."""
-    if interpolation == "bicubic":
-        a = -0.5
-
-        def cubic(x: np.ndarray) -> np.ndarray:
-            x = np.abs(x)
-            return np.where(
-                x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0),
-            )
-
-        return 2.0, cubic
-    if interpolation == "bilinear":
-        return 1.0, lambda x: np.clip(1.0 - np.abs(x), 0.0, None)
-    raise ValueError(f"no PIL filter for interpolation {interpolation!r}")
-
-
-_PIL_ONE = float(1 << 22)
-
-
-def resize_matrix(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
-    """(out, in) matrix whose product with a row of pixels is PIL's resize of that row.
-
-    Pillow's coefficients, antialiased when shrinking (the filter widens by the
-    scale), so one matrix product reproduces ``Image.resize`` for up- and
-    down-sampling alike, on any device.
-    """
-    scale = in_size / out_size
-    if interpolation == "nearest":
-        src = np.minimum(np.floor((np.arange(out_size) + 0.5) * scale).astype(int), in_size - 1)
-        m = np.zeros((out_size, in_size))
-        m[np.arange(out_size), src] = 1.0
-        return m
-    support, kernel = _pil_filter(interpolation)
-    filterscale = max(scale, 1.0)
-    support *= filterscale
-    m = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        center = (i + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        w = kernel((np.arange(lo, hi) - center + 0.5) / filterscale)
-        m[i, lo:hi] = w / w.sum()
-    # Pillow's 22-bit fixed-point coefficients, rounded half away from zero.
-    return np.trunc(m * _PIL_ONE + np.copysign(0.5, m)) / _PIL_ONE
-
-
-def resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
-    """torchvision's ``Resize(int)``: the shorter side to ``shorter``, aspect kept."""
-    if height <= width:
-        return shorter, int(shorter * width / height)
-    return int(shorter * height / width), shorter
-
-
-class DevicePreprocess(nn.Module):
-    """The weights' eval transform, applied to a whole uint8 NHWC batch on the device.
-
-    Resize-then-centre-crop is two matrix products with Pillow's own filter weights
-    (rows outside the crop are never computed), rounding to uint8 levels after each
-    pass as Pillow does: the per-image PIL pipeline the weights were trained with,
-    reproduced to within one grey level, batched, on the GPU.
-    """
-
-    def __init__(self, p: Preprocess):
-        super().__init__()
-        self.p = p
-        self.register_buffer("mean", 255.0 * torch.tensor(p.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", 255.0 * torch.tensor(p.std).view(1, 3, 1, 1), persistent=False)
-        self._matrices: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def matrices(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (height, width, str(device))
-        if key not in self._matrices:
-            new_h, new_w = resized_size(height, width, self.p.resize)
-            crop = self.p.crop
-            if crop > min(new_h, new_w):
-                raise ValueError(f"crop {crop} is larger than the resized image {new_h}x{new_w}")
-            top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-            rows = resize_matrix(height, new_h, self.p.interpolation)[top:top + crop]
-            cols = resize_matrix(width, new_w, self.p.interpolation)[left:left + crop]
-            self._matrices[key] = (
-                torch.tensor(rows, dtype=torch.float32, device=device),
-                torch.tensor(cols.T, dtype=torch.float32, device=device),
-            )
-        return self._matrices[key]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        rows, cols = self.matrices(images.shape[1], images.shape[2], images.device)
-        with torch.autocast(images.device.type, enabled=False):  # exact, whatever the precision
-            x = images.permute(0, 3, 1, 2).float()
-            # Horizontal pass, then vertical, each rounded half up to uint8, as Pillow.
-            x = (x @ cols).add_(0.5).floor_().clamp_(0, 255)
-            x = (rows @ x).add_(0.5).floor_().clamp_(0, 255)
-            return (x - self.mean) / self.std
 
 
 @dataclass

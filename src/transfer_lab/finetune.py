@@ -5,7 +5,7 @@ preprocessing from the weights' metadata), a new linear classifier goes on its
 penultimate features, and the whole network trains end to end: the backbone with a
 lower learning rate than the new classifier, so the pretrained features are adjusted
 rather than overwritten in the first steps. Batches are uint8 images from the prepared
-dataset, preprocessed on the device by :class:`~transfer_lab.extract.DevicePreprocess`
+dataset, preprocessed on the device by :class:`~transfer_lab.preprocess.DevicePreprocess`
 (the :class:`~transfer_lab.extract.Extractor` supplies device, precision and
 preprocessing, and runs the evaluation passes), so fine-tuned and feature-extraction
 results differ only in what was trained.

@@ -1,7 +1,8 @@
-"""The images a user hands in for prediction: finding them and decoding them.
+"""Image files: finding them and decoding them, for preparation and prediction alike.
 
-No torch here: the workflow expands the image list when it is parsed (the files are the
-predict rule's inputs, so adding or changing one reruns it).
+No torch here: the workflow expands predict's image list when it is parsed (the files are
+the predict rule's inputs, so adding or changing one reruns it), and the dataset readers
+decode through these functions.
 """
 
 from __future__ import annotations
@@ -13,11 +14,25 @@ from typing import Iterable
 
 import numpy as np
 
-from .sources import IMAGE_EXTENSIONS, _as_rgb, _open_image
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
+# Smaller images hold no picture worth classifying: a 1x1 file in a downloaded folder is
+# a placeholder or a web beacon. 8 is the side of the smallest real images here (digits).
+MIN_IMAGE_SIDE = 8
 
 
 class NoImagesError(ValueError):
     """A folder or pattern that names no image at all (surely a typo)."""
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (subfolders too, as torchvision's ImageFolder), hidden ones skipped."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
 
 
 def find_images(patterns: Iterable[str | os.PathLike]) -> list[Path]:
@@ -31,8 +46,7 @@ def find_images(patterns: Iterable[str | os.PathLike]) -> list[Path]:
         text = str(pattern)
         path = Path(text)
         if path.is_dir():
-            hits = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                          and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            hits = image_files(path)
             what = f"folder {text} holds no {', '.join(IMAGE_EXTENSIONS)} files"
         elif glob.has_magic(text):
             hits = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
@@ -47,17 +61,72 @@ def find_images(patterns: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def open_image(path: Path):
+    """A fully decoded PIL image, or a ``DatasetError`` naming the file."""
+    from PIL import Image
+
+    # The dataset readers import this module: importing theirs at the top would be circular.
+    from .sources.base import DatasetError
+
+    image = None
+    try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{path}: empty file (0 bytes), not an image; replace or remove the file")
+        image = Image.open(path)
+        image.load()  # decodes, and closes the file of a single-frame image
+    except DatasetError:
+        raise
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except Exception as err:  # PIL raises many types for corrupt or truncated files
+        if image is not None:
+            image.close()
+        raise DatasetError(
+            f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove the file"
+        ) from err
+    width, height = image.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        image.close()
+        raise DatasetError(
+            f"{path}: a {width}x{height} image; images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+            "pixels (a placeholder or tracking pixel?); replace or remove the file"
+        )
+    return image
+
+
+def open_upright(path: Path):
+    """:func:`open_image`, turned upright by its EXIF orientation (photos from phones and cameras)."""
+    from PIL import ImageOps
+
+    image = open_image(path)
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block: keep the pixels as stored
+        return image
+
+
+def as_rgb(image):
+    """Any PIL mode as 8-bit RGB (16-bit greys scaled down, not clipped to white)."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.max(initial=0) > 255:  # 16-bit (or wider) grey
+            values = values / 257.0
+        grey = np.rint(values).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1))
+    if image.mode in ("P", "PA"):
+        # Via RGBA so a palette transparency is resolved instead of warned about.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as uint8 RGB (H, W, 3), upright by its EXIF orientation.
 
-    The decoding of preparation (:mod:`transfer_lab.sources`): any PIL mode to RGB, 16-bit
+    The decoding of preparation (the imagefolder source): any PIL mode to RGB, 16-bit
     greys scaled down; a missing or corrupt file raises ``DatasetError`` naming it.
     """
-    from PIL import ImageOps
-
-    image = _open_image(Path(path))
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block: keep the pixels as stored
-        pass
-    return np.array(_as_rgb(image), dtype=np.uint8)
+    return np.array(as_rgb(open_upright(Path(path))), dtype=np.uint8)

@@ -18,27 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .preprocess import Preprocess
 from .specs import NetworkSpec
 
 # Random initialisation is seeded, so a 'random' control row is reproducible.
 RANDOM_INIT_SEED = 0
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Eval transform of the weights: resize the shorter side, centre-crop, normalise."""
-
-    resize: int
-    crop: int
-    interpolation: str  # "bilinear" | "bicubic" | "nearest"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def describe(self) -> str:
-        return (
-            f"resize {self.resize} {self.interpolation}, crop {self.crop}, "
-            f"mean {tuple(round(m, 4) for m in self.mean)}, std {tuple(round(s, 4) for s in self.std)}"
-        )
 
 
 @dataclass

@@ -7,11 +7,11 @@ network (rule finetune) is applied the same way, its own classifier as the head.
 ``predict`` runs it eagerly and ``export`` (:mod:`transfer_lab.export`) saves the very same module with
 ``torch.export``, so an exported file gives predict's probabilities, not an approximation.
 
-The storage resize is PIL's bicubic resize written as two matrix products whose weights
-are computed *inside* the module from the input's height and width: the exported graph
-takes any image size, and stays exact to PIL's integer arithmetic (float64, Pillow's
-22-bit coefficients), which :func:`transfer_lab.sources.to_storage` applied at
-preparation.
+The storage resize (:class:`transfer_lab.preprocess.StorageResize`) is PIL's bicubic resize
+written as two matrix products whose weights are computed *inside* the module from the
+input's height and width: the exported graph takes any image size, and stays exact to
+PIL's integer arithmetic (float64, Pillow's 22-bit coefficients), which
+:func:`transfer_lab.preprocess.to_storage` applied at preparation.
 """
 
 from __future__ import annotations
@@ -28,102 +28,18 @@ from torch import nn
 
 from .config import FINETUNED
 from .devices import resolve_device
-from .extract import DevicePreprocess
 from .finetune import is_finetuned, load_finetuned
 from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
+from .preprocess import DevicePreprocess, Storage, StorageResize, storage_for
+from .sources import dataset_spec
+from .sources.base import DatasetError
 from .specs import NetworkSpec
-
-# How an image is fit into its square storage size (transfer_lab.sources.storage_fit).
-FITS = ("squash", "crop")
-_PIL_ONE = float(1 << 22)  # Pillow's fixed-point precision (Resample.c: PRECISION_BITS)
 
 
 class PredictError(ValueError):
     """A head file, image list or request that cannot be used; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Storage:
-    """The square storage size images were resized to at preparation, and how they were fit."""
-
-    size: int
-    fit: str  # "squash" | "crop"
-
-
-def storage_for(dataset_spec: dict) -> Storage:
-    """The storage step of a dataset's config entry (``image_size`` or its source's default)."""
-    from .sources import storage_fit, storage_size
-
-    return Storage(storage_size(dataset_spec), storage_fit(dataset_spec))
-
-
-def bicubic_rows(in_size: int, out_index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Rows ``out_index`` of PIL's bicubic resize matrix (float64, Pillow's 22-bit weights).
-
-    ``scale`` is in_size / out_size as a float64 0-d tensor. The twin of
-    :func:`transfer_lab.extract.resize_matrix` in torch operations only, so that
-    ``torch.export`` can keep ``in_size`` symbolic (tested equal to it).
-    """
-    a = -0.5
-    device = out_index.device
-    filterscale = torch.clamp(scale, min=1.0)
-    support = 2.0 * filterscale
-    center = (out_index.to(torch.float64) + 0.5) * scale
-    lo = torch.clamp(torch.trunc(center - support + 0.5), min=0.0)
-    j = torch.arange(in_size, dtype=torch.float64, device=device)[None, :]
-    # (no float(in_size): that would fix the size of an exported graph)
-    hi = torch.minimum(torch.trunc(center + support + 0.5), torch.full_like(center, in_size))
-    x = ((j - center[:, None] + 0.5) / filterscale).abs()
-    zero = torch.zeros_like(x)
-    k = torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, zero))
-    k = torch.where((j >= lo[:, None]) & (j < hi[:, None]), k, zero)
-    m = k / k.sum(dim=1, keepdim=True)
-    return torch.trunc(m * _PIL_ONE + torch.copysign(torch.full_like(m, 0.5), m)) / _PIL_ONE
-
-
-class StorageResize(nn.Module):
-    """:func:`transfer_lab.sources.to_storage` for one uint8 (H, W, 3) tensor of any size.
-
-    ``squash`` resizes to size x size; ``crop`` resizes the shorter side to ``size`` and
-    keeps the centre square (only the kept rows and columns are computed). Horizontal
-    pass, then vertical, each rounded to uint8 levels as Pillow does.
-    """
-
-    def __init__(self, storage: Storage):
-        super().__init__()
-        if storage.fit not in FITS:
-            raise PredictError(f"storage fit must be one of {', '.join(FITS)}, not {storage.fit!r}")
-        self.size = int(storage.size)
-        self.crop = storage.fit == "crop"
-
-    def _axis(self, n: int, shorter: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """(size, n) matrix taking one axis of n pixels to its ``size`` stored pixels."""
-        size = self.size
-        n_t = torch.full((), n, dtype=torch.float64, device=device)
-        index = torch.arange(size, device=device, dtype=torch.float64)
-        if self.crop:
-            # to_storage: scale = size / min(w, h); new = max(size, round(n * scale)); offset = (new - size) // 2
-            new = torch.clamp(torch.round(n_t * (size / shorter)), min=float(size))
-            offset = torch.div(new - size, 2, rounding_mode="floor")
-            return bicubic_rows(n, index + offset, n_t / new)
-        return bicubic_rows(n, index, n_t / size)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        height, width = image.shape[0], image.shape[1]
-        device = image.device
-        shorter = torch.minimum(
-            torch.full((), height, dtype=torch.float64, device=device),
-            torch.full((), width, dtype=torch.float64, device=device),
-        )
-        rows = self._axis(height, shorter, device)
-        cols = self._axis(width, shorter, device)
-        # float64 products of 8-bit pixels and 22-bit weights are exact: Pillow's integer sums.
-        x = image.permute(2, 0, 1).to(torch.float64)
-        x = torch.floor(x @ cols.T + 0.5).clamp(0, 255)
-        x = torch.floor(rows @ x + 0.5).clamp(0, 255)
-        return x.permute(1, 2, 0).to(torch.uint8)
 
 
 class Classifier(nn.Module):
@@ -189,7 +105,7 @@ def resolve_storage(meta: dict, config: dict | None, where: str) -> Storage:
             f"the config has no datasets.{dataset} entry. Run from the workflow folder (config.yaml), "
             "pass --config, or give --image-size and --fit"
         )
-    return storage_for(spec)
+    return storage_for(dataset_spec(spec))
 
 
 def load_predictor(
@@ -277,8 +193,6 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
 
     An unreadable file gets its ``error`` and no prediction; the others go on.
     """
-    from .sources import DatasetError
-
     paths = [str(p) for p in paths]
     top_k = max(1, min(int(top_k), len(predictor.class_names)))
     model, dev = predictor.model, predictor.device

@@ -8,8 +8,9 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 try:
+    from transfer_lab import sources
     from transfer_lab.config import FINETUNED, ConfigError, head_choices, load_schema, validate_config
-    from transfer_lab.datasets import splits_for
+    from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, tree_fingerprint, versions
     from transfer_lab.specs import NetworkSpec
@@ -27,6 +28,8 @@ except ConfigError as err:
 NETWORKS = {name: NetworkSpec.from_config(entry) for name, entry in config["networks"].items()}
 DATASETS = config["datasets"]
 HEADS = config["heads"]
+# Each dataset entry as the library takes it (source, root, storage size, options).
+DATASET_SPECS = {name: sources.dataset_spec(entry) for name, entry in DATASETS.items()}
 
 
 def alternatives(names):
@@ -61,13 +64,19 @@ def split_config(dataset):
 
 
 def splits(dataset):
-    return splits_for(DATASETS[dataset], split_config(dataset))
+    return splits_for(DATASET_SPECS[dataset], SplitSpec(**split_config(dataset)))
+
+
+# Datasets with download: true, and the file rule fetch_dataset makes for each (its source names it).
+FETCHED = {
+    name: sources.get(spec.source).fetch.file for name, spec in DATASET_SPECS.items() if spec.download
+}
 
 
 def prepare_inputs(wildcards):
-    spec = DATASETS[wildcards.dataset]
-    if spec.get("download"):
-        return {"archive": f"{spec['root']}/cifar-10-python.tar.gz"}  # made by fetch_dataset
+    spec = DATASET_SPECS[wildcards.dataset]
+    if spec.download:
+        return {"fetched": f"{spec.root}/{FETCHED[wildcards.dataset]}"}  # made by fetch_dataset
     return {}
 
 

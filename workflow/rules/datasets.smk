@@ -3,14 +3,19 @@ localrules:
 
 
 rule fetch_dataset:
+    wildcard_constraints:
+        dataset=alternatives(FETCHED),
+        file=alternatives(set(FETCHED.values())),
     output:
-        "resources/raw/{dataset}/cifar-10-python.tar.gz",
+        # The folder config.validate_config makes the root of a dataset with download: true.
+        sources.download_root("{dataset}") + "/{file}",
     params:
+        source=lambda wildcards: DATASET_SPECS[wildcards.dataset].source,
         code=code("fetch_dataset"),
     log:
-        "results/logs/fetch_dataset/{dataset}.log",
+        "results/logs/fetch_dataset/{dataset}/{file}.log",
     benchmark:
-        "results/benchmarks/fetch_dataset/{dataset}.tsv"
+        "results/benchmarks/fetch_dataset/{dataset}/{file}.tsv"
     script:
         "../scripts/fetch_dataset.py"
 

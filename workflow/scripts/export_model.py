@@ -5,14 +5,17 @@ from pathlib import Path
 
 from transfer_lab.export import export_model
 from transfer_lab.files import log_to
-from transfer_lab.predict import load_predictor, storage_for
+from transfer_lab.predict import load_predictor
+from transfer_lab.preprocess import storage_for
+from transfer_lab.sources import dataset_spec
 
 with log_to(snakemake.log[0]):
     w, p = snakemake.wildcards, snakemake.params
     checkpoint = snakemake.input.get("checkpoint")
     predictor = load_predictor(
         snakemake.input.head, network=w.network, config={"networks": {w.network: p.spec}},
-        storage=storage_for(p.storage), checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        storage=storage_for(dataset_spec(p.storage)),
+        checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
         device="cpu",
     )
     record = export_model(predictor, snakemake.output[0])

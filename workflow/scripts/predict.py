@@ -7,7 +7,9 @@ import torch
 
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.images import find_images
-from transfer_lab.predict import load_predictor, predict_files, storage_for, to_csv
+from transfer_lab.predict import load_predictor, predict_files, to_csv
+from transfer_lab.preprocess import storage_for
+from transfer_lab.sources import dataset_spec
 
 with log_to(snakemake.log[0]):
     p = snakemake.params
@@ -15,7 +17,8 @@ with log_to(snakemake.log[0]):
     checkpoint = snakemake.input.get("checkpoint")
     predictor = load_predictor(
         snakemake.input.head, network=p.network, config={"networks": {p.network: p.spec}},
-        storage=storage_for(p.storage), checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        storage=storage_for(dataset_spec(p.storage)),
+        checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
         device=snakemake.config["extract"]["device"],  # how to compute, not what: not a param
     )
     paths = find_images(p.images)

@@ -1,0 +1,173 @@
+"""Dataset sources: readers of the formats people actually have on disk, one module each.
+
+Every module of this package that defines a module-level ``SOURCE``
+(a :class:`~transfer_lab.sources.base.Source`) is a source: adding a format is adding
+one file. Everything else the project knows about sources comes from those descriptors:
+the config schema's choices and options (:func:`schema_properties`), the checks before
+any job (:func:`check_dataset`), storage size and fit, official splits, the file rule
+fetch_dataset makes, and the README's datasets table (:func:`docs_table`).
+
+No torch here: the workflow reads all of it when it is parsed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import base
+
+# Where rule fetch_dataset puts a dataset's downloaded files (what root must then be).
+_DOWNLOADS = "resources/raw"
+# How each fit (preprocess.FITS) reads in the docs table.
+_FIT_WORDS = {"squash": "resized to a square", "crop": "shorter side resized, centre-cropped"}
+
+
+@functools.cache
+def _registry() -> dict[str, base.Source]:
+    """name -> descriptor, by name, for every module here that defines ``SOURCE``."""
+    found: dict[str, base.Source] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        source = getattr(module, "SOURCE", None)
+        if source is None:
+            continue
+        if source.name in found:
+            raise RuntimeError(f"{module.__name__}: source {source.name!r} is already defined by another module")
+        found[source.name] = source
+    return dict(sorted(found.items()))
+
+
+@functools.cache
+def _options() -> dict[str, tuple[base.Option, tuple[str, ...]]]:
+    """option name -> (its declaration, the sources that take it)."""
+    options: dict[str, tuple[base.Option, tuple[str, ...]]] = {}
+    for source in _registry().values():
+        for option in source.options:
+            known, owners = options.get(option.name, (option, ()))
+            if known != option:
+                raise RuntimeError(f"sources {owners[0]!r} and {source.name!r} declare option {option.name!r} "
+                                   "differently; one declaration, or two names")
+            options[option.name] = (option, (*owners, source.name))
+    return options
+
+
+def names() -> list[str]:
+    """Every source's name, sorted: the config's choices for ``datasets.<name>.source``."""
+    return list(_registry())
+
+
+def get(name: str) -> base.Source:
+    """The descriptor of source ``name``; an unknown name is refused listing the valid ones."""
+    try:
+        return _registry()[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset source {name!r}; valid: {', '.join(names())}") from None
+
+
+def dataset_spec(entry: Mapping[str, Any]) -> base.DatasetSpec:
+    """A config ``datasets`` entry as readers and checks take it. Keys that are no
+    source's business (the entry's ``split`` overrides) stay behind."""
+    return base.DatasetSpec(
+        source=entry["source"],
+        root=entry.get("root"),
+        image_size=entry.get("image_size"),
+        download=bool(entry.get("download", False)),
+        options={name: entry[name] for name in _options() if name in entry},
+    )
+
+
+def download_root(dataset: str) -> str:
+    """The folder a dataset with ``download: true`` is fetched into, and read from."""
+    return f"{_DOWNLOADS}/{dataset}"
+
+
+def storage_size(spec: base.DatasetSpec) -> int:
+    """The side of the stored square images: ``image_size``, or the source's own default."""
+    return get(spec.source).image_size if spec.image_size is None else int(spec.image_size)
+
+
+def storage_fit(spec: base.DatasetSpec) -> str:
+    """How a source's images are fit into the storage square (``preprocess.to_storage``'s ``fit``)."""
+    return get(spec.source).fit
+
+
+def _only(owners: tuple[str, ...] | list[str]) -> str:
+    return f"only the {', '.join(owners)} source{'s' if len(owners) > 1 else ''}"
+
+
+def check_dataset(name: str, spec: base.DatasetSpec, on_disk: bool = True) -> None:
+    """Cheap checks that the files a source needs are where ``root`` says.
+
+    Raises ValueError naming the config key, the path and what is expected there. Reads
+    no images. The workflow runs the key checks when it is parsed (``on_disk=False``: a
+    dry run plans the grid before the data is in place) and all of them first thing in
+    ``prepare_dataset``.
+    """
+    where = f"datasets.{name}"
+    source = get(spec.source)
+    for key, (option, owners) in _options().items():
+        if spec.options.get(key, option.schema.get("default")) != option.schema.get("default") and (
+                source.name not in owners):
+            verb = "have" if len(owners) > 1 else "has"
+            raise ValueError(f"{where}.{key}: {_only(owners)} {verb} {option.needs}, not {spec.source!r}")
+    if spec.download and source.fetch is None:
+        fetched = [s.name for s in _registry().values() if s.fetch is not None]
+        raise ValueError(
+            f"{where}.download: {_only(fetched)} can be downloaded, not {spec.source!r}; "
+            "place the files in root yourself"
+        )
+    if not source.needs_root:
+        return
+    expected = f"expected {source.expects}"
+    if not spec.root:
+        raise ValueError(f"{where}.root: required for source {spec.source!r}; {expected}")
+    if not on_disk or spec.download:
+        return
+    path = Path(spec.root)
+    if not path.exists():
+        raise ValueError(f"{where}.root: {spec.root} does not exist; {expected}")
+    problem = source.check(path) if source.check is not None else None
+    if problem:
+        raise ValueError(f"{where}.root: {spec.root} {problem}; {expected}")
+
+
+def schema_properties() -> dict[str, dict]:
+    """The JSON-schema properties of a ``datasets`` entry that the sources define:
+    ``source`` (its choices, and what each is) and the options some sources take."""
+    properties = {
+        "source": {
+            "type": "string",
+            "enum": names(),
+            "description": "; ".join(f"{s.name}: {s.title}" for s in _registry().values()),
+        }
+    }
+    for key, (option, owners) in _options().items():
+        properties[key] = {**option.schema, "description": f"{', '.join(owners)} only: {option.schema['description']}"}
+    return properties
+
+
+def _markdown(text: str) -> str:
+    """Plain text (an error's "expected ...") as a Markdown table cell."""
+    return text.replace("|", "\\|").replace("<", "\\<")
+
+
+def docs_table() -> str:
+    """The README's table "Datasets: what to put where", as Markdown (a test keeps the README's copy equal)."""
+    lines = [
+        "| source | what it is | `root` holds | storage size (`image_size` default), fit | official splits |",
+        "|---|---|---|---|---|",
+    ]
+    for s in _registry().values():
+        holds = [_markdown(s.expects)] + ([s.notes] if s.notes else [])
+        holds += [f"`{o.name}`: {o.schema['description']}" for o in s.options]
+        if s.fetch is not None:
+            holds.append(f"`download: true` fetches `{s.fetch.file}` (checksum verified) into "
+                         f"`{download_root('<name>')}/`")
+        cells = [f"`{s.name}`", s.title, "; ".join(holds), f"{s.image_size}, {_FIT_WORDS[s.fit]}",
+                 ", ".join(s.splits) or "none: carved by `split`"]
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,181 @@
+"""What a dataset source is, and what its readers share.
+
+A source is one on-disk format, described by a :class:`Source`: how to read it, what
+``root`` must hold, how its images are stored and which splits it ships. Readers return
+a :class:`RawDataset` whose images are already uint8 RGB at the storage size, never
+unpickle with plain ``pickle``, and name the offending path in every error.
+
+No torch here: the workflow reads the descriptors when it is parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..files import load_pickle, loads_pickle
+from ..images import open_image
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY = 5000
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing, incomplete or corrupt; the message says which file and what was expected."""
+
+
+@dataclass
+class RawDataset:
+    """What a source yields: every image, and which official split each came from."""
+
+    images: np.ndarray  # uint8 (N, S, S, 3) RGB at the storage size
+    labels: np.ndarray  # int64 (N,)
+    class_names: list[str]
+    # int8 (N,): 0 official train, 1 official validation, 2 official test;
+    # None when the source ships no splits (all images are training images).
+    origin: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One ``datasets`` entry of the config, as readers and checks take it.
+
+    ``options`` holds the keys only some sources take (gtsrb's ``crop_roi``), as the
+    entry gives them: a source refuses one it does not take when it is set.
+    """
+
+    source: str
+    root: str | None = None
+    image_size: int | None = None  # None: the source's own storage size
+    download: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A config key of the sources that declare it, with its JSON-schema fragment
+    (type, default, description), from which the config schema is generated."""
+
+    name: str
+    schema: Mapping[str, Any]
+    needs: str  # what a source must have to take it, for the refusal: "annotated regions of interest"
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """How a source's files are downloaded (rule fetch_dataset), for sources that can be."""
+
+    file: str  # what the download writes into the dataset's folder: the output of rule fetch_dataset
+    download: Callable[[Path], Path]  # that folder -> the file, verified; reused when already there
+
+
+@dataclass(frozen=True)
+class Source:
+    """Everything the project knows about one dataset format; a module of
+    :mod:`transfer_lab.sources` that defines a module-level ``SOURCE`` registers it."""
+
+    name: str  # the config's ``source``
+    title: str  # what it is, in a few words (schema description, docs table)
+    read: Callable[[DatasetSpec], RawDataset]
+    image_size: int  # storage side when the config's image_size is null
+    expects: str  # what root must hold: errors say "expected <expects>"; the docs table too
+    # A cheap look at an existing root (reads no image): what is wrong with it, or None.
+    check: Callable[[Path], str | None] | None = None
+    fit: str = "squash"  # how images of other aspects become square: preprocess.FITS
+    splits: tuple[str, ...] = ()  # the official splits it ships, in datasets.SPLITS order
+    needs_root: bool = True
+    options: tuple[Option, ...] = ()
+    fetch: Fetch | None = None
+    notes: str = ""  # Markdown for the docs table, after what root holds
+
+
+# --- what readers share ----------------------------------------------------------------
+
+
+def read_images(
+    paths: Sequence[Path],
+    size: int,
+    fit: str,
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
+    what: str = "images",
+    opener: Callable[[Path], Any] = open_image,
+) -> np.ndarray:
+    """Decode image files into one preallocated uint8 (N, size, size, 3) array, logging progress.
+
+    ``boxes``: optional per-image (left, top, right, bottom) crops applied before resizing;
+    ``opener``: how a file becomes a PIL image (``images.open_upright`` for photos).
+    """
+    # preprocess imports torch, which parsing the workflow must not: only reading needs it.
+    from ..preprocess import to_storage
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        image = opener(path)
+        if boxes is not None:
+            left, top, right, bottom = boxes[i]
+            width, height = image.size
+            box = (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise DatasetError(f"{path}: region of interest {boxes[i]} lies outside the {width}x{height} image")
+            image = image.crop(box)
+        out[i] = to_storage(image, size, fit)
+        if (i + 1) % _PROGRESS_EVERY == 0 or i + 1 == len(paths):
+            log.info("read %d/%d %s", i + 1, len(paths), what)
+    return out
+
+
+def resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, size, size, 3), squashed through ``to_storage``; unchanged if already there."""
+    if images.shape[1:3] == (size, size):
+        return images
+    # preprocess imports torch, which parsing the workflow must not: only reading needs it.
+    from ..preprocess import to_storage
+
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        out[i] = to_storage(image, size)
+    return out
+
+
+def unpickle(data: bytes, where: str) -> Any:
+    """Bytes through the restricted unpickler; a refusal or a corrupt pickle is a :class:`DatasetError`."""
+    try:
+        return loads_pickle(data, where)
+    except pickle.UnpicklingError as err:  # UnsafePickleError included; both name the source
+        raise DatasetError(str(err)) from err
+
+
+def read_pickle(path: Path) -> Any:
+    """A file through the restricted unpickler; any failure is a :class:`DatasetError` naming it."""
+    try:
+        return load_pickle(path)
+    except Exception as err:  # UnsafePickleError, UnpicklingError, FileNotFoundError: all name the file
+        raise DatasetError(str(err)) from err
+
+
+def str_keys(obj: Any, where: str, what: str) -> dict:
+    """A pickled dict with its keys as str: Python 2's str keys arrive as str under
+    latin1 decoding, Python 3-written bytes keys as bytes."""
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where}: expected {what} (a dict), got {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def check_labels(values: Any, n: int, where: str, key: str = "labels") -> np.ndarray:
+    """``values`` as int64 class ids, one per image, none negative."""
+    labels = np.asarray(values)
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise DatasetError(
+            f"{where}: '{key}' must be a 1-D sequence of integer class ids, got {labels.dtype} {labels.shape}"
+        )
+    if len(labels) != n:
+        raise DatasetError(f"{where}: {len(labels)} labels for {n} images; they must match one to one")
+    if len(labels) and labels.min() < 0:
+        raise DatasetError(f"{where}: negative label {labels.min()}; class ids start at 0")
+    return labels.astype(np.int64)
