@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 4
-# Test files run on this many pytest workers (pytest-xdist); most of a test is single-threaded
-# process start-up, so two workers fill two cores (measured: 15 min against 25 serially).
+# Test files run on this many pytest workers (pytest-xdist), longest files first
+# (tests/conftest.py: LONGEST_FIRST); most of a test is single-threaded process start-up, so
+# two workers fill two cores.
 TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -22,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
