@@ -35,3 +35,13 @@ def test_head_benchmark_prints_times_ratio_and_accuracy_difference():
     assert float(re.search(r"ratio sklearn/logreg time\s+([\d.]+)x", out).group(1)) > 0, out
     # Same objective: on the CI-sized problem the accuracies agree closely.
     assert abs(float(re.search(r"accuracy difference\s+([-+\d.]+) points", out).group(1))) <= 1.0, out
+
+
+def test_dry_run_benchmark_prints_times_memory_and_ratios():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/dry_run.py"), "--repeat", "1"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    for label in ("snakemake alone", "dry run", "catalog"):
+        seconds, megabytes = re.search(rf"^{label}\s+([\d.]+) s\s+(\d+) MB", out, flags=re.M).groups()
+        assert float(seconds) > 0 and int(megabytes) > 0, out
+    for ratio in ("dry run/snakemake alone", "catalog/dry run"):
+        assert float(re.search(rf"ratio {ratio}\s+([\d.]+)", out).group(1)) > 0, out

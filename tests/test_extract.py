@@ -57,18 +57,33 @@ def test_sharded_extraction_resumes_from_saved_shards(backbone, tmp_path):
     images = np.random.default_rng(3).integers(0, 256, size=(23, 12, 12, 3), dtype=np.uint8)
     extractor = Extractor(backbone, "cpu", "fp32")
     whole = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f"shard-{k:05d}.npy" for k in range(5)]
+    shards = tmp_path / "a" / "cpu-fp32"  # the device type and precision they were computed at
+    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{k:05d}.npy" for k in range(5)]
     assert whole.n_computed == 23
     # A killed run leaves some shards: the rerun computes only the others, same features.
     for k in (1, 3, 4):
-        (tmp_path / "a" / f"shard-{k:05d}.npy").unlink()
+        (shards / f"shard-{k:05d}.npy").unlink()
     resumed = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
     assert resumed.n_computed == 5 + 5 + 3
     assert resumed.features.tobytes() == whole.features.tobytes()
     # A shard of the wrong shape is recomputed, not trusted.
-    np.save(tmp_path / "a" / "shard-00002.npy", np.zeros((2, 1280), dtype=np.float32))
+    np.save(shards / "shard-00002.npy", np.zeros((2, 1280), dtype=np.float32))
     repaired = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
     assert repaired.n_computed == 5 and repaired.features.tobytes() == whole.features.tobytes()
+
+
+def test_a_resumed_job_at_another_precision_reuses_no_shard(backbone, tmp_path):
+    """A job killed on a GPU node (bf16 shards) and resumed on a CPU node (fp32) starts over."""
+    from transfer_lab.extract import Extractor, extract_sharded
+
+    images = np.random.default_rng(5).integers(0, 256, size=(12, 12, 12, 3), dtype=np.uint8)
+    bf16 = extract_sharded(Extractor(backbone, "cpu", "bf16"), images, tmp_path, shard_size=5, batch_size=4)
+    (tmp_path / "cpu-bf16" / "shard-00002.npy").unlink()  # killed before its last shard
+    fp32 = extract_sharded(Extractor(backbone, "cpu", "fp32"), images, tmp_path, shard_size=5, batch_size=4)
+    assert fp32.n_computed == 12 and fp32.precision == "fp32"
+    reference = extract_sharded(Extractor(backbone, "cpu", "fp32"), images, tmp_path / "b", shard_size=5,
+                                batch_size=4)
+    assert fp32.features.tobytes() == reference.features.tobytes() != bf16.features.tobytes()
 
 
 def test_a_truncated_shard_is_recomputed_with_one_warning(backbone, tmp_path, caplog):
@@ -77,7 +92,7 @@ def test_a_truncated_shard_is_recomputed_with_one_warning(backbone, tmp_path, ca
     images = np.random.default_rng(4).integers(0, 256, size=(12, 12, 12, 3), dtype=np.uint8)
     extractor = Extractor(backbone, "cpu", "fp32")
     whole = extract_sharded(extractor, images, tmp_path, shard_size=5, batch_size=4)
-    shard = tmp_path / "shard-00001.npy"
+    shard = tmp_path / "cpu-fp32" / "shard-00001.npy"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # cut short, as by a full disk
     with caplog.at_level(logging.WARNING):
         repaired = extract_sharded(extractor, images, tmp_path, shard_size=5, batch_size=4)

@@ -43,7 +43,7 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     killed_in = None
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            for folder in shards.glob("*/*") if shards.exists() else []:
+            for folder in shards.glob("*/*/*") if shards.exists() else []:  # job/definition/device-precision
                 if len(list(folder.glob("shard-*.npy"))) >= 2:
                     killed_in = folder
                     break
@@ -55,7 +55,7 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
         time.sleep(0.05)
     proc.wait()
     assert killed_in is not None, "extraction finished before two shards were seen"
-    split_name = killed_in.parent.name.rsplit("_", 1)[1]
+    split_name = killed_in.parent.parent.name.rsplit("_", 1)[1]
     survivors = sorted(p.name for p in killed_in.glob("shard-*.npy"))
     survived_images = sum(len(np.load(p)) for p in killed_in.glob("shard-*.npy"))
     target = workdir / f"results/bottleneck/lite0_digits_bottleneck_features_{split_name}.p"
@@ -67,7 +67,7 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     assert f"resuming: {len(survivors)} of " in log, log
     metrics = json.loads((workdir / f"results/extract/lite0_digits_{split_name}.json").read_text())
     assert metrics["n_computed"] == metrics["n_images"] - survived_images  # only the rest was computed
-    assert not (workdir / "results/shards" / killed_in.parent.name).exists()  # cleaned up once gathered
+    assert not (workdir / "results/shards" / killed_in.parent.parent.name).exists()  # cleaned up once gathered
     features = read_bottleneck(target).features
 
     # The same features as an uninterrupted extraction with the same shards and batches.

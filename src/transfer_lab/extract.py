@@ -197,13 +197,16 @@ def extract_sharded(
     batch_size: int = 256,
     progress: IO[str] | None = None,
 ) -> ExtractionResult:
-    """Extract in shards of ``shard_size`` images, each saved atomically to ``shard_dir``.
+    """Extract in shards of ``shard_size`` images, each saved atomically under ``shard_dir``.
 
-    Shards already in ``shard_dir`` are loaded, not recomputed: a job killed mid-way
-    loses at most the shard in flight. ``shard_dir`` must be specific to everything
-    that defines the features (the caller puts a fingerprint of them in its name).
+    Shards already there are loaded, not recomputed: a job killed mid-way loses at most
+    the shard in flight. ``shard_dir`` must be specific to the network, code and shard
+    size (the caller puts a fingerprint of them in its name); the shards themselves go
+    into a folder named for the device type and precision this extractor computes at, so
+    a job resumed on another kind of node (fp32 on a CPU after bf16 on a GPU) never
+    stitches two precisions into one result.
     """
-    shard_dir = Path(shard_dir)
+    shard_dir = Path(shard_dir) / f"{extractor.device.type}-{extractor.precision}"
     shard_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
     bounds = [(lo, min(n, lo + shard_size)) for lo in range(0, n, shard_size)]

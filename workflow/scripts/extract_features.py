@@ -35,11 +35,9 @@ with log_to(snakemake.log[0]) as log:
                           compile=settings.compile)
     logging.info("extracting %d %s images of %s on %s (%s)", len(images), w.split, w.dataset,
                  extractor.device, extractor.precision)
-    # Shards are reused only by a job that computes the same values the same way: the same
-    # network, code and versions, on the same kind of device at the same precision (a job
-    # resumed on a CPU node never stitches its fp32 shards to a GPU node's bf16 ones).
-    definition = repr((spec, params.code, params.versions, extractor.device.type, extractor.precision,
-                       settings.shard_size))
+    # Shards are reused only by a job with the same network, code, versions and shard size
+    # (extract_sharded keeps them apart by device type and precision too).
+    definition = repr((spec, params.code, params.versions, settings.shard_size))
     shard_root = Path("results/shards") / f"{w.network}_{w.dataset}_{w.split}"
     shard_dir = shard_root / hashlib.sha256(definition.encode()).hexdigest()[:12]
     result = extract_sharded(extractor, images, shard_dir, settings.shard_size, settings.batch_size, progress=log)

@@ -5,7 +5,7 @@ Every module of this package that defines a module-level ``SOURCE``
 one file. Everything else the project knows about sources comes from those descriptors:
 the config schema's choices and options (:func:`schema_properties`), the checks before
 any job (:func:`check_dataset`), storage size and fit, official splits, the file rule
-fetch_dataset makes, and the README's datasets table (:func:`docs_table`).
+fetch_dataset makes, and the datasets table of docs/configuration.md (:func:`docs_table`).
 
 No torch here: the workflow reads all of it when it is parsed.
 """
@@ -156,7 +156,8 @@ def _markdown(text: str) -> str:
 
 
 def docs_table() -> str:
-    """The README's table "Datasets: what to put where", as Markdown (a test keeps the README's copy equal)."""
+    """The table "Datasets: what to put where" of docs/configuration.md, as Markdown (a test
+    keeps that copy equal)."""
     lines = [
         "| source | what it is | `root` holds | storage size (`image_size` default), fit | official splits |",
         "|---|---|---|---|---|",
