@@ -1,4 +1,4 @@
-"""The README's bad-input table, one test per row: each bad input and the exact error the
+"""The bad-input table of docs/troubleshooting.md, one test per row: each bad input and the exact error the
 user sees (where part of it is a library's own reason, that part is in parentheses and
 matched loosely; everything the project writes is matched exactly).
 

@@ -136,7 +136,8 @@ def test_adding_a_network_runs_that_network_only(workdir):
     assert plan(workdir) == {"extract_features": 6, "train_head": 4, "compare": 1}
 
 
-@pytest.mark.parametrize("key, value", [("input_size", 48), ("weights", "bundled")])
+@pytest.mark.parametrize("key, value", [("arch", "resnet18"), ("weights", "bundled"), ("input_size", 48),
+                                        ("layer", "blocks.5")])
 def test_a_network_setting_reruns_that_network(workdir, key, value):
     """Row: a network's `arch`, `weights`, `input_size` or `layer`."""
     reconfigure(workdir, lambda c: c["networks"]["control"].update({key: value}))

@@ -120,7 +120,7 @@ def load_schema(path: str | os.PathLike) -> dict:
     """The config schema, with what the dataset sources define (the ``source`` choices and
     the options only some sources take) filled in from their registry."""
     with open(path) as f:
-        schema = yaml.safe_load(f)
+        schema = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: 20x faster
     entry = schema["properties"]["datasets"]["additionalProperties"]
     entry["properties"] = {**sources.schema_properties(), **entry["properties"]}
     return schema

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
+from typing import Iterator
 
 
 PACKAGE = "transfer_lab"
@@ -51,6 +52,14 @@ def _tree_digest(path: Path) -> bytes:
     return hashlib.sha256(ast.dump(_syntax_tree(path), annotate_fields=False).encode()).digest()
 
 
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement, nested ones too (imports are statements: expressions need no visit)."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, field, None) or [])
+
+
 @functools.cache
 def imported_modules(path: Path, name: str | None = None) -> frozenset[str]:
     """The package's modules that the file at ``path`` imports, anywhere in it.
@@ -61,7 +70,7 @@ def imported_modules(path: Path, name: str | None = None) -> frozenset[str]:
     """
     found: set[str] = set()
     is_package = path.name == "__init__.py"
-    for node in ast.walk(_syntax_tree(path)):
+    for node in _statements(_syntax_tree(path).body):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if _in_package(alias.name))
         elif isinstance(node, ast.ImportFrom):
