@@ -2,6 +2,7 @@
 # Everything here runs when the workflow is parsed: a bad config fails before any job.
 
 import itertools
+import os
 import re
 from pathlib import Path
 

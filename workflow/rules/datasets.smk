@@ -8,7 +8,7 @@ rule fetch_dataset:
         file=alternatives(set(FETCHED.values())),
     output:
         # The folder config.validate_config makes the root of a dataset with download: true.
-        sources.download_root("{dataset}") + "/{file}",
+        os.path.join(sources.download_root("{dataset}"), "{file}"),
     params:
         source=lambda wildcards: DATASET_SPECS[wildcards.dataset].source,
         code=code("fetch_dataset"),
