@@ -2,7 +2,9 @@
 
 Features are few and small, so training keeps every tensor resident on the device
 and batches by indexing: no DataLoader. Features are standardised with the training
-split's statistics, which the head file stores so it can be applied later.
+split's statistics, which the head file stores so it can be applied later; the kNN
+probe (:mod:`transfer_lab.knn`) takes them as they are, since cosine similarity is its
+protocol (its file stores mean 0 and scale 1).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from .bottleneck import Bottleneck
 from .devices import resolve_device
 from .evaluation import classification_metrics
 from .files import atomic_write
+from .knn import empty_knn_head, fit_knn
 
-HEAD_KINDS = ("linear", "logreg", "mlp")
+HEAD_KINDS = ("linear", "logreg", "mlp", "knn")
 
 
 def hidden_sizes(cfg: dict) -> list[int]:
@@ -33,8 +36,10 @@ def hidden_sizes(cfg: dict) -> list[int]:
 def build_head(cfg: dict, in_dim: int, n_classes: int) -> nn.Module:
     """``linear`` and ``logreg``: one dense softmax layer (trained by Adam, or by L-BFGS as
     regularised logistic regression). ``mlp``: one or more hidden ReLU layers, each
-    followed by dropout."""
+    followed by dropout. ``knn``: an empty neighbour bank, to load a head file into."""
     kind = cfg["kind"]
+    if kind == "knn":
+        return empty_knn_head(cfg, in_dim, n_classes)
     if kind in ("linear", "logreg"):
         return nn.Linear(in_dim, n_classes)
     if kind == "mlp":
@@ -170,10 +175,10 @@ def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn
     return final, best[0], best[2], sweep, objective
 
 
-def _predict(head: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _probabilities(head: nn.Module, x: torch.Tensor) -> np.ndarray:
     head.eval()
     with torch.no_grad():
-        return head(x).argmax(1).cpu().numpy()
+        return torch.softmax(head(x), dim=1).cpu().numpy()
 
 
 def train_head(
@@ -186,13 +191,20 @@ def train_head(
     """Train a head on standardised features resident on the device (no DataLoader).
 
     Returns the head file's contents (everything needed to apply the head) and its
-    metrics (accuracies, the training curve or C sweep, seconds).
+    metrics (scores per split, the per-image predictions on validation and test, the
+    training curve, C sweep or k sweep, seconds). A kNN head is not scored on its own
+    training images, each of which would find itself as its nearest neighbour.
     """
     if train.features.shape[1] != validation.features.shape[1]:
         raise ValueError("train and validation features have different dimensions")
     dev = resolve_device(device)
     n_classes = len(train.class_names)
-    mean, std = standardisation(train.features)
+    knn = cfg["kind"] == "knn"
+    if knn:
+        dim = train.features.shape[1]
+        mean, std = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    else:
+        mean, std = standardisation(train.features)
 
     def tensors(b: Bottleneck) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy((b.features - mean) / std).float().to(dev)
@@ -202,7 +214,12 @@ def train_head(
     xva, yva = tensors(validation)
     torch.manual_seed(cfg["seed"])
     start = time.perf_counter()
-    if cfg["kind"] == "logreg":
+    outputs = {}
+    if knn:
+        head, sweep, validation_votes = fit_knn(cfg, xtr, ytr, xva, yva, n_classes)
+        curve, best = [], {"k": head.neighbours, "sweep": sweep}
+        outputs["validation"] = (validation_votes.cpu().numpy(), validation.labels)
+    elif cfg["kind"] == "logreg":
         head, C, validation_head, sweep, objective = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes)
         curve = [{"iteration": i, "train_loss": v} for i, v in enumerate(objective, 1)]
         best = {"C": C, "sweep": sweep}
@@ -211,19 +228,20 @@ def train_head(
         best_epoch, curve = _fit_adam(head, cfg, xtr, ytr, xva, yva)
         validation_head = head
         best = {"best_epoch": best_epoch}
-    seconds = time.perf_counter() - start
-
-    predictions = {
-        "train": (_predict(head, xtr), train.labels),
-        "validation": (_predict(validation_head, xva), validation.labels),
-    }
+    seconds = time.perf_counter() - start  # fitting (for kNN: choosing k on validation), not scoring
+    if not knn:
+        outputs["train"] = (_probabilities(head, xtr), train.labels)
+        outputs["validation"] = (_probabilities(validation_head, xva), validation.labels)
     if test is not None:
-        predictions["test"] = (_predict(head, tensors(test)[0]), test.labels)
+        outputs["test"] = (_probabilities(head, tensors(test)[0]), test.labels)
+
+    scores = classification_metrics(outputs, train.class_names)
+    scores["n"] = {"train": int(len(train.labels)), **scores["n"]}
     metrics = {
         "method": "features",
         "head_kind": cfg["kind"],
         "feature_dim": int(xtr.shape[1]),
-        **classification_metrics(predictions, train.class_names),
+        **scores,
         **best,
         "train_seconds": seconds,
         "device": str(dev),
