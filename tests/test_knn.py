@@ -8,7 +8,7 @@ import torch
 
 from transfer_lab.bottleneck import Bottleneck
 from transfer_lab.heads import build_head, load_head, save_head, train_head
-from transfer_lab.knn import KNNHead, capped, knn_votes, neighbour_counts
+from transfer_lab.knn import KNNHead, capped, check_k, knn_votes, neighbour_counts
 
 T = 0.07
 
@@ -82,6 +82,10 @@ def test_k_beyond_the_training_set_is_refused_and_capped_on_request():
     with pytest.raises(ValueError, match="between 1 and the 8 training images"):
         knn_votes(torch.randn(2, 4), bank, torch.zeros(8, dtype=torch.long), 2, [5, 10])
     assert capped([10, 20, 100, 200], 50) == [10, 20, 50]
+    # The full training set: the workflow refuses, naming the config key, before training.
+    with pytest.raises(ValueError, match=r"heads\.probe\.k: k = 100, 200 is larger than the training set \(50 images\)"):
+        check_k([10, 20, 100, 200], 50, "heads.probe.k")
+    check_k(20, 50, "heads.probe.k")
     assert neighbour_counts(20) == [20] and neighbour_counts([200, 10, 20, 10]) == [10, 20, 200]
 
 

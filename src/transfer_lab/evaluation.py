@@ -170,5 +170,5 @@ def correct_matrix(metrics: dict, split: str) -> np.ndarray:
 
 def repeat_scores(metrics: dict, key: str, split: str) -> np.ndarray:
     """One score (``accuracy``, ``balanced_accuracy``, ...) of ``split`` for every repeat;
-    NaN where a repeat did not record it."""
-    return np.array([float((r.get(key) or {}).get(split, np.nan)) for r in metrics["repeats"]])
+    NaN where a repeat did not record it. A single fit's metrics (no ``repeats``) are one repeat."""
+    return np.array([float((r.get(key) or {}).get(split, np.nan)) for r in metrics.get("repeats") or [metrics]])

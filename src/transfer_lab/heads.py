@@ -152,13 +152,15 @@ def fit_logreg(
     return head
 
 
-def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn.Linear, float, nn.Linear, list[dict], list[float]]:
+def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int,
+                      refit: bool = True) -> tuple[nn.Linear, float, nn.Linear, list[dict], list[float]]:
     """The linear-probe protocol: pick C on validation, then refit on train + validation.
 
     The sweep runs from the strongest regularisation up, each fit warm-started from the
     previous one (neighbouring Cs have neighbouring solutions). Returns the refitted head,
     the chosen C, the train-only fit at that C (the refitted head has seen validation, so
     validation is scored with this one), the sweep and the refit's objective per evaluation.
+    Without ``refit`` the train-only fit is the head (and the objective empty).
     """
     grid = [cfg["C"]] if cfg.get("C") is not None else sorted(cfg["c_grid"])
     sweep, best, previous = [], None, None
@@ -169,6 +171,8 @@ def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn
         if best is None or val_acc > best[1]:
             best = (C, val_acc, head)
         previous = head
+    if not refit:
+        return best[2], best[0], best[2], sweep, []
     objective: list[float] = []
     final = fit_logreg(torch.cat([xtr, xva]), torch.cat([ytr, yva]), n_classes, best[0], cfg["max_iter"],
                        cfg["tol"], init=best[2], history=objective)
@@ -187,6 +191,7 @@ def train_head(
     validation: Bottleneck,
     test: Bottleneck | None = None,
     device: str = "auto",
+    refit: bool = True,
 ) -> tuple[dict, dict]:
     """Train a head on standardised features resident on the device (no DataLoader).
 
@@ -194,6 +199,8 @@ def train_head(
     metrics (scores per split, the per-image predictions on validation and test, the
     training curve, C sweep or k sweep, seconds). A kNN head is not scored on its own
     training images, each of which would find itself as its nearest neighbour.
+    ``refit: False`` keeps logreg from refitting on train + validation: a head meant to
+    have seen few labelled images (label efficiency) must not learn from validation's.
     """
     if train.features.shape[1] != validation.features.shape[1]:
         raise ValueError("train and validation features have different dimensions")
@@ -220,9 +227,9 @@ def train_head(
         curve, best = [], {"k": head.neighbours, "sweep": sweep}
         outputs["validation"] = (validation_votes.cpu().numpy(), validation.labels)
     elif cfg["kind"] == "logreg":
-        head, C, validation_head, sweep, objective = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes)
+        head, C, validation_head, sweep, objective = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes, refit)
         curve = [{"iteration": i, "train_loss": v} for i, v in enumerate(objective, 1)]
-        best = {"C": C, "sweep": sweep}
+        best = {"C": C, "sweep": sweep, "refit": refit}
     else:
         head = build_head(cfg, xtr.shape[1], n_classes).to(dev)
         best_epoch, curve = _fit_adam(head, cfg, xtr, ytr, xva, yva)

@@ -37,6 +37,14 @@ def capped(ks: Sequence[int], n_train: int) -> list[int]:
     return sorted({min(int(k), n_train) for k in ks})
 
 
+def check_k(k: int | Sequence[int], n_train: int, key: str) -> None:
+    """Refuse k values above the full training set's size, naming the config ``key``."""
+    too_many = [v for v in neighbour_counts(k) if v > n_train]
+    if too_many:
+        raise ValueError(f"{key}: k = {', '.join(map(str, too_many))} is larger than the training set "
+                         f"({n_train} images); use values of at most {n_train}")
+
+
 def knn_votes(
     queries: torch.Tensor,
     bank: torch.Tensor,

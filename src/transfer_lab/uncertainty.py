@@ -189,6 +189,19 @@ def _points(v: float) -> str:
     return f"{100 * v + 0.0:.1f}"  # + 0.0: no "-0.0"
 
 
+def sentence(first: str, second: str, difference: Difference, p: float, outcome: str) -> str:
+    """The verdict in words; ``outcome`` is ``first``'s: ``better``, ``worse`` or ``tied``."""
+    d = difference
+    if outcome == "better":
+        return (f"{first} beats {second} by {_points(d.mean)} points [{_points(d.low)}, {_points(d.high)}] "
+                f"({format_p(p)})")
+    if outcome == "worse":
+        return (f"{second} beats {first} by {_points(-d.mean)} points [{_points(-d.high)}, {_points(-d.low)}] "
+                f"({format_p(p)})")
+    return (f"{first} and {second} are tied (difference {_points(d.mean)} "
+            f"[{_points(d.low)}, {_points(d.high)}], {format_p(p)})")
+
+
 def verdict(first: str, second: str, correct_first: np.ndarray, correct_second: np.ndarray,
             bootstrap: Bootstrap = Bootstrap()) -> Verdict:
     """Whether ``first`` beats ``second``, loses to it or is tied with it.
@@ -203,16 +216,5 @@ def verdict(first: str, second: str, correct_first: np.ndarray, correct_second: 
     d = paired_difference(correct_first, correct_second, bootstrap)
     p = mcnemar_exact(correct_first[0], correct_second[0])
     significant = p < bootstrap.alpha
-    if significant and d.low > 0:
-        outcome = "better"
-        sentence = f"{first} beats {second} by {_points(d.mean)} points [{_points(d.low)}, {_points(d.high)}]"
-    elif significant and d.high < 0:
-        outcome = "worse"
-        sentence = f"{second} beats {first} by {_points(-d.mean)} points [{_points(-d.high)}, {_points(-d.low)}]"
-    else:
-        outcome = "tied"
-        sentence = (f"{first} and {second} are tied (difference {_points(d.mean)} "
-                    f"[{_points(d.low)}, {_points(d.high)}], {format_p(p)})")
-    if outcome != "tied":
-        sentence += f" ({format_p(p)})"
-    return Verdict(first, second, d, p, outcome, sentence)
+    outcome = "better" if significant and d.low > 0 else "worse" if significant and d.high < 0 else "tied"
+    return Verdict(first, second, d, p, outcome, sentence(first, second, d, p, outcome))
