@@ -178,6 +178,13 @@ def test_summary_across_datasets_ranks_each_networks_choice(metrics, tmp_path):
     assert "| cifar (test)" in text
 
 
+def test_networks_tied_on_a_dataset_share_the_mean_of_their_ranks():
+    same = [right(100, range(10))]
+    table = comparison_table([fitted(n, "digits", "linear", [right(20, [1])], same) for n in ("a", "b")]
+                             + [fitted("c", "digits", "linear", [right(20, [1])], [right(100, range(30))])], [])
+    assert summary_table(table).set_index("network")["mean_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0}
+
+
 def test_report_page_puts_the_summary_above_the_table_and_builds(table):
     from docutils.core import publish_parts
 

@@ -97,3 +97,10 @@ def test_a_shots_logreg_learns_from_its_subset_only(splits):  # noqa: F811
     expected = train_head(cfg, subset, splits["validation"], splits["test"], device="cpu", refit=False)[1]
     assert few["repeats"][0]["predictions"]["test"] == {k: expected["predictions"]["test"][k]
                                                         for k in ("predicted", "probability")}
+
+
+def test_a_knn_head_on_a_subset_smaller_than_k_votes_over_the_whole_subset(splits):  # noqa: F811
+    _, metrics = train_repeats(config("knn", k=[5, 50]), splits["train"], splits["validation"], splits["test"],
+                               repeats=1, shots=2, device="cpu")
+    assert [s["k"] for s in metrics["sweep"]] == [5, 6]  # 50 capped at the 6 images of the subset
+    assert metrics["accuracy"]["test"] > 0.9
