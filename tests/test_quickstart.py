@@ -34,7 +34,8 @@ def test_quickstart_grid(tmp_path):
     # 359 test images: about +-2.5 points at 94%.
     assert ((table["test_accuracy_high"] - table["test_accuracy_low"]).between(0.03, 0.08)).all(), table
     challenger = table[table["best"] & (table["versus"].fillna("") != "")]
-    assert len(challenger) == 1 and challenger["verdict"].iloc[0] in ("better", "worse", "tied")
+    # README: on 359 test images the two networks' chosen heads (0.3 points apart) are tied.
+    assert len(challenger) == 1 and challenger["verdict"].iloc[0] == "tied", challenger
     text = (workdir / "results/comparison.md").read_text()
     best = table[table["best"] & table["versus"].isna()].iloc[0]
     assert f"{100 * best.test_accuracy:.1f}% [{100 * best.test_accuracy_low:.1f}, " \
