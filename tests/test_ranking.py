@@ -110,6 +110,15 @@ def test_verdicts_pair_each_network_with_the_datasets_best(table, metrics):
     assert lines[0].startswith("digits: strong (linear) and close (linear) are tied (difference ")
 
 
+def test_a_network_better_on_test_than_the_validation_choice_is_said_to_beat_it():
+    lucky = fitted("lucky", "digits", "linear", [right(100, [1])], [right(500, range(100))])
+    solid = fitted("solid", "digits", "linear", [right(100, [1, 2])], [right(500, range(25))])
+    table = comparison_table([lucky, solid], [])
+    assert row(table, "solid", "linear")["versus"] == "lucky (linear)"  # validation chose lucky
+    assert row(table, "solid", "linear")["verdict"] == "better"
+    assert verdict_lines(table)[0].startswith("digits: solid (linear) beats lucky (linear) by 15.0 points [")
+
+
 def test_markdown_shows_intervals_spreads_and_verdicts(table):
     text = to_markdown(table)
     r = row(table, "weak", "linear")

@@ -192,7 +192,11 @@ def test_shots_plan_head_jobs_only_and_draw_the_curve_into_the_report(workdir):
     config["evaluation"]["shots"] = [2, 5, 10, "all"]
     write_config(workdir, config)
     assert snakemake(workdir, "-n").jobs == {"train_shots": 2, "compare": 1}
-    config["evaluation"]["shots"] = [2, 5, "all"]
+    # Repeats redraw every subset: all shots jobs rerun, with the seeded full-data heads.
+    config["evaluation"] = {"shots": [2, 5, "all"], "repeats": 2}
+    write_config(workdir, config)
+    assert snakemake(workdir, "-n").jobs == {"train_shots": 4, "train_head": 2, "compare": 1}
+    config["evaluation"] = {"shots": [2, 5, "all"]}
     write_config(workdir, config)
     snakemake(workdir, "--report", "results/report.html")
     page = (workdir / "results/report.html").read_text()
@@ -203,7 +207,8 @@ def test_shots_plan_head_jobs_only_and_draw_the_curve_into_the_report(workdir):
 
 def test_select_by_and_the_bootstrap_settings_rerun_the_comparison_only(workdir):
     config = copy.deepcopy(TINY)
-    config["evaluation"] = {"select_by": "balanced_accuracy", "resamples": 2000, "confidence": 0.9}
+    config["evaluation"] = {"select_by": "balanced_accuracy", "resamples": 2000, "confidence": 0.9,
+                            "bootstrap_seed": 1}
     write_config(workdir, config)
     assert snakemake(workdir, "-n").jobs == {"compare": 1}
 
