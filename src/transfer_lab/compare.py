@@ -58,8 +58,9 @@ def score_columns(m: dict, bootstrap: Bootstrap = Bootstrap()) -> dict:
     for split in ("validation", "test"):
         accuracy = repeat_scores(m, "accuracy", split)
         out[f"{split}_accuracy"], out[f"{split}_accuracy_sd"] = _mean(accuracy), _sd(accuracy)
-        for key in ("balanced_accuracy", "macro_f1", "top5_accuracy"):
-            out[f"{split}_{key}"] = _mean(repeat_scores(m, key, split))
+    out["validation_balanced_accuracy"] = _mean(repeat_scores(m, "balanced_accuracy", "validation"))
+    for key in ("balanced_accuracy", "macro_f1", "top5_accuracy"):
+        out[f"test_{key}"] = _mean(repeat_scores(m, key, "test"))
     interval = summarise_accuracy(correct_matrix(m, "test"), bootstrap)
     out["test_accuracy_low"], out["test_accuracy_high"] = interval.low, interval.high
     return out
@@ -185,7 +186,7 @@ def notes(table: pd.DataFrame, select_by: str = "accuracy", confidence: float = 
     level = f"{100 * confidence:g}%"
     return [
         BEST_NOTE.format(select=select_by.replace("_", " ")),
-        f"Accuracy: the mean over a classifier's repeats ({', '.join(sorted({str(n) for n in table['repeats']}))} "
+        f"Accuracy: the mean over a classifier's repeats ({', '.join(str(n) for n in sorted(set(table['repeats'])))} "
         f"here), ± their standard deviation in points where there are several; [low, high]: the {level} "
         "bootstrap interval of test accuracy (test images and repeats resampled).",
         f"versus: each network's chosen classifier against the dataset's best; test_difference: this row minus "
