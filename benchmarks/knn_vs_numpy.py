@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from heads_vs_sklearn import synthetic_features
+from heads_vs_sklearn import parse_run_arguments, synthetic_features
 
 
 def numpy_votes(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray, n_classes: int,
@@ -59,12 +59,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--k", type=int, nargs="+", default=[10, 20, 100, 200])
     parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_run_arguments(parser)
 
     from transfer_lab.knn import CHUNK_ELEMENTS, KNNHead
 
