@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 import torch
-
 from heads_vs_sklearn import parse_run_arguments, synthetic_features
 
 

@@ -91,7 +91,7 @@ def test_columns_means_over_repeats_and_the_interval(table, metrics):
 
 def test_verdicts_pair_each_network_with_the_datasets_best(table, metrics):
     best = table[table["best"]]
-    assert sorted(zip(best["network"], best["head"])) == [("close", "linear"), ("strong", "linear"),
+    assert sorted(zip(best["network"], best["head"], strict=True)) == [("close", "linear"), ("strong", "linear"),
                                                           ("weak", "linear")]
     top = row(table, "strong", "linear")
     assert top["versus"] == "" and top["verdict"] == "" and np.isnan(top["mcnemar_p"])

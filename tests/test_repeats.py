@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from test_heads import config, few_threads, splits  # noqa: F401  (fixtures: one torch thread, Gaussian blobs)
+
 from transfer_lab.bottleneck import Bottleneck
 from transfer_lab.config import effective_repeats
 from transfer_lab.heads import train_head

@@ -23,7 +23,7 @@ from .evaluation import correct_matrix, repeat_scores
 from .files import atomic_write
 from .ranking import VERDICT_COLUMNS, add_verdicts, percent, select_best, shown_metric, verdict_lines
 from .references import reference_for
-from .uncertainty import Bootstrap, summarise_accuracy
+from .uncertainty import BOOTSTRAP, Bootstrap, summarise_accuracy
 
 COLUMNS = [
     "network", "arch", "weights", "dataset", "method", "head", "feature_dim",
@@ -51,7 +51,7 @@ def _sd(values: np.ndarray) -> float:
     return float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
 
 
-def score_columns(m: dict, bootstrap: Bootstrap = Bootstrap()) -> dict:
+def score_columns(m: dict, bootstrap: Bootstrap = BOOTSTRAP) -> dict:
     """A classifier's scores as comparison columns: means (and sds) over its repeats, and the
     bootstrap interval of its test accuracy (NaN without test predictions)."""
     out: dict = {"repeats": len(m.get("repeats") or [m])}
@@ -71,7 +71,7 @@ def comparison_table(
     extract_metrics: list[dict],
     datasets: dict[str, dict] | None = None,
     select_by: str = "accuracy",
-    bootstrap: Bootstrap = Bootstrap(),
+    bootstrap: Bootstrap = BOOTSTRAP,
 ) -> pd.DataFrame:
     """Join classifier results with the extraction cost of their (network, dataset), mark
     each (network, dataset)'s best on validation ``select_by`` and add the paired verdicts.
@@ -153,7 +153,7 @@ def _formatted(table: pd.DataFrame, bold: str) -> pd.DataFrame:
     wrapped in ``bold``."""
     shown = table.copy()
     shown["validation_accuracy"] = [accuracy_cell(m, sd) for m, sd in
-                                    zip(table["validation_accuracy"], table["validation_accuracy_sd"])]
+                                    zip(table["validation_accuracy"], table["validation_accuracy_sd"], strict=True)]
     shown["test_accuracy"] = [accuracy_cell(*v) for v in table[["test_accuracy", "test_accuracy_sd",
                                                                "test_accuracy_low", "test_accuracy_high"]].to_numpy()]
     for col in ("validation_balanced_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_top5_accuracy"):
@@ -320,7 +320,7 @@ def plot_comparison(table: pd.DataFrame, png_path: str | os.PathLike) -> None:
             xs = np.arange(len(networks)) - 0.4 + width * (j + 0.5)
             values, bars = 100 * rows[metric].to_numpy(float), error_bars(rows, metric)
             ax.bar(xs, values, width, yerr=bars, capsize=3, error_kw={"elinewidth": 1}, label=head)
-            for x, v, up in zip(xs, values, bars[1]):
+            for x, v, up in zip(xs, values, bars[1], strict=True):
                 if np.isfinite(v):
                     ax.annotate(f"{v:.1f}", (x, v + up), textcoords="offset points", xytext=(0, 2),
                                 ha="center", fontsize=8)
@@ -350,7 +350,7 @@ def plot_tradeoff(table: pd.DataFrame, png_path: str | os.PathLike, select_by: s
         part = part.dropna(subset=["images_per_second"])
         if part.empty:
             ax.text(0.5, 0.5, "no extraction timings", ha="center", va="center", transform=ax.transAxes)
-        for (_, r), low, high in zip(part.iterrows(), *error_bars(part, metric)):
+        for (_, r), low, high in zip(part.iterrows(), *error_bars(part, metric), strict=True):
             ax.errorbar(r.images_per_second, 100 * r[metric], yerr=[[low], [high]], fmt="o", capsize=3)
             ax.annotate(f"{r.network} ({r['head']})", (r.images_per_second, 100 * r[metric]),
                         textcoords="offset points", xytext=(5, 4), fontsize=8)

@@ -138,7 +138,7 @@ def combine_repeats(fits: Sequence[dict], seeds: Sequence[int]) -> dict:
     first = fits[0]
     labels = {split: p["label"] for split, p in first["predictions"].items()}
     repeats = []
-    for fit, seed in zip(fits, seeds):
+    for fit, seed in zip(fits, seeds, strict=True):
         if {s: p["label"] for s, p in fit["predictions"].items()} != labels:
             raise ValueError("repeats were scored on different images")
         repeats.append({

@@ -18,7 +18,7 @@ from .compare import pyplot, save_figure
 from .evaluation import correct_matrix, repeat_scores
 from .files import atomic_write
 from .ranking import select_best
-from .uncertainty import Bootstrap, summarise_accuracy
+from .uncertainty import BOOTSTRAP, Bootstrap, summarise_accuracy
 
 COLUMNS = [
     "network", "dataset", "head", "shots", "images_per_class", "n_train", "repeats", "split",
@@ -51,7 +51,7 @@ def label_efficiency_table(
     table: pd.DataFrame,
     shots: Sequence[int | str],
     select_by: str = "accuracy",
-    bootstrap: Bootstrap = Bootstrap(),
+    bootstrap: Bootstrap = BOOTSTRAP,
 ) -> pd.DataFrame:
     """Every (network, dataset, head, shots) point; ``selected`` marks the head kind each
     network's curve is drawn with: its best feature head in the comparison ``table`` (on
@@ -61,8 +61,8 @@ def label_efficiency_table(
     curve = pd.DataFrame([_point(m, bootstrap) for m in [*shot_metrics, *full]], columns=COLUMNS[:-1])
     features = table[table["method"] == "features"]
     chosen = features.loc[select_best(features, ["network", "dataset"], select_by)] if len(features) else features
-    picked = set(zip(chosen["network"], chosen["dataset"], chosen["head"]))
-    curve["selected"] = [key in picked for key in zip(curve["network"], curve["dataset"], curve["head"])]
+    picked = set(zip(chosen["network"], chosen["dataset"], chosen["head"], strict=True))
+    curve["selected"] = [key in picked for key in zip(curve["network"], curve["dataset"], curve["head"], strict=True)]
     return curve.sort_values(["dataset", "network", "head", "images_per_class"], ignore_index=True)
 
 
@@ -87,7 +87,7 @@ def plot_label_efficiency(curve: pd.DataFrame, dataset: str, png_path: str | os.
     if len(ticks):
         ax.set_xscale("log")
         ax.set_xticks(ticks["images_per_class"], [s if s != "all" else f"all\n(~{x:.0f})" for s, x in
-                                                  zip(ticks["shots"], ticks["images_per_class"])])
+                                                  zip(ticks["shots"], ticks["images_per_class"], strict=True)])
         ax.minorticks_off()
         ax.legend(title="network (head)", fontsize=8)
     else:

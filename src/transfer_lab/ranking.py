@@ -18,7 +18,7 @@ import pandas as pd
 
 from .evaluation import correct_matrix
 from .files import atomic_write
-from .uncertainty import Bootstrap, Difference, sentence, verdict
+from .uncertainty import BOOTSTRAP, Bootstrap, Difference, sentence, verdict
 
 SELECT_BY = ("accuracy", "balanced_accuracy")
 VERDICT_COLUMNS = ["versus", "test_difference", "test_difference_low", "test_difference_high", "mcnemar_p",
@@ -49,7 +49,7 @@ def label(row) -> str:
 
 
 def add_verdicts(table: pd.DataFrame, metrics: Mapping[tuple[str, str, str], dict], select_by: str,
-                 bootstrap: Bootstrap = Bootstrap()) -> pd.DataFrame:
+                 bootstrap: Bootstrap = BOOTSTRAP) -> pd.DataFrame:
     """Fill the verdict columns of each network's chosen classifier (``best`` rows).
 
     Per dataset, the chosen classifiers are ranked on validation ``select_by``; the first
@@ -108,7 +108,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     for dataset in datasets:
         part = chosen[chosen["dataset"] == dataset]
         metric = shown_metric(part)
-        for (_, r), rank in zip(part.iterrows(), part[metric].rank(ascending=False, method="average")):
+        for (_, r), rank in zip(part.iterrows(), part[metric].rank(ascending=False, method="average"), strict=True):
             rows[r["network"]][dataset] = r[metric]
             rows[r["network"]][f"{dataset}_head"] = r["head"]
             ranks[r["network"]].append(float(rank))
@@ -125,7 +125,7 @@ def _summary_shown(summary: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     for d in datasets:
         split = shown_metric(table[(table["dataset"] == d) & table["best"]]).split("_")[0]
         shown[f"{d} ({split})"] = [f"{percent(a)} ({h})" if pd.notna(a) else "n/a"
-                                   for a, h in zip(summary[d], summary[f"{d}_head"])]
+                                   for a, h in zip(summary[d], summary[f"{d}_head"], strict=True)]
     shown["mean"] = summary["mean_accuracy"].map(percent)
     shown["mean rank"] = summary["mean_rank"].map(lambda v: f"{v:.2f}")
     return shown

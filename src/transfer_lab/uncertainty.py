@@ -42,6 +42,9 @@ class Bootstrap:
         return 1.0 - self.confidence
 
 
+BOOTSTRAP = Bootstrap()  # the defaults: 1,000 resamples, 95%, seed 0
+
+
 @dataclass(frozen=True)
 class AccuracySummary:
     mean: float   # over repeats, each the fraction of images right
@@ -104,7 +107,7 @@ def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def summarise_accuracy(correct: np.ndarray, bootstrap: Bootstrap = Bootstrap()) -> AccuracySummary:
+def summarise_accuracy(correct: np.ndarray, bootstrap: Bootstrap = BOOTSTRAP) -> AccuracySummary:
     """Mean and sd of the accuracy over repeats, and its bootstrap interval (see the module)."""
     correct = _check(correct)
     n_repeats, n_images = correct.shape
@@ -126,7 +129,7 @@ def summarise_accuracy(correct: np.ndarray, bootstrap: Bootstrap = Bootstrap()) 
     return AccuracySummary(mean, sd, low, high, n_repeats)
 
 
-def paired_difference(first: np.ndarray, second: np.ndarray, bootstrap: Bootstrap = Bootstrap()) -> Difference:
+def paired_difference(first: np.ndarray, second: np.ndarray, bootstrap: Bootstrap = BOOTSTRAP) -> Difference:
     """Accuracy of ``first`` minus ``second`` on the same images, with the paired bootstrap
     interval: each resample draws one set of images for both, and repeats for each."""
     first, second = _check(first), _check(second)
@@ -203,7 +206,7 @@ def sentence(first: str, second: str, difference: Difference, p: float, outcome:
 
 
 def verdict(first: str, second: str, correct_first: np.ndarray, correct_second: np.ndarray,
-            bootstrap: Bootstrap = Bootstrap()) -> Verdict:
+            bootstrap: Bootstrap = BOOTSTRAP) -> Verdict:
     """Whether ``first`` beats ``second``, loses to it or is tied with it.
 
     One beats the other when the paired interval of the difference excludes 0 *and*

@@ -46,7 +46,7 @@ with log_to(snakemake.log[0]):
         curve = label_efficiency_table(read_json(snakemake.input.shots), metrics, table, settings["shots"],
                                        select_by, bootstrap)
         write_label_efficiency(curve, out.efficiency_csv[0])
-        for dataset, png in zip(snakemake.params.datasets, out.efficiency):
+        for dataset, png in zip(snakemake.params.datasets, out.efficiency, strict=True):
             plot_label_efficiency(curve, dataset, png)
         logging.info("label efficiency: %d points\n%s", len(curve), curve.to_string())
     logging.info("%d rows\n%s\n%s", len(table), table.to_string(), summary.to_string())
