@@ -27,6 +27,7 @@ wildcard_constraints:
     dataset=alternatives(DATASETS),
     head=alternatives(HEADS),
     split="train|validation|test",
+    shots="[0-9]+",
     checkpoint=alternatives(CHECKPOINTS) or "[^/]+",
 
 

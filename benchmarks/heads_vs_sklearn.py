@@ -39,6 +39,18 @@ def synthetic_features(n: int, dim: int, n_classes: int, seed: int) -> tuple[np.
     return x.astype(np.float32), labels.astype(np.int64)
 
 
+def parse_run_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add what every benchmark here takes (--device, --threads, --seed), parse, and set the
+    torch threads."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=40_000, help="training images")
@@ -48,12 +60,7 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-4, help="scikit-learn's tol (its default)")
     parser.add_argument("--head-tol", type=float, default=1e-3, help="the logreg head's tol (its default)")
     parser.add_argument("--max-iter", type=int, default=300, help="both: L-BFGS iterations at most")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_run_arguments(parser)
 
     from sklearn.linear_model import LogisticRegression
 

@@ -45,3 +45,18 @@ def test_dry_run_benchmark_prints_times_memory_and_ratios():
         assert float(seconds) > 0 and int(megabytes) > 0, out
     for ratio in ("dry run/snakemake alone", "catalog/dry run"):
         assert float(re.search(rf"ratio {ratio}\s+([\d.]+)", out).group(1)) > 0, out
+
+
+def test_knn_benchmark_prints_times_ratio_and_agreement_with_numpy():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/knn_vs_numpy.py"), "--n-train", "2000", "--n-test", "500",
+         "--dim", "128", "--threads", "2"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    for label in ("knn", "numpy"):
+        assert float(re.search(rf"^{label}\s+([\d.]+) s", out, flags=re.M).group(1)) > 0, out
+    assert float(re.search(r"ratio numpy/knn time\s+([\d.]+)x", out).group(1)) > 0, out
+    # The same rule: the same class for every test image, at every k.
+    agreement = re.findall(r"^k=(\d+)\s.*predictions agree ([\d.]+)%", out, flags=re.M)
+    assert [k for k, _ in agreement] == ["10", "20", "100", "200"], out
+    assert all(float(a) == 100.0 for _, a in agreement), out

@@ -10,6 +10,7 @@ import pytest
 
 from transfer_lab.compare import (
     COLUMNS,
+    SHOWN,
     comparison_table,
     plot_comparison,
     plot_confusion,
@@ -159,11 +160,11 @@ def test_write_table_markdown_shows_percentages(table, tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + len(table)  # header, separator, one line per row
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == COLUMNS
+    assert header == SHOWN
     cells = {}
     for line in lines[2:]:
         values = [c.strip() for c in line.strip("|").split("|")]
-        cells[(values[0], values[3], values[5].strip("*"))] = dict(zip(COLUMNS, values))
+        cells[(values[0], values[3], values[5].strip("*"))] = dict(zip(SHOWN, values))
     r = cells[("resnet", "digits", "mlp")]  # the best head of (resnet, digits): in bold
     assert r["validation_accuracy"] == "**95.0%**"
     assert r["test_accuracy"] == "**92.5%**"
@@ -182,7 +183,7 @@ def test_markdown_keeps_one_decimal_for_seconds(table):
     # to_markdown formats seconds as "%.1f"; the Markdown must show them that way
     # (4.0 s, not "4"), the same for every row.
     lines = [line for line in to_markdown(table).splitlines() if line.startswith("|")][2:]
-    col = COLUMNS.index("extract_seconds")
+    col = SHOWN.index("extract_seconds")
     shown = {tuple(c.strip() for c in line.strip("|").split("|"))[col] for line in lines}
     assert shown == {"4.0", "5.5", "10.0"}
 

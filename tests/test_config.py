@@ -313,3 +313,51 @@ def test_command_line_string_of_the_wrong_kind_is_still_refused(schema):
     message = errors_of(config, schema)
     assert "heads.m.epochs: 'three' is not of type 'integer'" in message
     assert "heads.h.epochs: '1.5' is not of type 'integer'" in message
+
+
+# --- evaluation: repeats, shots, select_by; the kNN head's keys ------------------------------
+
+
+def test_evaluation_defaults(schema):
+    config = validate_config(minimal(), schema)
+    assert config["evaluation"] == {"repeats": 1, "shots": [], "select_by": "accuracy", "confidence": 0.95,
+                                    "resamples": 1000, "bootstrap_seed": 0}
+    knn = validate_config({**minimal(), "heads": {"probe": {"kind": "knn"}}}, schema)["heads"]["probe"]
+    assert knn["k"] == [10, 20, 100, 200] and knn["temperature"] == 0.07
+
+
+def test_bad_evaluation_values_name_their_keys(schema):
+    config = minimal()
+    config["evaluation"] = {"repeats": 0, "select_by": "f1", "shots": [1, 0, "most"], "resamples": 10}
+    config["heads"]["probe"] = {"kind": "knn", "k": [10, 0], "temperature": 0}
+    msg = errors_of(config, schema)
+    for expected in (
+        "evaluation.repeats: 0 is less than the minimum of 1",
+        "evaluation.select_by: 'f1' is not valid; valid choices: accuracy, balanced_accuracy",
+        "evaluation.shots.1: 0 is not valid under any of the given schemas",
+        "evaluation.shots.2: 'most' is not valid under any of the given schemas",
+        "evaluation.resamples: 10 is less than the minimum of 1000",
+        "heads.probe.k: [10, 0] is not valid under any of the given schemas",
+        "heads.probe.temperature: 0 is less than or equal to the minimum of 0",
+    ):
+        assert expected in msg, msg
+
+
+def test_shots_from_the_command_line_are_numbers_and_all(schema):
+    """--config 'evaluation={shots: [1, 5, all], repeats: 3}' hands every value over as a string."""
+    config = minimal()
+    config["evaluation"] = {"shots": ["1", "5", "all"], "repeats": "3", "select_by": "balanced_accuracy"}
+    out = validate_config(config, schema)["evaluation"]
+    assert out["shots"] == [1, 5, "all"] and out["repeats"] == 3 and out["select_by"] == "balanced_accuracy"
+
+
+def test_the_linear_probe_preset_repeats_draws_shots_and_probes_with_knn(schema):
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config/linear-probe.yaml").read_text())
+    out = validate_config(config, schema, check_resources=False)["evaluation"]
+    assert out["repeats"] == 3 and out["shots"] == [1, 5, 10, 25, 100, "all"]
+    assert config["heads"]["knn"]["kind"] == "knn"
+    quickstart = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    assert validate_config(quickstart, schema, check_resources=False)["evaluation"]["repeats"] == 1
+    assert quickstart["evaluation"]["shots"] == []

@@ -272,6 +272,10 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     metrics = json.loads((workdir / "results/finetune/lite0_digits.json").read_text())
     assert metrics["head"] == "finetune" and metrics["method"] == "finetune"
     assert len(metrics["curve"]) == 1 and metrics["config"]["backbone_lr"] == 0.0001
+    # One run, in the repeats format of heads: per-image predictions for paired verdicts.
+    assert [r["seed"] for r in metrics["repeats"]] == [0] and set(metrics["labels"]) == {"validation"}
+    assert len(metrics["repeats"][0]["predictions"]["validation"]["predicted"]) == rows.loc["finetune", "n_validation"]
+    assert rows.loc["finetune", "repeats"] == 1
     finetuned = torch.load(workdir / "results/finetune/lite0_digits.pt", weights_only=True)
     assert finetuned["spec"]["arch"] == SPEC["arch"] and len(finetuned["class_names"]) == 10
     assert (workdir / "results/benchmarks/finetune/lite0_digits.tsv").is_file()

@@ -22,7 +22,8 @@ PER_CLASS = {"train": 20, "validation": 10, "test": 10}  # 60 / 30 / 30 images
 
 def config(kind: str, **over) -> dict:
     cfg = {"kind": kind, "epochs": 15, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0,
-           "hidden": 32, "dropout": 0.2, "seed": 0, "C": None, "c_grid": [0.01, 1.0], "max_iter": 100, "tol": 1e-3}
+           "hidden": 32, "dropout": 0.2, "seed": 0, "C": None, "c_grid": [0.01, 1.0], "max_iter": 100, "tol": 1e-3,
+           "k": [3, 5], "temperature": 0.07}
     cfg.update(over)
     return cfg
 
@@ -58,7 +59,8 @@ def train(kind: str, splits, **over):
 def test_head_learns_separable_features(splits, kind):
     head_file, metrics = train(kind, splits)
     assert metrics["accuracy"]["validation"] >= 0.9
-    assert metrics["accuracy"]["train"] >= 0.9
+    if kind != "knn":  # a kNN head is not scored on its own training images
+        assert metrics["accuracy"]["train"] >= 0.9
     assert metrics["accuracy"]["test"] >= 0.9
     assert head_file["kind"] == kind
 

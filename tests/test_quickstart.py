@@ -27,3 +27,23 @@ def test_quickstart_grid(tmp_path):
         assert (workdir / f"results/comparison.{ext}").stat().st_size > 0
     for plot in ("tradeoff", "confusion_digits", "curves_digits"):
         assert (workdir / f"results/plots/{plot}.png").stat().st_size > 0
+    # How sure: an interval on every test accuracy, and a verdict between the two networks.
+    assert (table["repeats"] == 1).all()
+    assert ((table["test_accuracy_low"] < table["test_accuracy"])
+            & (table["test_accuracy"] < table["test_accuracy_high"])).all(), table
+    # 359 test images: about +-2.5 points at 94%.
+    assert ((table["test_accuracy_high"] - table["test_accuracy_low"]).between(0.03, 0.08)).all(), table
+    challenger = table[table["best"] & (table["versus"].fillna("") != "")]
+    # README: on 359 test images the two networks' chosen heads (0.3 points apart) are tied.
+    assert len(challenger) == 1 and challenger["verdict"].iloc[0] == "tied", challenger
+    text = (workdir / "results/comparison.md").read_text()
+    best = table[table["best"] & table["versus"].isna()].iloc[0]
+    assert f"{100 * best.test_accuracy:.1f}% [{100 * best.test_accuracy_low:.1f}, " \
+           f"{100 * best.test_accuracy_high:.1f}]" in text
+    verdict = next(line for line in text.splitlines()
+                   if line.startswith("- digits: ") and (" beats " in line or " are tied (difference " in line))
+    assert f"{best.network} ({best['head']})" in verdict, verdict
+    summary = pd.read_csv(workdir / "results/summary.csv")
+    assert sorted(summary["network"]) == ["efficientnet_lite0", "efficientnet_lite0_random"]
+    assert sorted(summary["mean_rank"]) == [1.0, 2.0]
+    assert not (workdir / "results/label_efficiency.csv").exists()  # shots are off in the quickstart

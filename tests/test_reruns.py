@@ -123,7 +123,8 @@ def test_a_head_hyperparameter_retrains_that_head(workdir):
     after = mtimes(workdir)
     changed = {p.as_posix() for p in after if after[p] != before.get(p)}
     comparison = {"comparison.csv", "comparison.md", "comparison.png", "comparison.html", "comparison_summary.rst",
-                  "plots/tradeoff.png", *(f"plots/{kind}_{d}.png" for kind in ("confusion", "curves")
+                  "summary.csv", "summary.md", "plots/tradeoff.png",
+                  *(f"plots/{kind}_{d}.png" for kind in ("confusion", "curves")
                                           for d in GRID["datasets"])}
     heads = {f"heads/{n}_{d}_mlp.{ext}" for n in GRID["networks"] for d in GRID["datasets"] for ext in ("pt", "json")}
     assert changed == {f"results/{name}" for name in comparison | heads}
@@ -262,9 +263,14 @@ def test_a_file_under_a_dataset_root_reprepares_that_dataset(tmp_path):
     assert table.loc[0, ["n_train", "n_validation", "n_test"]].sum() == 21
 
 
-ROWS = {  # the first column of the README's table -> its test
+ROWS = {  # the first column of the README's table -> its test, here or in another file
     "nothing": test_nothing_reruns_nothing,
     "a head's hyperparameter": test_a_head_hyperparameter_retrains_that_head,
+    "`evaluation.repeats`": "test_workflow.py::test_repeats_retrain_the_heads_that_depend_on_their_seed",
+    "`evaluation.shots` (a value added or changed)":
+        "test_workflow.py::test_shots_plan_head_jobs_only_and_draw_the_curve_into_the_report",
+    "`evaluation.select_by`, `confidence`, `resamples`, `bootstrap_seed`":
+        "test_workflow.py::test_select_by_and_the_bootstrap_settings_rerun_the_comparison_only",
     "add a network": test_adding_a_network_runs_that_network_only,
     "a network's `arch`, `weights`, `input_size` or `layer`": test_a_network_setting_reruns_that_network,
     "`extract.precision`": test_precision_reruns_every_extraction,
@@ -283,3 +289,7 @@ def test_every_row_of_the_readme_table_has_its_test():
     table = text.split("## What reruns when", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
     assert rows == list(ROWS)
+    for test in ROWS.values():
+        if isinstance(test, str):  # a test of another file: it must exist there
+            file, name = test.split("::")
+            assert re.search(rf"^def {name}\(", (REPO / "tests" / file).read_text(), flags=re.M), test

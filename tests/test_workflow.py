@@ -1,6 +1,7 @@
 """Integration: Snakemake end to end on a tiny grid, and the caching users rely on."""
 
 import copy
+import json
 import shutil
 
 import pandas as pd
@@ -94,9 +95,87 @@ def test_report_builds_offline_with_the_comparison_on_its_first_page(workdir):
     for figure in ("comparison.html", "comparison.png", "tradeoff.png", "confusion_digits.png",
                    "curves_digits.png"):
         assert figure in page, figure
+    # The summary across datasets comes first, then the table with its test interval.
+    assert page.index("Summary across datasets") < page.index("Best per dataset")
+    r = best
+    assert f"{100 * r['test_accuracy']:.1f}% [{100 * r['test_accuracy_low']:.1f}, " \
+           f"{100 * r['test_accuracy_high']:.1f}]" in page
     for caption in ("chosen on **validation**", "Up and to the right is", "Rows are the true classes",
                     "the kept epoch"):
         assert caption.replace("**", "") in page.replace("<strong>", "").replace("</strong>", ""), caption
+
+
+def test_shots_plan_head_jobs_only_and_draw_the_curve_into_the_report(workdir):
+    """Label efficiency reads the cached training features: no preparation, no extraction."""
+    config = copy.deepcopy(TINY)
+    config["evaluation"] = {"shots": [2, 5, "all"]}
+    write_config(workdir, config)
+    before = mtimes(workdir)
+    assert snakemake(workdir, "-n").jobs == {"train_shots": 4, "compare": 1}
+    run = snakemake(workdir)
+    assert run.jobs == {"train_shots": 4, "compare": 1}, run.output
+    after = mtimes(workdir)
+    upstream = [p for p in before if p.parts[1] in ("datasets", "bottleneck", "extract", "heads")]
+    assert upstream and all(after[p] == before[p] for p in upstream)
+    curve = pd.read_csv(workdir / "results/label_efficiency.csv", dtype={"shots": str})
+    assert sorted(set(curve["shots"])) == ["2", "5", "all"] and len(curve) == 6
+    assert curve.loc[curve["shots"] == "2", "n_train"].tolist() == [20.0, 20.0]  # 2 images x 10 classes
+    assert (curve["accuracy_low"] <= curve["accuracy"]).all() and (curve["accuracy"] <= curve["accuracy_high"]).all()
+    assert curve["selected"].sum() == 3  # one network: its chosen head, at each of the three points
+    shots_log = (workdir / "results/logs/train_shots/lite0_digits_linear_2shot.log").read_text()
+    assert "2 images per class" in shots_log and "seed 0: 20 training images" in shots_log
+    # Another shot count adds its own jobs; the others stand.
+    config["evaluation"]["shots"] = [2, 5, 10, "all"]
+    write_config(workdir, config)
+    assert snakemake(workdir, "-n").jobs == {"train_shots": 2, "compare": 1}
+    # Repeats redraw every subset: all shots jobs rerun, with the seeded full-data heads.
+    config["evaluation"] = {"shots": [2, 5, "all"], "repeats": 2}
+    write_config(workdir, config)
+    assert snakemake(workdir, "-n").jobs == {"train_shots": 4, "train_head": 2, "compare": 1}
+    config["evaluation"] = {"shots": [2, 5, "all"]}
+    write_config(workdir, config)
+    snakemake(workdir, "--report", "results/report.html")
+    page = (workdir / "results/report.html").read_text()
+    assert "label_efficiency_digits.png" in page and "Label efficiency" in page
+    assert "labelled training images per class, on a log scale" in page
+    assert "Summary across datasets" in page
+
+
+def test_select_by_and_the_bootstrap_settings_rerun_the_comparison_only(workdir):
+    config = copy.deepcopy(TINY)
+    config["evaluation"] = {"select_by": "balanced_accuracy", "resamples": 2000, "confidence": 0.9,
+                            "bootstrap_seed": 1}
+    write_config(workdir, config)
+    assert snakemake(workdir, "-n").jobs == {"compare": 1}
+
+
+def test_repeats_retrain_the_heads_that_depend_on_their_seed(workdir):
+    config = copy.deepcopy(TINY)
+    config["heads"]["probe"] = {"kind": "logreg", "c_grid": [0.1, 1.0]}
+    write_config(workdir, config)
+    assert snakemake(workdir).jobs == {"train_head": 1, "compare": 1}
+    config["evaluation"] = {"repeats": 2}
+    write_config(workdir, config)
+    run = snakemake(workdir)
+    assert run.jobs == {"train_head": 2, "compare": 1}, run.output  # linear and mlp; logreg ignores its seed
+    table = pd.read_csv(workdir / "results/comparison.csv").set_index("head")
+    assert table["repeats"].to_dict() == {"linear": 2, "mlp": 2, "probe": 1}
+    assert table.loc["linear", "test_accuracy_sd"] >= 0 and pd.isna(table.loc["probe", "test_accuracy_sd"])
+    metrics = json.loads((workdir / "results/heads/lite0_digits_mlp.json").read_text())
+    assert [r["seed"] for r in metrics["repeats"]] == [0, 1]
+    assert len(metrics["repeats"][1]["predictions"]["test"]["predicted"]) == len(metrics["labels"]["test"])
+    assert " ± " in (workdir / "results/comparison.md").read_text()
+
+
+def test_a_knn_k_above_the_training_set_fails_naming_the_key(workdir):
+    config = copy.deepcopy(TINY)
+    config["heads"]["probe"] = {"kind": "knn", "k": [10, 5000]}
+    write_config(workdir, config)
+    run = snakemake(workdir, check=False)
+    assert run.returncode != 0
+    log = (workdir / "results/logs/train_head/lite0_digits_probe.log").read_text()
+    assert "heads.probe.k: k = 5000 is larger than the training set (1151 images)" in log
+    assert not (workdir / "results/heads/lite0_digits_probe.pt").exists()
 
 
 def _break_schema(c):
@@ -116,6 +195,9 @@ def _break_schema(c):
         ]),
         (lambda c: c["networks"]["lite0"].update(arch="resnet5"),
          ["networks.lite0.arch: unknown arch 'resnet5'; did you mean: resnet50", "alexnet"]),
+        (lambda c: c.update(evaluation={"repeats": 0, "select_by": "f1"}),
+         ["evaluation.repeats: 0 is less than the minimum of 1",
+          "evaluation.select_by: 'f1' is not valid; valid choices: accuracy, balanced_accuracy"]),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, change, expected):

@@ -25,6 +25,17 @@ def head_choices(heads) -> list[str]:
     return [*heads, FINETUNED]
 
 
+# Head kinds whose fit does not depend on the seed (L-BFGS from zero; no training at all).
+SEEDLESS_KINDS = ("logreg", "knn")
+
+
+def effective_repeats(kind: str, shots: int | None, repeats: int) -> int:
+    """How many times a head is trained: ``evaluation.repeats``, except once for a kind
+    whose fit ignores the seed on the full training set (``shots`` None), where the other
+    runs would be copies. On a label-efficiency subset every repeat draws other images."""
+    return 1 if shots is None and kind in SEEDLESS_KINDS else repeats
+
+
 class ConfigError(ValueError):
     pass
 
@@ -105,7 +116,9 @@ def coerce_command_line_strings(value, schema: dict, root: dict):
         types = [t for alt in alternatives for t in _types(alt)]
         if value in ("null", "~") and "null" in types:
             return None
-        if types and "string" not in types:
+        # A string alternative limited to some words ('all' among numbers) takes only those.
+        takes_string = any("string" in _types(alt) and value in alt.get("enum", [value]) for alt in alternatives)
+        if types and not takes_string:
             try:
                 parsed = yaml.safe_load(value)
             except yaml.YAMLError:

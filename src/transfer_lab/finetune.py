@@ -162,7 +162,7 @@ def finetune(
     net.load_state_dict(best[2])
 
     predictions = {
-        name: (_logits(extractor, split_images, batch_size).argmax(1).numpy(), np.asarray(split_labels))
+        name: (torch.softmax(_logits(extractor, split_images, batch_size), dim=1).numpy(), np.asarray(split_labels))
         for name, (split_images, split_labels) in splits.items()
     }
     metrics = {

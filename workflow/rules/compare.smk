@@ -41,8 +41,21 @@ rule compare:
             )
             for dataset in DATASETS
         ],
+        summary_csv="results/summary.csv",
+        summary_md="results/summary.md",
+        efficiency_csv=LABEL_EFFICIENCY["csv"],
+        efficiency=[
+            report(
+                path,
+                caption="../report/label_efficiency.rst",
+                category="4. Label efficiency",
+                labels={"dataset": dataset},
+            )
+            for path, dataset in zip(LABEL_EFFICIENCY["plots"], DATASETS)
+        ],
     params:
         datasets=comparison_datasets(),
+        evaluation=comparison_evaluation(),
         code=code("compare"),
     log:
         "results/logs/compare.log",

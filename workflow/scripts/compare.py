@@ -1,4 +1,5 @@
-"""Rule compare: every classifier's metrics + extraction throughput -> table and figures."""
+"""Rule compare: every classifier's metrics + extraction throughput -> table, summary across
+datasets, label-efficiency curves and figures."""
 
 import json
 import logging
@@ -12,6 +13,9 @@ from transfer_lab.compare import (
     write_table,
 )
 from transfer_lab.files import log_to
+from transfer_lab.label_efficiency import label_efficiency_table, plot_label_efficiency, write_label_efficiency
+from transfer_lab.ranking import summary_rst, summary_table, write_summary
+from transfer_lab.uncertainty import Bootstrap
 
 
 def read_json(paths):
@@ -23,13 +27,26 @@ def read_json(paths):
 
 
 with log_to(snakemake.log[0]):
-    out = snakemake.output
+    out, settings = snakemake.output, snakemake.params.evaluation
+    bootstrap = Bootstrap(settings["resamples"], settings["confidence"], settings["bootstrap_seed"])
+    select_by = settings["select_by"]
     metrics = read_json(snakemake.input.heads) + read_json(snakemake.input.finetune)
-    table = comparison_table(metrics, read_json(snakemake.input.extract), snakemake.params.datasets)
-    write_table(table, out.csv, out.md, out.html, out.summary)
+    table = comparison_table(metrics, read_json(snakemake.input.extract), snakemake.params.datasets, select_by,
+                             bootstrap)
+    summary = summary_table(table)
+    write_summary(summary, table, out.summary_csv, out.summary_md)
+    write_table(table, out.csv, out.md, out.html, out.summary, select_by, bootstrap.confidence,
+                preface=summary_rst(summary, table))
     plot_comparison(table, out.png)
-    plot_tradeoff(table, out.tradeoff)
+    plot_tradeoff(table, out.tradeoff, select_by)
     for dataset, confusion, curves in zip(snakemake.params.datasets, out.confusion, out.curves):
         plot_confusion(table, metrics, dataset, confusion)
         plot_curves(metrics, dataset, curves)
-    logging.info("%d rows\n%s", len(table), table.to_string())
+    if out.efficiency_csv:
+        curve = label_efficiency_table(read_json(snakemake.input.shots), metrics, table, settings["shots"],
+                                       select_by, bootstrap)
+        write_label_efficiency(curve, out.efficiency_csv[0])
+        for dataset, png in zip(snakemake.params.datasets, out.efficiency, strict=True):
+            plot_label_efficiency(curve, dataset, png)
+        logging.info("label efficiency: %d points\n%s", len(curve), curve.to_string())
+    logging.info("%d rows\n%s\n%s", len(table), table.to_string(), summary.to_string())

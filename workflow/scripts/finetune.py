@@ -9,6 +9,7 @@ import torch
 from transfer_lab.config import FINETUNED
 from transfer_lab.datasets import load_prepared
 from transfer_lab.devices import claim_device
+from transfer_lab.evaluation import combine_repeats
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.finetune import finetune, save_finetuned
 from transfer_lab.networks import load_backbone, network_meta
@@ -38,8 +39,10 @@ with log_to(snakemake.log[0]) as log:
         "seed": cfg["seed"], "split_seed": meta["seed"], "init_seed": meta["init_seed"],
         **{k: v for k, v in meta.items() if k.startswith("version_")},
     }
-    metrics = {"network": w.network, "dataset": w.dataset, "head": FINETUNED,
-               "arch": spec.arch, "weights": spec.weights, **metrics, "config": cfg, "meta": run_meta}
+    # One run, in the format of repeated heads (per-image predictions under `repeats`).
+    metrics = {"network": w.network, "dataset": w.dataset, "head": FINETUNED, "arch": spec.arch,
+               "weights": spec.weights, **combine_repeats([metrics], [cfg["seed"]]), "config": cfg,
+               "meta": run_meta}
     save_finetuned(snakemake.output.weights, finetuned)
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)

@@ -1,0 +1,134 @@
+"""The kNN probe: equal to a plain NumPy implementation of DINO's rule, on real features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transfer_lab.bottleneck import Bottleneck
+from transfer_lab.heads import build_head, load_head, save_head, train_head
+from transfer_lab.knn import KNNHead, capped, check_k, knn_votes, neighbour_counts
+
+T = 0.07
+
+
+def numpy_knn(train: np.ndarray, train_labels: np.ndarray, queries: np.ndarray, n_classes: int, k: int,
+              temperature: float = T) -> np.ndarray:
+    """The rule written out plainly, in float64: cosine similarity, the k most similar
+    training images, each voting exp(similarity / T) for its class, votes normalised."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    similarity = queries @ train.T
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    weights = np.exp(np.take_along_axis(similarity, nearest, axis=1) / temperature)
+    votes = np.zeros((len(queries), n_classes))
+    np.add.at(votes, (np.arange(len(queries))[:, None], train_labels[nearest]), weights)
+    return votes / votes.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def digits_features() -> dict[str, Bottleneck]:
+    """Real features of real digits: the quickstart's pretrained EfficientNet-Lite0 (at 32 px,
+    to keep it quick) on 900 of scikit-learn's digits, split 600 / 150 / 150."""
+    from sklearn.datasets import load_digits
+
+    from transfer_lab.extract import Extractor
+    from transfer_lab.networks import load_backbone
+    from transfer_lab.specs import NetworkSpec
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # on the shared 2-core machine, 2 threads were slower
+    digits = load_digits()
+    images = np.repeat(np.round(digits.images[:900] * 255 / 16).astype(np.uint8)[..., None], 3, axis=3)
+    backbone = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled", input_size=32))
+    features = Extractor(backbone, "cpu", "fp32").run(images, 300)
+    torch.set_num_threads(before)
+    labels = digits.target[:900].astype(np.int64)
+    names = [str(i) for i in range(10)]
+    cuts = {"train": slice(0, 600), "validation": slice(600, 750), "test": slice(750, 900)}
+    return {split: Bottleneck(features[cut], labels[cut], names, {}) for split, cut in cuts.items()}
+
+
+def _votes(train: Bottleneck, queries: np.ndarray, ks, **kw) -> dict[int, np.ndarray]:
+    bank = torch.nn.functional.normalize(torch.from_numpy(train.features), dim=1)
+    out = knn_votes(torch.from_numpy(queries), bank, torch.from_numpy(train.labels), 10, ks, T, **kw)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("k", [1, 10, 20, 100, 200])
+def test_votes_equal_the_numpy_reference_on_real_digits_features(digits_features, k):
+    train, test = digits_features["train"], digits_features["test"]
+    expected = numpy_knn(train.features.astype(np.float64), train.labels, test.features.astype(np.float64), 10, k)
+    ours = _votes(train, test.features, [k])[k]
+    np.testing.assert_array_equal(ours.argmax(axis=1), expected.argmax(axis=1))
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert (ours.argmax(axis=1) == test.labels).mean() > 0.6  # 8x8 digits at 32 px; chance is 10%
+
+
+def test_one_pass_gives_every_k_and_chunks_change_only_float_rounding(digits_features):
+    train, test = digits_features["train"], digits_features["test"]
+    together = _votes(train, test.features, [10, 20, 100])
+    # 7 queries per chunk (4,200 similarities) instead of all 150 at once.
+    chunked = _votes(train, test.features, [10, 20, 100], chunk_elements=7 * 600)
+    for k in (10, 20, 100):
+        np.testing.assert_array_equal(together[k], _votes(train, test.features, [k])[k])
+        # The products are blocked differently: float32 rounding (~1e-7), the same classes.
+        np.testing.assert_array_equal(chunked[k].argmax(axis=1), together[k].argmax(axis=1))
+        np.testing.assert_allclose(chunked[k], together[k], rtol=0, atol=1e-6)
+
+
+def test_k_beyond_the_training_set_is_refused_and_capped_on_request():
+    bank = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    with pytest.raises(ValueError, match="between 1 and the 8 training images"):
+        knn_votes(torch.randn(2, 4), bank, torch.zeros(8, dtype=torch.long), 2, [5, 10])
+    assert capped([10, 20, 100, 200], 50) == [10, 20, 50]
+    # The full training set: the workflow refuses, naming the config key, before training.
+    with pytest.raises(ValueError, match=r"heads\.probe\.k: k = 100, 200 is larger than the training set \(50 images\)"):
+        check_k([10, 20, 100, 200], 50, "heads.probe.k")
+    check_k(20, 50, "heads.probe.k")
+    assert neighbour_counts(20) == [20] and neighbour_counts([200, 10, 20, 10]) == [10, 20, 200]
+
+
+def knn_config(**over) -> dict:
+    return {"kind": "knn", "k": [1, 10, 20, 100, 200], "temperature": T, "seed": 0, **over}
+
+
+def test_knn_head_chooses_k_on_validation_and_scores_test_as_the_reference(digits_features):
+    train, validation, test = (digits_features[s] for s in ("train", "validation", "test"))
+    head_file, metrics = train_head(knn_config(), train, validation, test, device="cpu")
+    f64 = {s: b.features.astype(np.float64) for s, b in digits_features.items()}
+    validation_accuracy = {k: (numpy_knn(f64["train"], train.labels, f64["validation"], 10, k).argmax(1)
+                               == validation.labels).mean() for k in (1, 10, 20, 100, 200)}
+    best = max(validation_accuracy.values())
+    assert metrics["k"] == min(k for k, a in validation_accuracy.items() if a == best)
+    assert [s["k"] for s in metrics["sweep"]] == [1, 10, 20, 100, 200]
+    for s in metrics["sweep"]:
+        assert s["validation_accuracy"] == pytest.approx(validation_accuracy[s["k"]])
+    expected = numpy_knn(f64["train"], train.labels, f64["test"], 10, metrics["k"])
+    assert metrics["predictions"]["test"]["predicted"] == expected.argmax(1).tolist()
+    np.testing.assert_allclose(metrics["predictions"]["test"]["probability"], expected.max(1), atol=1e-5)
+    assert metrics["accuracy"]["test"] == pytest.approx((expected.argmax(1) == test.labels).mean())
+    assert "train" not in metrics["accuracy"] and metrics["n"]["train"] == 600
+    assert metrics["curve"] == [] and "top5_accuracy" in metrics
+    # Cosine similarity on the features as they are: the head file standardises nothing.
+    assert head_file["mean"].abs().max() == 0 and (head_file["std"] == 1).all()
+
+
+def test_knn_head_file_round_trips_and_gives_the_votes_through_a_softmax(digits_features, tmp_path):
+    train, validation, test = (digits_features[s] for s in ("train", "validation", "test"))
+    head_file, metrics = train_head(knn_config(k=[10, 20]), train, validation, test, device="cpu")
+    save_head(tmp_path / "knn.pt", head_file)
+    head, loaded = load_head(tmp_path / "knn.pt")
+    assert isinstance(head, KNNHead) and head.neighbours == metrics["k"]
+    assert head.features.shape == (600, train.features.shape[1])
+    with torch.no_grad():
+        probabilities = torch.softmax(head(torch.from_numpy(test.features)), dim=1).numpy()
+    expected = numpy_knn(train.features.astype(np.float64), train.labels, test.features.astype(np.float64), 10,
+                         metrics["k"])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    # The module exports (predict's Classifier is exported with its head inside).
+    program = torch.export.export(head, (torch.from_numpy(test.features[:1]),))
+    np.testing.assert_allclose(torch.softmax(program.module()(torch.from_numpy(test.features[:1])), 1).numpy(),
+                               expected[:1], atol=1e-5)
+    assert isinstance(build_head(loaded["config"], 1280, 10), KNNHead)
