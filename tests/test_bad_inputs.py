@@ -18,13 +18,13 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+import fixtures
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, copy_workflow, snakemake, write_config
 from PIL import Image
 
-import fixtures
-from conftest import REPO, copy_workflow, snakemake, write_config
 from transfer_lab import sources
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.files import UnsafePickleError, load_pickle

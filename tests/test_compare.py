@@ -88,7 +88,7 @@ def test_one_row_per_head_with_columns(table, inputs):
 
 
 def test_rows_are_sorted(table):
-    keys = list(zip(table.dataset, table.network, table["head"]))
+    keys = list(zip(table.dataset, table.network, table["head"], strict=True))
     assert keys == sorted(keys)
     assert keys[0] == ("digits", "resnet", "linear")
 
@@ -164,7 +164,7 @@ def test_write_table_markdown_shows_percentages(table, tmp_path):
     cells = {}
     for line in lines[2:]:
         values = [c.strip() for c in line.strip("|").split("|")]
-        cells[(values[0], values[3], values[5].strip("*"))] = dict(zip(SHOWN, values))
+        cells[(values[0], values[3], values[5].strip("*"))] = dict(zip(SHOWN, values, strict=True))
     r = cells[("resnet", "digits", "mlp")]  # the best head of (resnet, digits): in bold
     assert r["validation_accuracy"] == "**95.0%**"
     assert r["test_accuracy"] == "**92.5%**"
@@ -212,7 +212,7 @@ def test_a_resumed_extraction_is_rated_by_the_images_it_computed():
 
 def test_best_is_one_row_per_network_and_dataset_chosen_on_validation(table):
     best = table[table.best]
-    assert sorted(zip(best.network, best.dataset, best["head"])) == [
+    assert sorted(zip(best.network, best.dataset, best["head"], strict=True)) == [
         ("resnet", "digits", "mlp"), ("resnet", "mine", "mlp"), ("vgg", "digits", "linear")]
     # vgg/digits: linear wins on validation (0.80 > 0.75) although mlp is better on test.
     assert row(table, "vgg", "digits", "mlp").test_accuracy > row(table, "vgg", "digits", "linear").test_accuracy

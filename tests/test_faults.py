@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import copy_workflow, run_env, snakemake, write_config
+
 from transfer_lab import files
 from transfer_lab.bottleneck import Bottleneck, read_bottleneck, write_bottleneck
 from transfer_lab.extract import Extractor, extract_features, extract_sharded, is_out_of_memory
@@ -206,7 +206,6 @@ def quickstart_trimmed() -> dict:
     random-weights EfficientNet-Lite0 at input 32 (the pretrained twin adds time, not
     coverage: both load deterministically)."""
     import yaml
-
     from conftest import REPO
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())

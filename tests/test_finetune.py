@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import copy_workflow, snakemake, write_config
 from PIL import Image
 from torch import nn
 
-from conftest import copy_workflow, snakemake, write_config
 from transfer_lab.config import ConfigError, load_schema, validate_config
 from transfer_lab.datasets import SplitSpec, load_prepared, prepare_dataset
 from transfer_lab.export import export_model, load_exported

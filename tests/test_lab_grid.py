@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, copy_workflow, snakemake
 from fixtures import write_cifar10, write_traffic_pickle
+
 from transfer_lab.bottleneck import read_bottleneck
 
 pytestmark = pytest.mark.integration

@@ -54,7 +54,7 @@ def test_timm_preprocessing_from_the_weights_metadata():
 def test_random_weights_are_reproducible():
     spec = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=32)
     a, b = load_backbone(spec).model, load_backbone(spec).model
-    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(ta, tb), name
 
 

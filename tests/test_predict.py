@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import copy_workflow, snakemake, write_config
 from PIL import Image
 
-from conftest import copy_workflow, snakemake, write_config
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
 from transfer_lab.heads import load_head
@@ -137,7 +137,7 @@ def test_command_line_predict_matches_the_workflow(built, tmp_path):
     rule_rows = _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())
     assert [(r["path"], r["predicted"], r["class_2"]) for r in cli_rows] == \
         [(r["path"], r["predicted"], r["class_2"]) for r in rule_rows]
-    for a, b in zip(cli_rows, rule_rows):
+    for a, b in zip(cli_rows, rule_rows, strict=True):
         if not a["error"]:
             assert abs(float(a["probability"]) - float(b["probability"])) < 1e-5
             assert f"{a['predicted']}  " in next(line for line in table if line.startswith(a["path"]))
@@ -219,6 +219,6 @@ def test_exported_model_reproduces_predict_in_a_fresh_process(built, tmp_path):
     result = json.loads(out.stdout)
     assert result["class_names"] == [str(d) for d in range(10)]
     assert result["input"]["dtype"] == "uint8" and result["input"]["channels"] == "RGB"
-    for p, npy in zip(paths, arrays):
+    for p, npy in zip(paths, arrays, strict=True):
         got = np.array(result["probabilities"][str(npy)])
         assert np.abs(got - expected[str(p)]).max() <= 1e-4, p

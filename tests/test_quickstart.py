@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-
 from conftest import copy_workflow, snakemake
 
 pytestmark = pytest.mark.integration
@@ -12,7 +11,7 @@ def test_quickstart_grid(tmp_path):
     workdir = copy_workflow(tmp_path / "quickstart")
     snakemake(workdir)
     table = pd.read_csv(workdir / "results/comparison.csv")
-    assert sorted(zip(table["network"], table["head"])) == [
+    assert sorted(zip(table["network"], table["head"], strict=True)) == [
         ("efficientnet_lite0", "linear"), ("efficientnet_lite0", "logreg"), ("efficientnet_lite0", "mlp"),
         ("efficientnet_lite0_random", "linear"), ("efficientnet_lite0_random", "logreg"),
         ("efficientnet_lite0_random", "mlp"),

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, copy_workflow, snakemake, write_config
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import REPO, copy_workflow, snakemake, write_config
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.provenance import PACKAGE, module_closure, module_file
 

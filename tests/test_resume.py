@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import copy_workflow, snakemake, write_config
+
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
 from transfer_lab.extract import Extractor, extract_sharded

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
 import slurm_cluster
+import yaml
 from conftest import REPO, copy_workflow, snakemake, write_config
 
 # The quickstart, trimmed: one network at a small input, one head.

@@ -1,11 +1,11 @@
 """The extension point: a new dataset format is one new module in transfer_lab/sources/."""
 
+import fixtures
 import numpy as np
 import pandas as pd
 import pytest
-
-import fixtures
 from conftest import copy_workflow, snakemake, write_config
+
 from transfer_lab.datasets import load_prepared
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,12 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+import fixtures
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-import fixtures
-from conftest import REPO
 from transfer_lab import sources
 from transfer_lab.datasets import SPLITS, SplitSpec, prepare_dataset
 from transfer_lab.sources import check_dataset, cifar10, imagefolder, traffic_pickle
@@ -448,7 +448,7 @@ def _mode_and_size(path: Path) -> tuple[str, tuple[int, int]]:
 def test_imagefolder_every_mode_and_format(tmp_path):
     root = fixtures.write_imagefolder(tmp_path)
     files = [p for p in sorted(root.glob("*/[!.]*")) if p.suffix != ".txt"]  # what the loader should take
-    modes, sizes = zip(*map(_mode_and_size, files))
+    modes, sizes = zip(*map(_mode_and_size, files), strict=True)
     assert {"L", "RGBA", "P", "CMYK", "RGB"} <= set(modes)
     assert {".png", ".jpg", ".JPEG", ".bmp", ".ppm"} <= {p.suffix for p in files}
     assert len(set(sizes)) == len(files)

@@ -6,8 +6,8 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import copy_workflow, snakemake, write_config
+
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.compare import COLUMNS
 

@@ -165,7 +165,7 @@ def _formatted(table: pd.DataFrame, bold: str) -> pd.DataFrame:
     shown["images_per_second"] = shown["images_per_second"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "n/a")
     shown["best"] = shown["best"].map(lambda b: "best" if b else "")
     for col in ("head", "validation_accuracy", "test_accuracy"):
-        shown[col] = [bold.format(v) if b else v for v, b in zip(shown[col], table["best"])]
+        shown[col] = [bold.format(v) if b else v for v, b in zip(shown[col], table["best"], strict=True)]
     return shown[SHOWN]
 
 
@@ -310,7 +310,7 @@ def plot_comparison(table: pd.DataFrame, png_path: str | os.PathLike) -> None:
         1, len(datasets), figsize=(max(6, 3 + 2.2 * table["network"].nunique()) * len(datasets), 4.8),
         squeeze=False,
     )
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         part = table[table["dataset"] == dataset]
         metric = shown_metric(part)
         networks, heads = sorted(part["network"].unique()), sorted(part["head"].unique())
@@ -343,7 +343,7 @@ def plot_tradeoff(table: pd.DataFrame, png_path: str | os.PathLike, select_by: s
 
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.8), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         part = table[(table["dataset"] == dataset) & (table["method"] == "features")]
         part = part.loc[select_best(part, ["network"], select_by)] if len(part) else part
         metric = shown_metric(part)
@@ -382,7 +382,7 @@ def plot_confusion(table: pd.DataFrame, metrics: Sequence[dict], dataset: str, p
     n_classes = len(chosen[0]["class_names"]) if chosen else 1
     side = min(4 + 0.28 * n_classes, 16)
     fig, axes = plt.subplots(1, max(len(chosen), 1), figsize=(side * max(len(chosen), 1), side), squeeze=False)
-    for ax, m in zip(axes[0], chosen):
+    for ax, m in zip(axes[0], chosen, strict=False):  # no classifier: one empty panel
         split = _best_split(m)
         cm = np.asarray(m["confusion_matrix"][split], dtype=float)
         rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -418,7 +418,7 @@ def plot_curves(metrics: Sequence[dict], dataset: str, png_path: str | os.PathLi
     iterative = [m for m in part if m["curve"] and "iteration" in m["curve"][0]]
     n_panels = len(networks) + (1 if iterative else 0)
     fig, axes = plt.subplots(1, max(n_panels, 1), figsize=(5 * max(n_panels, 1), 4), squeeze=False)
-    for ax, network in zip(axes[0], networks):
+    for ax, network in zip(axes[0], networks, strict=False):  # the objective panel comes after
         for m in part:
             if m["network"] == network and m["curve"] and "epoch" in m["curve"][0]:
                 epochs = [c["epoch"] for c in m["curve"]]

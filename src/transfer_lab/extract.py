@@ -217,7 +217,7 @@ def extract_sharded(
     out = np.empty((n, extractor.feature_dim), dtype=np.float32)
     seconds, computed = 0.0, 0
     with _progress(n, progress, initial=sum(hi - lo for k, (lo, hi) in enumerate(bounds) if k in done)) as bar:
-        for k, ((lo, hi), path) in enumerate(zip(bounds, paths)):
+        for k, ((lo, hi), path) in enumerate(zip(bounds, paths, strict=True)):
             if k in done:
                 shard = _read_shard(path, (hi - lo, extractor.feature_dim))
                 if shard is not None:

@@ -147,7 +147,6 @@ def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
     traceback that Snakemake points the user to.
     """
     import logging
-    import sys
     import traceback
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -215,10 +215,10 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
                 continue
             probs = model.classify(torch.stack(stored)).cpu()
             values, indices = probs.topk(top_k, dim=1)
-            for row, p, v, i in zip(good, probs, values.tolist(), indices.tolist()):
+            for row, p, v, i in zip(good, probs, values.tolist(), indices.tolist(), strict=True):
                 row["predicted"], row["probability"] = predictor.class_names[i[0]], v[0]
                 row["probabilities"] = p.numpy()  # all classes, for callers; not written out
-                for rank, (cls, prob) in enumerate(zip(i, v), start=1):
+                for rank, (cls, prob) in enumerate(zip(i, v, strict=True), start=1):
                     row[f"class_{rank}"], row[f"probability_{rank}"] = predictor.class_names[cls], prob
     return rows
 

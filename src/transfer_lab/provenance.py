@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-
 PACKAGE = "transfer_lab"
 
 

@@ -10,7 +10,14 @@ from snakemake.exceptions import WorkflowError
 
 try:
     from transfer_lab import sources
-    from transfer_lab.config import FINETUNED, ConfigError, effective_repeats, head_choices, load_schema, validate_config
+    from transfer_lab.config import (
+        FINETUNED,
+        ConfigError,
+        effective_repeats,
+        head_choices,
+        load_schema,
+        validate_config,
+    )
     from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, tree_fingerprint, versions
@@ -81,9 +88,7 @@ def splits(dataset):
 
 
 # Datasets with download: true, and the file rule fetch_dataset makes for each (its source names it).
-FETCHED = {
-    name: sources.get(spec.source).fetch.file for name, spec in DATASET_SPECS.items() if spec.download
-}
+FETCHED = {name: sources.get(spec.source).fetch.file for name, spec in DATASET_SPECS.items() if spec.download}
 
 
 def prepare_inputs(wildcards):
@@ -138,10 +143,7 @@ def network_params(wildcards):
 
 
 def head_inputs(wildcards):
-    return {
-        split: bottleneck(wildcards.network, wildcards.dataset, split)
-        for split in splits(wildcards.dataset)
-    }
+    return {split: bottleneck(wildcards.network, wildcards.dataset, split) for split in splits(wildcards.dataset)}
 
 
 def head_shots(wildcards):
@@ -155,9 +157,7 @@ def head_repeats(wildcards):
 
 
 def shots_outputs():
-    return [
-        f"results/shots/{n}_{d}_{h}_{s}shot.json" for (n, d), h, s in itertools.product(grid(), HEADS, SHOTS)
-    ]
+    return [f"results/shots/{n}_{d}_{h}_{s}shot.json" for (n, d), h, s in itertools.product(grid(), HEADS, SHOTS)]
 
 
 def grid():
@@ -171,21 +171,19 @@ def final_outputs():
     targets makes a deleted one come back (Snakemake >= 7.7 does not rebuild a
     missing intermediate file whose dependents are up to date).
     """
-    return COMPARISON + [
-        bottleneck(n, d, s) for n, d in grid() for s in splits(d)
-    ] + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)] + finetune_outputs() + (
-        shots_outputs()
+    return (
+        COMPARISON
+        + [bottleneck(n, d, s) for n, d in grid() for s in splits(d)]
+        + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)]
+        + finetune_outputs()
+        + shots_outputs()
     )
 
 
 def comparison_inputs(wildcards):
     return {
-        "heads": [
-            f"results/heads/{n}_{d}_{h}.json" for (n, d), h in itertools.product(grid(), HEADS)
-        ],
-        "extract": [
-            f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)
-        ],
+        "heads": [f"results/heads/{n}_{d}_{h}.json" for (n, d), h in itertools.product(grid(), HEADS)],
+        "extract": [f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)],
         "finetune": [p for p in finetune_outputs() if p.endswith(".json")],
         "shots": shots_outputs(),
     }
@@ -249,7 +247,8 @@ PREDICT_NAME = PREDICT["name"] or ("_".join(PREDICT_CHOICE) if not PREDICT_MISSI
 def predict_chosen():
     if PREDICT_MISSING:
         raise WorkflowError(
-            "predict/export: choose " + "; ".join(PREDICT_MISSING)
+            "predict/export: choose "
+            + "; ".join(PREDICT_MISSING)
             + ", in config.yaml's predict section or e.g. --config 'predict={network: NAME, head: NAME}'"
         )
     return PREDICT_CHOICE
@@ -284,8 +283,10 @@ def trained_file(network, dataset, head):
 
 
 def export_inputs(wildcards):
-    return {"head": trained_file(wildcards.network, wildcards.dataset, wildcards.head),
-            **backbone_inputs(wildcards.network)}
+    return {
+        "head": trained_file(wildcards.network, wildcards.dataset, wildcards.head),
+        **backbone_inputs(wildcards.network),
+    }
 
 
 def exported_model(wildcards):

@@ -53,13 +53,13 @@ rule compare:
             )
             for path, dataset in zip(LABEL_EFFICIENCY["plots"], DATASETS)
         ],
-    params:
-        datasets=comparison_datasets(),
-        evaluation=comparison_evaluation(),
-        code=code("compare"),
     log:
         "results/logs/compare.log",
     benchmark:
         "results/benchmarks/compare.tsv"
+    params:
+        datasets=comparison_datasets(),
+        evaluation=comparison_evaluation(),
+        code=code("compare"),
     script:
         "../scripts/compare.py"

@@ -6,13 +6,13 @@ localrules:
 rule fetch_weights:
     output:
         "resources/weights/checkpoints/{checkpoint}",
-    params:
-        url=lambda wildcards: CHECKPOINTS[wildcards.checkpoint],
-        code=code("fetch_weights"),
     log:
         "results/logs/fetch_weights/{checkpoint}.log",
     benchmark:
         "results/benchmarks/fetch_weights/{checkpoint}.tsv"
+    params:
+        url=lambda wildcards: CHECKPOINTS[wildcards.checkpoint],
+        code=code("fetch_weights"),
     script:
         "../scripts/fetch_weights.py"
 
@@ -23,16 +23,16 @@ rule extract_features:
     output:
         features=bottleneck("{network}", "{dataset}", "{split}"),
         metrics="results/extract/{network}_{dataset}_{split}.json",
-    params:
-        network=network_params,
-        code=code("extract_features"),
-        versions=VERSIONS,
-    threads: config["extract"]["threads"]
-    resources:
-        gpu=1,
     log:
         "results/logs/extract_features/{network}_{dataset}_{split}.log",
     benchmark:
         "results/benchmarks/extract_features/{network}_{dataset}_{split}.tsv"
+    threads: config["extract"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        network=network_params,
+        code=code("extract_features"),
+        versions=VERSIONS,
     script:
         "../scripts/extract_features.py"

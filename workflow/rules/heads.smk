@@ -4,16 +4,16 @@ rule train_head:
     output:
         head="results/heads/{network}_{dataset}_{head}.pt",
         metrics="results/heads/{network}_{dataset}_{head}.json",
+    log:
+        "results/logs/train_head/{network}_{dataset}_{head}.log",
+    benchmark:
+        "results/benchmarks/train_head/{network}_{dataset}_{head}.tsv"
     params:
         head=lambda wildcards: canonical(HEADS[wildcards.head]),
         repeats=head_repeats,
         shots=head_shots,
         code=code("train_head"),
         torch=VERSIONS["torch"],
-    log:
-        "results/logs/train_head/{network}_{dataset}_{head}.log",
-    benchmark:
-        "results/benchmarks/train_head/{network}_{dataset}_{head}.tsv"
     script:
         "../scripts/train_head.py"
 

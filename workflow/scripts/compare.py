@@ -39,7 +39,7 @@ with log_to(snakemake.log[0]):
                 preface=summary_rst(summary, table))
     plot_comparison(table, out.png)
     plot_tradeoff(table, out.tradeoff, select_by)
-    for dataset, confusion, curves in zip(snakemake.params.datasets, out.confusion, out.curves):
+    for dataset, confusion, curves in zip(snakemake.params.datasets, out.confusion, out.curves, strict=True):
         plot_confusion(table, metrics, dataset, confusion)
         plot_curves(metrics, dataset, curves)
     if out.efficiency_csv:
