@@ -244,7 +244,7 @@ def test_finetune_is_a_head_name_for_predict_and_no_config_head_may_take_it():
 # --- workflow -----------------------------------------------------------------------
 
 TINY = {
-    "networks": {"lite0": SPEC},
+    "networks": {"lite0": SPEC.to_dict()},
     "datasets": {"digits": {"source": "digits"}},
     "split": {"validation_fraction": 0.1, "test_fraction": 0.0, "seed": 0, "train_per_class": 10},
     "heads": {"linear": {"kind": "linear", "epochs": 20}},
@@ -277,7 +277,7 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     assert len(metrics["repeats"][0]["predictions"]["validation"]["predicted"]) == rows.loc["finetune", "n_validation"]
     assert rows.loc["finetune", "repeats"] == 1
     finetuned = torch.load(workdir / "results/finetune/lite0_digits.pt", weights_only=True)
-    assert finetuned["spec"]["arch"] == SPEC["arch"] and len(finetuned["class_names"]) == 10
+    assert finetuned["spec"]["arch"] == SPEC.arch and len(finetuned["class_names"]) == 10
     assert (workdir / "results/benchmarks/finetune/lite0_digits.tsv").is_file()
     assert "epoch 1: train loss" in (workdir / "results/logs/finetune/lite0_digits.log").read_text()
     meta = finetuned["network_meta"]
