@@ -42,6 +42,13 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def copy_run(workdir: Path, dest: Path) -> Path:
+    """A copy of a run's folder (results, Snakemake's records, modification times kept), for
+    one test to change without touching the run other tests copy."""
+    shutil.copytree(workdir, dest, symlinks=True, copy_function=shutil.copy2)
+    return dest
+
+
 def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
     path = workdir / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

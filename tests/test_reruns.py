@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, copy_workflow, snakemake, write_config
+from conftest import REPO, copy_run, copy_workflow, snakemake, write_config
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -90,9 +90,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture
 def workdir(built, tmp_path):
-    dest = tmp_path / "wd"
-    shutil.copytree(built[0], dest, symlinks=True, copy_function=shutil.copy2)
-    return dest
+    return copy_run(built[0], tmp_path / "wd")
 
 
 def plan(workdir: Path, *args: str) -> Counter:

@@ -2,11 +2,10 @@
 
 import copy
 import json
-import shutil
 
 import pandas as pd
 import pytest
-from conftest import copy_workflow, snakemake, write_config
+from conftest import copy_run, copy_workflow, snakemake, write_config
 
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.compare import COLUMNS
@@ -48,9 +47,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture
 def workdir(built, tmp_path):
-    dest = tmp_path / "wd"
-    shutil.copytree(built[0], dest, symlinks=True, copy_function=shutil.copy2)
-    return dest
+    return copy_run(built[0], tmp_path / "wd")
 
 
 def test_first_run_builds_every_artifact_in_the_contract_format(built):
