@@ -287,3 +287,81 @@ def write_imagefolder(root: Path, classes=("cat", "dog"), per_class: int = 4) ->
         (folder / "notes.txt").write_text("not an image\n")
         (folder / f"._{name}_000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     return root
+
+
+# --- your own labelled files: a table, or a Hugging Face dataset saved on disk --------------
+
+OWN_CLASSES = ("cat", "dog", "emu")
+OWN_INT_LABELS = (2, 10, 100)  # as text sorted: 10, 100, 2
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_csv_table(root: Path, per_class: int = 4, split: bool = True, labels: str = "names") -> Path:
+    """``root/labels.csv`` listing images of :data:`OWN_CLASSES` (class i in its colour, sizes
+    varying): the first half of each class's files in ``root/images/`` by relative path, the
+    rest in ``root/elsewhere/`` by absolute path; rows shuffled, an extra ``note`` column.
+    ``labels="names"``: the class names; ``"ints"``: :data:`OWN_INT_LABELS` (numeric order
+    differs from text order). With ``split``, a split column cycling train, val, test, train,
+    validation, train, valid, test per class. Returns the table's path."""
+    root = Path(root)
+    rng = np.random.default_rng(4)
+    rows = []
+    cycle = ("train", "val", "test", "train", "validation", "train", "valid", "test")
+    for c, name in enumerate(OWN_CLASSES):
+        for i in range(per_class):
+            relative = i < per_class // 2 + 1
+            folder = root / ("images" if relative else "elsewhere")
+            folder.mkdir(parents=True, exist_ok=True)
+            width, height = (int(v) for v in rng.integers(20, 40, size=2))
+            file = folder / f"{name}_{i}.png"
+            Image.fromarray(class_image(c, height, width, rng)).save(file)
+            path = f"images/{file.name}" if relative else str(file)
+            label = name if labels == "names" else str(OWN_INT_LABELS[c])
+            rows.append([path, label, "some note"] + ([cycle[i % len(cycle)]] if split else []))
+    order = rng.permutation(len(rows))
+    header = "path,label,note" + (",split" if split else "")
+    lines = [header] + [",".join(rows[i]) for i in order]
+    table = root / "labels.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def hf_dataset_dict(per_class: int = 3, classes=OWN_CLASSES, splits=("train", "validation", "test"),
+                    image_column: str = "image", label_column: str = "label"):
+    """A ``datasets.DatasetDict`` with an Image column (PNG bytes in the class colour) and a
+    ClassLabel column, ``per_class`` images per class in each split (fewer in the others)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as HFImage
+
+    rng = np.random.default_rng(5)
+    features = Features({image_column: HFImage(), label_column: ClassLabel(names=list(classes))})
+    parts = {}
+    for s, split in enumerate(splits):
+        labels = [c for c in range(len(classes)) for _ in range(per_class if s == 0 else max(1, per_class // 2))]
+        labels = [labels[i] for i in rng.permutation(len(labels))]
+        images = [{"bytes": _png(class_image(c, 24, 30, rng)), "path": None} for c in labels]
+        parts[split] = Dataset.from_dict({image_column: images, label_column: labels}, features=features)
+    return DatasetDict(parts)
+
+
+def write_hf(root: Path, layout: str = "save_to_disk", **kw) -> Path:
+    """:func:`hf_dataset_dict` written by the ``datasets`` library: ``save_to_disk`` (a
+    DatasetDict's folder), ``dataset`` (its train split saved alone), or ``parquet``: the
+    hub's layout, ``root/data/{split}-00000-of-00001.parquet``. Returns ``root``."""
+    root = Path(root)
+    dataset = hf_dataset_dict(**kw)
+    if layout == "save_to_disk":
+        dataset.save_to_disk(str(root))
+    elif layout == "dataset":
+        dataset["train"].save_to_disk(str(root))
+    elif layout == "parquet":
+        for split, part in dataset.items():
+            part.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    else:
+        raise ValueError(layout)
+    return root

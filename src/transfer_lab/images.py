@@ -63,6 +63,20 @@ def find_images(patterns: Iterable[str | os.PathLike]) -> list[Path]:
 
 def open_image(path: Path):
     """A fully decoded PIL image, or a ``DatasetError`` naming the file."""
+    return _decoded(path, str(path), "replace or remove the file")
+
+
+def decode_image(data: bytes, where: str):
+    """Image bytes (a Hugging Face ``Image`` column's ``bytes``) as :func:`open_upright` opens
+    a file: fully decoded, upright by its EXIF orientation; a ``DatasetError`` naming
+    ``where`` (the file and row that held them) when they are no readable image."""
+    import io
+
+    return _upright(_decoded(io.BytesIO(data), where, "replace or remove the row"))
+
+
+def _decoded(source, where: str, remedy: str):
+    """``source`` (a path, or a binary file object) opened and decoded, checked for size."""
     from PIL import Image
 
     # The dataset readers import this module: importing theirs at the top would be circular.
@@ -70,35 +84,38 @@ def open_image(path: Path):
 
     image = None
     try:
-        if path.stat().st_size == 0:
-            raise DatasetError(f"{path}: empty file (0 bytes), not an image; replace or remove the file")
-        image = Image.open(path)
+        empty = source.stat().st_size == 0 if isinstance(source, Path) else not source.getbuffer().nbytes
+        if empty:
+            raise DatasetError(f"{where}: empty {'file' if isinstance(source, Path) else 'bytes'} (0 bytes), "
+                               f"not an image; {remedy}")
+        image = Image.open(source)
         image.load()  # decodes, and closes the file of a single-frame image
     except DatasetError:
         raise
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
+        raise DatasetError(f"{where}: no such file") from None
     except Exception as err:  # PIL raises many types for corrupt or truncated files
         if image is not None:
             image.close()
-        raise DatasetError(
-            f"{path}: not a readable image ({type(err).__name__}: {err}); replace or remove the file"
-        ) from err
+        raise DatasetError(f"{where}: not a readable image ({type(err).__name__}: {err}); {remedy}") from err
     width, height = image.size
     if min(width, height) < MIN_IMAGE_SIDE:
         image.close()
         raise DatasetError(
-            f"{path}: a {width}x{height} image; images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
-            "pixels (a placeholder or tracking pixel?); replace or remove the file"
+            f"{where}: a {width}x{height} image; images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+            f"pixels (a placeholder or tracking pixel?); {remedy}"
         )
     return image
 
 
 def open_upright(path: Path):
     """:func:`open_image`, turned upright by its EXIF orientation (photos from phones and cameras)."""
+    return _upright(open_image(path))
+
+
+def _upright(image):
     from PIL import ImageOps
 
-    image = open_image(path)
     try:
         return ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block: keep the pixels as stored

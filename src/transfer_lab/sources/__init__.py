@@ -103,9 +103,10 @@ def check_dataset(name: str, spec: base.DatasetSpec, on_disk: bool = True) -> No
     """Cheap checks that the files a source needs are where ``root`` says.
 
     Raises ValueError naming the config key, the path and what is expected there. Reads
-    no images. The workflow runs the key checks when it is parsed (``on_disk=False``: a
-    dry run plans the grid before the data is in place) and all of them first thing in
-    ``prepare_dataset``.
+    no images. The workflow runs them when it is parsed with ``on_disk=False``: a root
+    that is not there yet passes (a dry run plans the grid before the data is in place),
+    one that is there is looked at, so a bad table fails before any job; and all of them
+    first thing in ``prepare_dataset``.
     """
     where = f"datasets.{name}"
     source = get(spec.source)
@@ -125,10 +126,12 @@ def check_dataset(name: str, spec: base.DatasetSpec, on_disk: bool = True) -> No
     expected = f"expected {source.expects}"
     if not spec.root:
         raise ValueError(f"{where}.root: required for source {spec.source!r}; {expected}")
-    if not on_disk or spec.download:
+    if spec.download:
         return
     path = Path(spec.root)
     if not path.exists():
+        if not on_disk:
+            return
         raise ValueError(f"{where}.root: {spec.root} does not exist; {expected}")
     problem = source.check(path) if source.check is not None else None
     if problem:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -99,7 +100,7 @@ class Source:
 
 
 def read_images(
-    paths: Sequence[Path],
+    paths: Sequence[Any],
     size: int,
     fit: str,
     boxes: Sequence[tuple[int, int, int, int]] | None = None,
@@ -109,7 +110,8 @@ def read_images(
     """Decode image files into one preallocated uint8 (N, size, size, 3) array, logging progress.
 
     ``boxes``: optional per-image (left, top, right, bottom) crops applied before resizing;
-    ``opener``: how a file becomes a PIL image (``images.open_upright`` for photos).
+    ``opener``: how a file becomes a PIL image (``images.open_upright`` for photos); ``paths``
+    may hold whatever it takes (image bytes and where they are, for ``images.decode_image``).
     """
     # preprocess imports torch, which parsing the workflow must not: only reading needs it.
     from ..preprocess import to_storage
@@ -179,3 +181,64 @@ def check_labels(values: Any, n: int, where: str, key: str = "labels") -> np.nda
     if len(labels) and labels.min() < 0:
         raise DatasetError(f"{where}: negative label {labels.min()}; class ids start at 0")
     return labels.astype(np.int64)
+
+
+# --- labels and splits of tables (csv, hf): one rule for both ----------------------------------
+
+# The splits a table names, as a dataset calls them -> ours (null: left out). One declaration
+# for every source that takes it (the registry refuses two that differ).
+SPLIT_NAMES = Option(
+    "split_names",
+    {
+        "type": "object",
+        "additionalProperties": {"type": ["string", "null"], "enum": ["train", "validation", "test", None]},
+        "default": {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                    "test": "test"},
+        "description": "the dataset's split names, each mapped to train, validation or test (null: left out); "
+                       "a split not named here is an error. Default: train; validation, valid, val; test",
+    },
+    needs="split names of their own",
+)
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def class_names_and_ids(values: Sequence[str], where: str, column: str) -> tuple[list[str], np.ndarray]:
+    """Class names and int64 ids of text labels: every value an integer -> the names sorted in
+    numeric order ("2" before "10"), else the names sorted as text; a class's id is its
+    name's place in that order. A number that is no integer (1.5), or integers mixed with
+    names, is a :class:`DatasetError` naming ``where``, the column and examples."""
+    distinct = sorted(set(values))
+    integers = [v for v in distinct if _INTEGER.fullmatch(v)]
+    numbers = [v for v in distinct if _NUMBER.fullmatch(v) and not _INTEGER.fullmatch(v)]
+    if numbers:
+        raise DatasetError(
+            f"{where}: label column {column!r} holds numbers that are no integers ({_examples(numbers)}); "
+            "labels are class names or integer class ids"
+        )
+    if integers and len(integers) < len(distinct):
+        names = [v for v in distinct if not _INTEGER.fullmatch(v)]
+        raise DatasetError(
+            f"{where}: label column {column!r} mixes integers ({_examples(integers)}) and names "
+            f"({_examples(names)}); use one kind for every row"
+        )
+    if integers:
+        distinct = sorted(distinct, key=int)
+    index = {name: i for i, name in enumerate(distinct)}
+    return distinct, np.array([index[v] for v in values], dtype=np.int64)
+
+
+def _examples(values: Sequence[str], n: int = 3) -> str:
+    return "e.g. " + ", ".join(repr(v) for v in values[:n])
+
+
+def split_origin(value: str, split_names: Mapping[str, str | None], where: str) -> int | None:
+    """The :class:`RawDataset` ``origin`` of a row or file in split ``value`` (as the dataset
+    names it), through ``split_names``; None when it is left out (mapped to null)."""
+    if value not in split_names:
+        raise DatasetError(
+            f"{where}: unknown split {value!r}; split_names maps {', '.join(map(repr, split_names))}. "
+            "Map it to train, validation or test (or null to leave it out) in the dataset's split_names"
+        )
+    ours = split_names[value]
+    return None if ours is None else ("train", "validation", "test").index(ours)
