@@ -468,6 +468,25 @@ def test_config_naming_files_that_do_not_exist_through_snakemake(tmp_path):
     assert not (workdir / "results/datasets").exists() or not list((workdir / "results/datasets").iterdir())
 
 
+@pytest.mark.integration
+def test_csv_table_without_a_column_stops_the_workflow_before_any_job(tmp_path):
+    """A table's header is read when the workflow is parsed (a root that is not there yet is left
+    for prepare_dataset: a dry run plans before the data is in place)."""
+    workdir = copy_workflow(tmp_path / "wd")
+    table = fixtures.write_csv_table(tmp_path / "table")
+    table.write_text(table.read_text().replace("path,label", "path,class", 1))
+    write_config(workdir, {
+        "networks": {"tiny": {"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32}},
+        "datasets": {"mine": {"source": "csv", "root": str(table)}},
+        "heads": {"linear": {"kind": "linear"}},
+    })
+    run = snakemake(workdir, "-n", check=False)
+    assert run.returncode != 0
+    assert (f"invalid config:\n  datasets.mine.root: {table} has no column 'label' (its columns: path, class, note, "
+            f"split); expected {sources.get('csv').expects}") in run.output, run.output
+    assert not run.jobs and not (workdir / "results").exists()
+
+
 # --- no unsafe loading anywhere ----------------------------------------------------------------
 
 

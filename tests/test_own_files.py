@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import re
+import subprocess
+import sys
 
 import fixtures
 import numpy as np
 import pytest
-from conftest import copy_workflow, snakemake, write_config
+from conftest import REPO, copy_workflow, snakemake, write_config
 from PIL import Image
 
 from transfer_lab import sources
@@ -180,6 +183,14 @@ def test_csv_bad_image_named(tmp_path):
                    csv_table.read, spec("csv", table), reason=True)
 
 
+def test_csv_listed_files_for_the_fingerprint(tmp_path):
+    table = fixtures.write_csv_table(tmp_path)
+    files = csv_table.listed(table)
+    assert len(files) == 12 and all(f.is_file() and f.is_absolute() for f in files)
+    assert {f.parent for f in files} == {tmp_path / "images", tmp_path / "elsewhere"}
+    assert csv_table.listed(tmp_path / "missing.csv") == []  # not there yet: nothing to fingerprint
+
+
 @pytest.mark.parametrize("root, problem", [("folder", "is a folder, not a table"), ("missing", "does not exist")])
 def test_csv_check_refuses_a_folder_or_a_missing_table(tmp_path, root, problem):
     (tmp_path / "folder").mkdir()
@@ -206,7 +217,8 @@ def test_hf_save_to_disk_classes_labels_and_splits(hf_roots):
     assert np.bincount(raw.origin).tolist() == [9, 3, 3]
     assert np.bincount(raw.labels[raw.origin == 0]).tolist() == [3, 3, 3]
     check_dataset("mine", spec("hf", hf_roots["save_to_disk"]))
-    prepared = prepare_dataset(spec("hf", hf_roots["save_to_disk"]), dataclasses.replace(SPLITS, official_validation=True))
+    official = dataclasses.replace(SPLITS, official_validation=True)
+    prepared = prepare_dataset(spec("hf", hf_roots["save_to_disk"]), official)
     assert prepared.split_sizes() == {"train": 9, "validation": 3, "test": 3}
 
 
@@ -219,6 +231,29 @@ def test_hf_parquet_in_the_hubs_layout_reads_as_save_to_disk(hf_roots):
         assert np.array_equal(saved.images[saved.origin == origin], parquet.images[parquet.origin == origin])
         assert np.array_equal(saved.labels[saved.origin == origin], parquet.labels[parquet.origin == origin])
     assert parquet.class_names == saved.class_names  # from the schema's huggingface metadata
+
+
+def test_hf_parquet_named_by_number_takes_its_folders_split(hf_roots, tmp_path):
+    """The hub's parquet conversion: <config>/<split>/0000.parquet."""
+    for path in (hf_roots["parquet"] / "data").iterdir():
+        folder = tmp_path / "default" / path.name.split("-")[0]
+        folder.mkdir(parents=True)
+        (folder / "0000.parquet").write_bytes(path.read_bytes())
+    hub, converted = (hf.read(spec("hf", root)) for root in (hf_roots["parquet"], tmp_path))
+    for field in ("images", "labels", "origin"):
+        assert np.array_equal(getattr(hub, field), getattr(converted, field))
+
+
+def test_hf_reads_without_the_datasets_library(hf_roots):
+    code = (
+        "import sys\nfrom transfer_lab import sources\n"
+        f"raw = sources.get('hf').read(sources.dataset_spec({{'source': 'hf', 'root': {str(hf_roots['parquet'])!r}}}))\n"
+        "print(len(raw.labels), 'datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["15", "False"]
 
 
 def test_hf_a_dataset_saved_alone_has_no_official_splits(hf_roots):
@@ -362,20 +397,9 @@ def test_csv_and_hf_datasets_through_preparation_and_extraction(tmp_path):
         features = read_bottleneck(workdir / path)
         assert features.class_names == list(fixtures.OWN_CLASSES)
         assert len(features.labels) == prepared[dataset].split_sizes()[split] and features.features.shape[1] == 1280
-
-
-@pytest.mark.integration
-def test_bad_csv_table_fails_before_any_job(tmp_path):
-    workdir = copy_workflow(tmp_path / "wd")
-    table = fixtures.write_csv_table(tmp_path / "table")
-    table.write_text(table.read_text().replace("path,label", "path,class", 1))
-    write_config(workdir, {
-        "networks": {"tiny": {"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32}},
-        "datasets": {"mine": {"source": "csv", "root": str(table)}},
-        "heads": {"linear": {"kind": "linear"}},
-    })
-    run = snakemake(workdir, "-n", check=False)
-    assert run.returncode != 0
-    assert (f"invalid config:\n  datasets.mine.root: {table} has no column 'label' (its columns: path, class, note, "
-            f"split); expected {CSV_EXPECTED}") in run.output, run.output
-    assert not run.jobs and not (workdir / "results").exists()
+    # An image the table lists from outside its folder, rewritten: that dataset is prepared again.
+    outside = sorted((tmp_path / "table" / "elsewhere").iterdir())[0]
+    os.utime(outside, ns=(outside.stat().st_atime_ns, outside.stat().st_mtime_ns + 10**9))
+    again = snakemake(workdir, "-n", *pickles.values())
+    assert again.jobs == {"prepare_dataset": 1, "extract_features": 3}, again.output
+    assert "results/datasets/table.npz" in again.output and "results/datasets/hub.npz" not in again.output

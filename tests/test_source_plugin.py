@@ -61,7 +61,7 @@ def test_a_new_source_is_one_new_file(tmp_path):
     write_config(workdir, config)
     refused = snakemake(workdir, "-n", check=False)
     assert refused.returncode != 0
-    assert ("datasets.arrays.source: 'npy' is not valid; valid choices: cifar10, digits, gtsrb, imagefolder, "
+    assert ("datasets.arrays.source: 'npy' is not valid; valid choices: cifar10, csv, digits, gtsrb, hf, imagefolder, "
             "npy-classes, traffic-pickle") in refused.output, refused.output
 
     config["datasets"]["arrays"]["source"] = "npy-classes"

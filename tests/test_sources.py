@@ -521,8 +521,9 @@ def test_imagefolder_without_class_folders_names_root(tmp_path):
 
 def test_registry():
     assert sources.names() == sorted(sources.names())
-    assert set(sources.names()) == {"cifar10", "digits", "gtsrb", "imagefolder", "traffic-pickle"}
-    assert {n for n in sources.names() if "test" in sources.get(n).splits} == {"cifar10", "gtsrb", "traffic-pickle"}
+    assert set(sources.names()) == {"cifar10", "csv", "digits", "gtsrb", "hf", "imagefolder", "traffic-pickle"}
+    assert {n for n in sources.names() if "test" in sources.get(n).splits} == {
+        "cifar10", "csv", "gtsrb", "hf", "traffic-pickle"}
     assert all(sources.get(n).image_size > 0 for n in sources.names())
 
 

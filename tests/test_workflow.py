@@ -186,7 +186,7 @@ def _break_schema(c):
     [
         # Everything the schema catches is reported at once.
         (_break_schema, [
-            "datasets.digits.source: 'mnist' is not valid; valid choices: cifar10, digits, gtsrb, imagefolder",
+            "datasets.digits.source: 'mnist' is not valid; valid choices: cifar10, csv, digits, gtsrb, hf, imagefolder",
             "heads.linear.kind: 'svm' is not valid; valid choices: linear, logreg, mlp",
             "heads.mlp.epochs: 'ten' is not of type 'integer'",
         ]),

@@ -14,7 +14,7 @@ import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 PACKAGE = "transfer_lab"
 
@@ -162,4 +162,17 @@ def tree_fingerprint(path: str | os.PathLike) -> str:
             st = os.stat(full)
             rel = os.path.relpath(full, root)
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def files_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """Hash of the paths, sizes and modification times of these files (a missing one as missing):
+    :func:`tree_fingerprint` for the files a table lists, wherever they are."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
     return digest.hexdigest()[:16]

@@ -20,7 +20,7 @@ try:
     )
     from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
-    from transfer_lab.provenance import code_hash, tree_fingerprint, versions
+    from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
     from transfer_lab.specs import NetworkSpec
 except ImportError as err:
     raise WorkflowError(
@@ -99,14 +99,17 @@ def prepare_inputs(wildcards):
 
 
 def prepare_params(wildcards):
-    """The dataset's spec, split settings and, for a local root, a fingerprint of its files."""
+    """The dataset's spec, split settings and, for a local root, a fingerprint of its files
+    (and of the files it lists, for a source whose root is a table)."""
     spec = DATASETS[wildcards.dataset]
     local_root = spec.get("root") if not spec.get("download") else None
+    listed = sources.get(spec["source"]).listed if local_root else None
     return canonical(
         {
             **spec,
             "split": split_config(wildcards.dataset),
             "files": tree_fingerprint(local_root) if local_root else None,
+            **({"listed": files_fingerprint(listed(Path(local_root)))} if listed else {}),
         }
     )
 

@@ -94,6 +94,9 @@ class Source:
     options: tuple[Option, ...] = ()
     fetch: Fetch | None = None
     notes: str = ""  # Markdown for the docs table, after what root holds
+    # For a root that names files elsewhere (a table): those files, for the fingerprint that
+    # makes a prepared dataset stale (as every file under a folder root is); no validation.
+    listed: Callable[[Path], list[Path]] | None = None
 
 
 # --- what readers share ----------------------------------------------------------------
@@ -194,8 +197,9 @@ SPLIT_NAMES = Option(
         "additionalProperties": {"type": ["string", "null"], "enum": ["train", "validation", "test", None]},
         "default": {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                     "test": "test"},
-        "description": "the dataset's split names, each mapped to train, validation or test (null: left out); "
-                       "a split not named here is an error. Default: train; validation, valid, val; test",
+        "description": "the dataset's own split names (a csv's split values, an hf dataset's splits), each mapped "
+                       "to train, validation or test, or to null to leave it out; a name not listed is an error. "
+                       "Default: train; validation, valid and val; test",
     },
     needs="split names of their own",
 )

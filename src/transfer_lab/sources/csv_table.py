@@ -34,6 +34,26 @@ def _header(table: Path) -> tuple[list[str], str | None]:
     return header, None
 
 
+def _resolve(table: Path, cell: str) -> Path:
+    path = Path(cell.strip())
+    return path if path.is_absolute() else table.parent / path
+
+
+def listed(table: Path) -> list[Path]:
+    """Every file the table names, resolved (what a changed image makes stale); reads only the
+    path column and checks nothing: that is for :func:`read`. [] when there is no table."""
+    try:
+        header, problem = _header(table)
+        if problem:
+            return []
+        column = header.index("path")
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))[1:]
+    except OSError:
+        return []
+    return [_resolve(table, row[column]) for row in rows if column < len(row) and row[column].strip()]
+
+
 def read(spec: DatasetSpec) -> RawDataset:
     """``root``: a table of ``path,label[,split]`` rows (other columns ignored).
 
@@ -74,8 +94,7 @@ def read(spec: DatasetSpec) -> RawDataset:
                     left_out += 1
                     continue
                 origin.append(kept)
-            path = Path(cells["path"])
-            files.append(path if path.is_absolute() else table.parent / path)
+            files.append(_resolve(table, cells["path"]))
             labels.append(cells["label"])
             lines.append(where)
     if not files:
@@ -114,6 +133,8 @@ SOURCE = Source(
     fit=PHOTOS.fit,
     splits=("train", "validation", "test"),
     options=(SPLIT_NAMES,),
+    listed=listed,
     notes="labels are class names or integers, the distinct values sorted (integers in numeric order) giving the "
-          "class ids; a `split` column makes official splits, and then every row needs one; images as imagefolder's",
+          "class ids; a `split` column makes official splits, and then every row needs one; images of any size and mode, as "
+          "imagefolder's",
 )
