@@ -274,6 +274,8 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "`extract.precision`": test_precision_reruns_every_extraction,
     "`extract.batch_size`, `threads`, `shard_size`, `compile` or `device`": test_how_extraction_computes_reruns_nothing,
     "a file under a dataset's `root` (added, removed, rewritten)": test_a_file_under_a_dataset_root_reprepares_that_dataset,
+    "an image a `csv` table lists, wherever it lies, rewritten":
+        "test_own_files.py::test_csv_and_hf_datasets_through_preparation_and_extraction",
     "a dataset's `split` settings": test_a_dataset_split_override_reruns_that_dataset,
     "delete a bottleneck pickle or head": test_deleting_a_pickle_rebuilds_it_and_its_dependents,
     "the library code a step runs": test_any_library_module_reruns_the_steps_that_run_it,
