@@ -268,7 +268,8 @@ def write_OxfordIIITPet(root: Path, per_class: int = 2, classes: int = 3, seed: 
     (``<image id> <class id 1..37> <species 1 cat, 2 dog> <breed id within species>``, by
     class, then by image id as text) and ``annotations/trimaps/<image id>.png``.
     torchvision derives ``.classes`` from the image names of the split it reads, title-cased
-    (american_bulldog -> American Bulldog)."""
+    (american_bulldog -> American Bulldog), in label order: were a class missing from a
+    split, the names after it would shift against the labels (here every split has all)."""
     rng = np.random.default_rng(seed)
     breeds = _names(PET_BREEDS, classes, "OxfordIIITPet")
     base = Path(root) / "oxford-iiit-pet"
@@ -307,7 +308,9 @@ DTD_CLASSES = (
 def write_DTD(root: Path, per_class: int = 2, classes: int = 3, seed: int = 0) -> dict:
     """``dtd/dtd/images/<class>/<class>_NNNN.jpg`` and partition 1's
     ``dtd/dtd/labels/{train,val,test}1.txt`` (``<class>/<file>`` a line, by class and name).
-    torchvision's ``.classes`` is the sorted set of the classes the split's file names."""
+    torchvision's ``.classes`` is the sorted set of the classes named in the split's file, and
+    the labels index it: were a class missing from one split, that split's labels would be
+    numbered differently from the others' (here every split has all)."""
     rng = np.random.default_rng(seed)
     names = _names(DTD_CLASSES, classes, "DTD")
     data = Path(root) / "dtd" / "dtd"
