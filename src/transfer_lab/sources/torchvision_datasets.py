@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -110,7 +110,6 @@ class Dataset:
     classes: Callable[[Any], list[str]] = _own_classes
     md5_published: bool = True  # whether torchvision checks its downloads' md5
     notes: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)  # arguments for every split
 
     @property
     def source(self) -> str:
@@ -143,8 +142,7 @@ DATASETS: tuple[Dataset, ...] = (
             notes="64x64 tiles; no official splits"),
     Dataset("FGVCAircraft", "FGVC-Aircraft, 100 variants (torchvision)", _SPLIT_THREE, "fgvc-aircraft-2013b",
             "fgvc-aircraft-2013b/data/ with images/, variants.txt and images_variant_train.txt, _val.txt, "
-            "_test.txt", _listed, md5_published=False, extra={"annotation_level": "variant"},
-            notes=_VALIDATION),
+            "_test.txt", _listed, md5_published=False, notes=f"labelled by variant; {_VALIDATION}"),
     Dataset("FashionMNIST", "Fashion-MNIST (torchvision)", _TRAIN_TEST, "FashionMNIST/raw",
             "FashionMNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
             "t10k-labels-idx1-ubyte", _grey, image_size=28, fit="squash", notes="grey, stored as RGB"),
@@ -222,7 +220,7 @@ def _lenient_check(differing: dict[str, tuple[str, str]], md5_cache: dict[str, s
 def _construct(dataset: Dataset, cls, root: Path, split: str, arguments: Mapping[str, Any], **more) -> Any:
     """torchvision's class for one split, its refusals as a DatasetError naming root and the layout."""
     try:
-        return cls(str(root), **dataset.extra, **arguments, **more)
+        return cls(str(root), **arguments, **more)
     except DatasetError:
         raise
     except Exception as err:  # RuntimeError "Dataset not found", a missing split file, a malformed .mat ...
