@@ -332,3 +332,47 @@ def test_splits_naming_other_classes_refused(tmp_path):
     listing.write_text("".join(f"{line}\n" for line in lines if not line.startswith("banded/")))
     with pytest.raises(DatasetError, match=r"the test split of DTD names other classes .*\['banded'\].*same classes"):
         sources.get("torchvision:DTD").read(spec("DTD", tmp_path))
+
+
+def test_stl10_without_its_class_names_file_gets_the_published_names(tmp_path):
+    tv_layouts.write_STL10(tmp_path)
+    (tmp_path / "stl10_binary/class_names.txt").unlink()
+    raw = sources.get("torchvision:STL10").read(spec("STL10", tmp_path))
+    assert raw.class_names == ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def test_download_without_a_published_checksum_records_the_md5_got(tmp_path, served, monkeypatch, caplog):
+    from torchvision.datasets import FGVCAircraft
+
+    tv_layouts.write_FGVCAircraft(tmp_path / "toy")
+    folder, url = served
+    with tarfile.open(folder / "fgvc-aircraft-2013b.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "toy/fgvc-aircraft-2013b", arcname="fgvc-aircraft-2013b")
+    md5 = hashlib.md5((folder / "fgvc-aircraft-2013b.tar.gz").read_bytes()).hexdigest()
+    monkeypatch.setattr(FGVCAircraft, "_URL", url + "fgvc-aircraft-2013b.tar.gz")
+    caplog.set_level(logging.WARNING)
+    manifest = tvd.fetch(tvd.BY_NAME["FGVCAircraft"], tmp_path / "raw")
+    (download,) = json.loads(manifest.read_text())["downloads"]
+    assert download == {"url": FGVCAircraft._URL, "file": "fgvc-aircraft-2013b.tar.gz", "md5": md5,
+                        "verified": False}
+    assert any("publishes no checksum" in r.getMessage() and md5 in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.integration
+def test_download_true_plans_fetch_dataset_writing_the_manifest(tmp_path):
+    workdir = copy_workflow(tmp_path / "wd")
+    write_config(workdir, {
+        "networks": {"tiny": {"arch": "timm:tf_efficientnet_lite0", "weights": "random", "input_size": 32}},
+        "datasets": {"svhn": {"source": "torchvision:SVHN", "download": True}},
+        "heads": {"linear": {"kind": "linear"}},
+    })
+    run = snakemake(workdir, "-n", "resources/raw/svhn/torchvision-SVHN.json", "results/datasets/svhn.npz")
+    assert run.jobs == {"fetch_dataset": 1, "prepare_dataset": 1}, run.output
+
+
+def test_reading_with_download_true_fetches_what_is_missing(tmp_path, served, monkeypatch):
+    written = _serve_mnist(tmp_path, served, monkeypatch)
+    root = tmp_path / "resources/raw/mnist"
+    raw = sources.get("torchvision:MNIST").read(spec("MNIST", root, download=True))
+    assert len(raw.labels) == sum(written["splits"].values())
+    assert (root / "torchvision-MNIST.json").is_file()
