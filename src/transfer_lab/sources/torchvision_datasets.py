@@ -182,7 +182,8 @@ class _RestrictedPickle:
 
 @contextlib.contextmanager
 def _patched(module, **names: Any) -> Iterator[None]:
-    """``module``'s globals ``names`` replaced (those it has) for the duration."""
+    """``module``'s globals ``names`` replaced (those it has) for the duration: process-wide,
+    so one read at a time per process (``prepare_dataset`` is one process per dataset)."""
     saved = {name: getattr(module, name) for name in names if hasattr(module, name)}
     try:
         for name in saved:
