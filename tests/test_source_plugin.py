@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from conftest import copy_workflow, snakemake, write_config
 
+from transfer_lab import sources
 from transfer_lab.datasets import load_prepared
 
 pytestmark = pytest.mark.integration
@@ -61,8 +62,8 @@ def test_a_new_source_is_one_new_file(tmp_path):
     write_config(workdir, config)
     refused = snakemake(workdir, "-n", check=False)
     assert refused.returncode != 0
-    assert ("datasets.arrays.source: 'npy' is not valid; valid choices: cifar10, csv, digits, gtsrb, hf, imagefolder, "
-            "npy-classes, traffic-pickle") in refused.output, refused.output
+    choices = ", ".join(sorted([*sources.names(), "npy-classes"]))
+    assert f"datasets.arrays.source: 'npy' is not valid; valid choices: {choices}" in refused.output, refused.output
 
     config["datasets"]["arrays"]["source"] = "npy-classes"
     write_config(workdir, config)

@@ -521,9 +521,11 @@ def test_imagefolder_without_class_folders_names_root(tmp_path):
 
 def test_registry():
     assert sources.names() == sorted(sources.names())
-    assert set(sources.names()) == {"cifar10", "csv", "digits", "gtsrb", "hf", "imagefolder", "traffic-pickle"}
-    assert {n for n in sources.names() if "test" in sources.get(n).splits} == {
-        "cifar10", "csv", "gtsrb", "hf", "traffic-pickle"}
+    torchvision = {f"torchvision:{c}" for c in ("CIFAR100", "DTD", "EuroSAT", "FGVCAircraft", "FashionMNIST",
+                                               "Flowers102", "Food101", "MNIST", "OxfordIIITPet", "STL10", "SVHN")}
+    assert set(sources.names()) == {"cifar10", "csv", "digits", "gtsrb", "hf", "imagefolder", "traffic-pickle"} | torchvision
+    tested = {"cifar10", "csv", "gtsrb", "hf", "traffic-pickle"} | torchvision - {"torchvision:EuroSAT"}
+    assert {n for n in sources.names() if "test" in sources.get(n).splits} == tested
     assert all(sources.get(n).image_size > 0 for n in sources.names())
 
 

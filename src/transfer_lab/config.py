@@ -60,7 +60,12 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "enum":
-        return f"{error.instance!r} is not valid; valid choices: {', '.join(map(str, error.validator_value))}"
+        message = f"{error.instance!r} is not valid; valid choices: {', '.join(map(str, error.validator_value))}"
+        path = list(error.absolute_path)
+        if path[:1] == ["datasets"] and path[-1:] == ["source"] and isinstance(error.instance, str):
+            close = sources.close_matches(error.instance)
+            message += f"; did you mean: {', '.join(close)}?" if close else ""
+        return message
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"{error.message}; valid keys: {', '.join(allowed)}"

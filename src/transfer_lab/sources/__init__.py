@@ -1,7 +1,8 @@
 """Dataset sources: readers of the formats people actually have on disk, one module each.
 
 Every module of this package that defines a module-level ``SOURCE``
-(a :class:`~transfer_lab.sources.base.Source`) is a source: adding a format is adding
+(a :class:`~transfer_lab.sources.base.Source`), or a family of them as ``SOURCES``
+(torchvision's datasets, ``torchvision:<Class>``), is a source: adding a format is adding
 one file. Everything else the project knows about sources comes from those descriptors:
 the config schema's choices and options (:func:`schema_properties`), the checks before
 any job (:func:`check_dataset`), storage size and fit, official splits, the file rule
@@ -12,6 +13,7 @@ No torch here: the workflow reads all of it when it is parsed.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import pkgutil
@@ -28,16 +30,15 @@ _FIT_WORDS = {"squash": "resized to a square", "crop": "shorter side resized, ce
 
 @functools.cache
 def _registry() -> dict[str, base.Source]:
-    """name -> descriptor, by name, for every module here that defines ``SOURCE``."""
+    """name -> descriptor, by name, for every module here that defines ``SOURCE`` or ``SOURCES``."""
     found: dict[str, base.Source] = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        source = getattr(module, "SOURCE", None)
-        if source is None:
-            continue
-        if source.name in found:
-            raise RuntimeError(f"{module.__name__}: source {source.name!r} is already defined by another module")
-        found[source.name] = source
+        single = getattr(module, "SOURCE", None)
+        for source in ([single] if single is not None else []) + list(getattr(module, "SOURCES", ())):
+            if source.name in found:
+                raise RuntimeError(f"{module.__name__}: source {source.name!r} is already defined")
+            found[source.name] = source
     return dict(sorted(found.items()))
 
 
@@ -60,12 +61,27 @@ def names() -> list[str]:
     return list(_registry())
 
 
+def close_matches(name: str) -> list[str]:
+    """The sources ``name`` may have meant: similar names, case aside, with or without a
+    family's prefix (``mnist``, ``torchvision:Cifar100``)."""
+    # A family's names are compared by what follows the prefix: the prefix alike in all
+    # of them would make every one look close.
+    keys = {n.lower().rsplit(":", 1)[-1]: n for n in names()}
+    return [keys[k] for k in difflib.get_close_matches(name.lower().rsplit(":", 1)[-1], list(keys), n=3)]
+
+
 def get(name: str) -> base.Source:
-    """The descriptor of source ``name``; an unknown name is refused listing the valid ones."""
+    """The descriptor of source ``name``; an unknown name is refused listing the valid
+    ones, and those close to it."""
     try:
         return _registry()[name]
     except KeyError:
-        raise ValueError(f"unknown dataset source {name!r}; valid: {', '.join(names())}") from None
+        close = close_matches(name)
+        raise ValueError(
+            f"unknown dataset source {name!r}"
+            + (f"; did you mean: {', '.join(close)}?" if close else "")
+            + f" Valid: {', '.join(names())}"
+        ) from None
 
 
 def dataset_spec(entry: Mapping[str, Any]) -> base.DatasetSpec:
@@ -169,8 +185,8 @@ def docs_table() -> str:
         holds = [_markdown(s.expects)] + ([s.notes] if s.notes else [])
         holds += [f"`{o.name}`: {o.schema['description']}" for o in s.options]
         if s.fetch is not None:
-            holds.append(f"`download: true` fetches `{s.fetch.file}` (checksum verified) into "
-                         f"`{download_root('<name>')}/`")
+            what = s.fetch.what or f"`{s.fetch.file}` (checksum verified)"
+            holds.append(f"`download: true` fetches {what} into `{download_root('<name>')}/`")
         cells = [f"`{s.name}`", s.title, "; ".join(holds), f"{s.image_size}, {_FIT_WORDS[s.fit]}",
                  ", ".join(s.splits) or "none: carved by `split`"]
         lines.append(f"| {' | '.join(cells)} |")

@@ -74,12 +74,14 @@ class Fetch:
 
     file: str  # what the download writes into the dataset's folder: the output of rule fetch_dataset
     download: Callable[[Path], Path]  # that folder -> the file, verified; reused when already there
+    what: str = ""  # Markdown for the docs table: what is fetched; "" = the file, checksum verified
 
 
 @dataclass(frozen=True)
 class Source:
     """Everything the project knows about one dataset format; a module of
-    :mod:`transfer_lab.sources` that defines a module-level ``SOURCE`` registers it."""
+    :mod:`transfer_lab.sources` that defines a module-level ``SOURCE`` (or a family of
+    them, ``SOURCES``) registers it."""
 
     name: str  # the config's ``source``
     title: str  # what it is, in a few words (schema description, docs table)
