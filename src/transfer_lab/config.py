@@ -149,7 +149,8 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
 
     ``check_resources`` also checks what the schema cannot: that archs and weights
     exist in the installed torchvision/timm, and the dataset keys that depend on the
-    source. Whether a dataset's files are in place is checked by ``prepare_dataset``.
+    source, and a dataset root that is already there (cheaply: a table's header). Whether
+    a dataset's files are all in place is checked by ``prepare_dataset``.
     """
     coerce_command_line_strings(config, schema, schema)
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
