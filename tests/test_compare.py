@@ -235,14 +235,23 @@ def test_fine_tuning_rows_sit_beside_heads_without_extraction_cost(inputs):
     assert summary_lines(table)[0] == "digits: resnet (resnet50, mlp head on its features): validation 95.0%, test 92.5%"
 
 
-def features_meta(arch="resnet50", weights="IMAGENET1K_V1", input_size=224, layer="penultimate", pool=None):
-    """The features' meta a head's metrics carry (``meta.features``), as network_meta writes it;
-    ``pool`` as a NetworkSpec that has the key records it in ``network_spec``."""
-    spec = {"arch": arch, "weights": weights, "input_size": None, "layer": None}
+def features_meta(arch="resnet50", weights="IMAGENET1K_V1", input_size=224, layer=None, pool=None):
+    """The features' meta a head's metrics carry (``meta.features``), as network_meta writes it
+    for a network whose preprocessing crops to ``input_size``; ``pool`` as a NetworkSpec with
+    that key records it in ``network_spec``."""
+    from transfer_lab.networks import network_meta
+    from transfer_lab.preprocess import Preprocess
+    from transfer_lab.specs import NetworkSpec
+
+    spec = NetworkSpec(arch, weights, layer=layer)
+    crop = Preprocess(input_size + 32, input_size, "bilinear", (0.5,) * 3, (0.5,) * 3) if input_size else None
+    meta = network_meta("net", "data", spec, crop or Preprocess(256, 224, "bilinear", (0.5,) * 3, (0.5,) * 3),
+                        {"seed": 0}, {})
+    if input_size is None:
+        del meta["input_size"]  # an older file
     if pool is not None:
-        spec["pool"] = pool
-    return {"network_spec": json.dumps(spec, sort_keys=True), "arch": arch, "weights": weights,
-            "input_size": input_size, "layer": layer}
+        meta["network_spec"] = json.dumps({**spec.to_dict(), "pool": pool}, sort_keys=True)
+    return meta
 
 
 def probe_metrics(network="resnet", dataset="cifar", head_kind="logreg", **meta):
