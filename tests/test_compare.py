@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from transfer_lab import references
 from transfer_lab.compare import (
     COLUMNS,
     SHOWN,
@@ -20,6 +22,7 @@ from transfer_lab.compare import (
     to_markdown,
     write_table,
 )
+from transfer_lab.references import Reference
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -232,24 +235,122 @@ def test_fine_tuning_rows_sit_beside_heads_without_extraction_cost(inputs):
     assert summary_lines(table)[0] == "digits: resnet (resnet50, mlp head on its features): validation 95.0%, test 92.5%"
 
 
+def features_meta(arch="resnet50", weights="IMAGENET1K_V1", input_size=224, layer=None, pool=None):
+    """The features' meta a head's metrics carry (``meta.features``), as network_meta writes it
+    for a network whose preprocessing crops to ``input_size``; ``pool`` as a NetworkSpec with
+    that key records it in ``network_spec``."""
+    from transfer_lab.networks import network_meta
+    from transfer_lab.preprocess import Preprocess
+    from transfer_lab.specs import NetworkSpec
+
+    spec = NetworkSpec(arch, weights, layer=layer)
+    crop = Preprocess(input_size + 32, input_size, "bilinear", (0.5,) * 3, (0.5,) * 3) if input_size else None
+    meta = network_meta("net", "data", spec, crop or Preprocess(256, 224, "bilinear", (0.5,) * 3, (0.5,) * 3),
+                        {"seed": 0}, {})
+    if input_size is None:
+        del meta["input_size"]  # an older file
+    if pool is not None:
+        meta["network_spec"] = json.dumps({**spec.to_dict(), "pool": pool}, sort_keys=True)
+    return meta
+
+
+def probe_metrics(network="resnet", dataset="cifar", head_kind="logreg", **meta):
+    m = head_metrics(network, dataset, "probe", 0.9, test=0.9, n_test=40)
+    meta = {"arch": m["arch"], **meta}
+    return {**m, "head_kind": head_kind, "weights": meta.get("weights", "IMAGENET1K_V1"),
+            "meta": {"features": features_meta(**meta)}}
+
+
+FULL = {"cifar": {"source": "cifar10", "train_per_class": None}}
+
+
 def test_rows_of_a_published_protocol_carry_its_number():
     lab = {"cifar": {"source": "cifar10", "train_per_class": 100}}
     metrics = [
-        {**head_metrics("resnet", "cifar", "linear", 0.7), "arch": "resnet50"},
-        {**head_metrics("vgg", "cifar", "linear", 0.7), "arch": "vgg16"},
+        {**head_metrics("resnet", "cifar", "linear", 0.7), "weights": "IMAGENET1K_V1"},
+        {**head_metrics("vgg", "cifar", "linear", 0.7), "arch": "vgg16"},  # DEFAULT: VGG16's only weights
         {**head_metrics("vgg", "cifar", "mlp", 0.7), "arch": "vgg16"},  # not the lab's head
     ]
     table = comparison_table(metrics, [], lab)
-    assert row(table, "resnet", "cifar", "linear").reference == "73–74% validation (lab forks, 100/class)"
-    assert row(table, "vgg", "cifar", "linear").reference == "71–76% validation (lab forks, 100/class)"
-    assert row(table, "vgg", "cifar", "mlp").reference == ""
+    assert row(table, "resnet", "cifar", "linear").reference == \
+        "73–74% validation accuracy (lab forks, 100/class)"
+    assert row(table, "resnet", "cifar", "linear").reference_metric == "validation_accuracy"
+    assert row(table, "vgg", "cifar", "linear").reference == "71–76% validation accuracy (lab forks, 100/class)"
+    assert row(table, "vgg", "cifar", "mlp").reference == row(table, "vgg", "cifar", "mlp").reference_metric == ""
+    assert "73–74% validation accuracy" in to_markdown(table)
+    assert "reference_metric" not in to_markdown(table)
+    # ResNet-50's DEFAULT weights are IMAGENET1K_V2, which the lab never had.
+    v2 = {**metrics[0], "weights": "DEFAULT"}
+    assert comparison_table([v2], [], lab).loc[0, "reference"] == ""
     # The full training set is another protocol: no lab number, but the CLIP linear probe's.
-    full = {"cifar": {"source": "cifar10", "train_per_class": None}}
-    assert comparison_table(metrics[:1], [], full).loc[0, "reference"] == ""
-    probe = {**head_metrics("resnet", "cifar", "probe", 0.9), "head_kind": "logreg"}
-    assert comparison_table([probe], [], full).loc[0, "reference"] == \
-        "91.8% test (CLIP paper linear probe, full train)"
-    assert "73–74% validation" in to_markdown(table)
+    assert comparison_table(metrics[:1], [], FULL).loc[0, "reference"] == ""
+    r = comparison_table([probe_metrics()], [], FULL).loc[0]
+    assert r.reference == "91.8% test accuracy (CLIP paper linear probe, full train)"
+    assert r.reference_metric == "test_accuracy"
+
+
+@pytest.mark.parametrize("change", [
+    {"input_size": 96},                  # a quick run at another resolution
+    {"input_size": None},                # not recorded (an older file)
+    {"weights": "DEFAULT"},              # IMAGENET1K_V2 for ResNet-50
+    {"weights": "random"},
+    {"layer": "layer3"},                 # not the penultimate features
+    {"pool": "cls+mean"},                # another pooling than the model's own
+    {"head_kind": "linear"},             # another classifier
+    {"head_kind": "knn"},
+])
+def test_a_row_off_the_published_protocol_gets_no_reference(change):
+    assert comparison_table([probe_metrics(**change)], [], FULL).loc[0, "reference"] == ""
+
+
+def test_a_training_subset_or_a_row_without_features_meta_gets_no_published_number():
+    subset = {"cifar": {"source": "cifar10", "train_per_class": 100}}
+    assert comparison_table([probe_metrics()], [], subset).loc[0, "reference"] == ""
+    bare = {**probe_metrics()}
+    del bare["meta"]
+    assert comparison_table([bare], [], FULL).loc[0, "reference"] == ""
+    finetuned = {**probe_metrics(head_kind="finetune"), "method": "finetune"}
+    assert comparison_table([finetuned], [], FULL).loc[0, "reference"] == ""
+
+
+def test_reference_describe_names_the_metric_split_and_protocol():
+    per_class = Reference("timm:some_vit.tag", "torchvision:FGVCAircraft", ("logreg",), None, "test",
+                          0.5, 0.5, "a paper, Table 1", metric="balanced_accuracy", weights=("DEFAULT",),
+                          input_size=224)
+    assert per_class.describe() == "50.0% test mean per-class accuracy (a paper, Table 1, full train)"
+    assert per_class.column == "test_balanced_accuracy"
+    lab = Reference("vgg16", "cifar10", ("linear",), 100, "validation", 0.71, 0.76, "lab forks")
+    assert lab.describe() == "71–76% validation accuracy (lab forks, 100/class)"
+    with pytest.raises(ValueError, match="metric"):
+        Reference("vgg16", "cifar10", ("linear",), 100, "test", 0.7, 0.7, "x", metric="top5_accuracy")
+
+
+def test_a_mean_per_class_reference_stands_beside_balanced_accuracy(monkeypatch):
+    ref = Reference("timm:vit_base_patch16_clip_224.openai", "torchvision:OxfordIIITPet", ("logreg",), None,
+                    "test", 0.9, 0.9, "a paper", metric="balanced_accuracy", weights=("DEFAULT",),
+                    input_size=224)
+    monkeypatch.setattr(references, "REFERENCES", (ref,))
+    pets = {"pets": {"source": "torchvision:OxfordIIITPet", "train_per_class": None}}
+    m = {**probe_metrics(dataset="pets", arch="timm:vit_base_patch16_clip_224.openai", weights="DEFAULT"),
+         "arch": "timm:vit_base_patch16_clip_224.openai"}
+    r = comparison_table([m], [], pets).loc[0]
+    assert r.reference == "90.0% test mean per-class accuracy (a paper, full train)"
+    assert r.reference_metric == "test_balanced_accuracy"
+    # The DINOv2-style pooled variant of the same model is another protocol.
+    pooled = {**probe_metrics(dataset="pets", arch="timm:vit_base_patch16_clip_224.openai", weights="DEFAULT",
+                              pool="cls+mean"), "arch": "timm:vit_base_patch16_clip_224.openai"}
+    assert comparison_table([pooled], [], pets).loc[0, "reference"] == ""
+
+
+def test_default_weights_in_references_are_the_v1_weights_they_stand_for():
+    """A reference that accepts 'DEFAULT' for a torchvision arch means the one tag it lists;
+    torchvision still resolves DEFAULT to it (else a newer DEFAULT would match silently)."""
+    from transfer_lab.catalog import catalog
+
+    for ref in references.REFERENCES:
+        if ref.weights and "DEFAULT" in ref.weights and not ref.arch.startswith("timm:"):
+            tags = [w for w in ref.weights if w != "DEFAULT"]
+            assert tags == [catalog().torchvision[ref.arch].default], ref
 
 
 def test_html_and_report_summary(table, tmp_path):

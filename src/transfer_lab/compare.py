@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import os
 from collections.abc import Sequence
 
@@ -22,7 +23,7 @@ import pandas as pd
 from .evaluation import correct_matrix, repeat_scores
 from .files import atomic_write
 from .ranking import VERDICT_COLUMNS, add_verdicts, percent, select_best, shown_metric, verdict_lines
-from .references import reference_for
+from .references import Protocol, find_reference
 from .uncertainty import BOOTSTRAP, Bootstrap, summarise_accuracy
 
 COLUMNS = [
@@ -32,11 +33,11 @@ COLUMNS = [
     "test_accuracy", "test_accuracy_sd", "test_accuracy_low", "test_accuracy_high",
     "test_balanced_accuracy", "test_macro_f1", "test_top5_accuracy",
     "best", *VERDICT_COLUMNS,
-    "reference", "extract_seconds", "images_per_second", "head_seconds",
+    "reference", "reference_metric", "extract_seconds", "images_per_second", "head_seconds",
 ]
 # The Markdown and HTML tables: spreads and intervals go into the accuracy cells, the
 # verdict into its sentence above the table.
-SHOWN = [c for c in COLUMNS if not c.endswith(("_sd", "_low", "_high")) and c != "verdict"]
+SHOWN = [c for c in COLUMNS if not c.endswith(("_sd", "_low", "_high")) and c not in ("verdict", "reference_metric")]
 BEST_NOTE = ("**Bold**: the best classifier of each (network, dataset), chosen on validation "
              "{select}; test accuracy is reported, never used to choose.")
 
@@ -66,6 +67,21 @@ def score_columns(m: dict, bootstrap: Bootstrap = BOOTSTRAP) -> dict:
     return out
 
 
+def row_protocol(m: dict, dataset: dict) -> Protocol:
+    """What a head's metrics ``m`` (and its features' meta, ``m["meta"]["features"]``) say of
+    the protocol it followed, for matching published references. ``dataset``: the
+    dataset's ``source`` and ``train_per_class``. What the metrics do not record (an older
+    file, a fine-tuned network) is None and matches no reference that constrains it."""
+    features = (m.get("meta") or {}).get("features") or {}
+    spec = json.loads(features["network_spec"]) if features.get("network_spec") else {}
+    return Protocol(
+        arch=m["arch"], source=dataset.get("source"), head_kind=m.get("head_kind", m["head"]),
+        train_per_class=dataset.get("train_per_class"), weights=m.get("weights"),
+        input_size=features.get("input_size"), layer=features.get("layer"),
+        pool=features.get("pool", spec.get("pool")),
+    )
+
+
 def comparison_table(
     head_metrics: list[dict],
     extract_metrics: list[dict],
@@ -82,7 +98,8 @@ def comparison_table(
     throughput, model loading excluded; after a resumed run it counts the images that
     run computed (``n_computed``), not those taken from earlier shards. ``datasets``
     (name -> ``source``, ``train_per_class``) lets rows that follow a published protocol
-    carry its number.
+    carry its number (``reference``) and the column to read it beside (``reference_metric``:
+    ``test_accuracy``, or ``test_balanced_accuracy`` for a mean per-class accuracy).
     """
     cost: dict[tuple[str, str], list[float]] = {}
     for m in extract_metrics:
@@ -98,6 +115,7 @@ def comparison_table(
             else (float("nan"), 0)
         )
         info = datasets.get(m["dataset"], {})
+        ref = find_reference(row_protocol(m, info))
         rows.append({
             "network": m["network"], "arch": m["arch"], "weights": m["weights"],
             "dataset": m["dataset"], "method": method, "head": m["head"],
@@ -106,8 +124,8 @@ def comparison_table(
             "n_test": m["n"].get("test", 0),
             **score_columns(m, bootstrap),
             "best": False,
-            "reference": reference_for(m["arch"], info.get("source"), m.get("head_kind", m["head"]),
-                                       info.get("train_per_class")),
+            "reference": ref.describe() if ref else "",
+            "reference_metric": ref.column if ref else "",
             "extract_seconds": seconds,
             "images_per_second": n_images / seconds if seconds and seconds > 0 else float("nan"),
             "head_seconds": m["train_seconds"],
