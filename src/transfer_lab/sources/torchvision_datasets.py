@@ -45,13 +45,14 @@ from .base import (
     resize_all,
     unpickle,
 )
+from .imagefolder import SOURCE as PHOTOS
 
 log = logging.getLogger(__name__)
 
 PREFIX = "torchvision:"
-# The storage default of the photo datasets (any size and aspect): shorter side to this,
-# centre-cropped. The small datasets keep their native size.
-PHOTO_SIZE = 64
+# The storage default of the photo datasets (any size and aspect): imagefolder's (shorter
+# side to it, centre-cropped), as for every photo source. The small datasets keep their native size.
+PHOTO_SIZE = PHOTOS.image_size
 # RawDataset.origin of each official split (datasets.SPLITS order).
 _ORIGIN = {"train": 0, "validation": 1, "test": 2}
 # Where a download is put together before it is moved into root (a killed one is removed).
