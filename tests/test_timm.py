@@ -72,6 +72,37 @@ def test_the_same_weights_by_tag_in_the_arch_or_as_weights(tmp_path, hub_cache):
     torch.testing.assert_close(a, b)
 
 
+def test_across_file_systems_the_cached_file_is_copied(tmp_path, hub_cache, monkeypatch):
+    import errno
+
+    write_timm_hub_cache(hub_cache, VIT)
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    path = fetch_weights(NetworkSpec(arch=f"timm:{VIT}").fetched_weights, tmp_path)
+    blob = hub_cache / f"models--timm--{VIT}" / "snapshots" / HF_REVISION / "model.safetensors"
+    assert not os.path.samefile(path, blob) and path.read_bytes() == blob.read_bytes()
+
+
+def test_fetch_weights_finds_the_cache_under_hf_home(tmp_path):
+    """Without HF_HUB_CACHE, huggingface_hub's cache is $HF_HOME/hub (read at its import: a fresh process)."""
+    import subprocess
+    import sys
+
+    write_timm_hub_cache(tmp_path / "home" / "hub", VIT)
+    code = ("from transfer_lab.networks import fetch_weights; from transfer_lab.specs import NetworkSpec; "
+            f"print(fetch_weights(NetworkSpec(arch='timm:{VIT}').fetched_weights, 'weights'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"weights/timm/{VIT}/model.safetensors"
+    assert os.path.samefile(tmp_path / out.stdout.strip(),
+                            tmp_path / "home/hub" / f"models--timm--{VIT}/snapshots/{HF_REVISION}/model.safetensors")
+
+
 def test_a_repository_with_only_pytorch_model_bin_is_fetched_as_safetensors(tmp_path, hub_cache):
     """timm's fallback when a repository has no model.safetensors; the file keeps the name the DAG knows."""
     reference = write_timm_hub_cache(hub_cache, VIT, seed=5, safetensors=False)
