@@ -28,7 +28,7 @@ wildcard_constraints:
     head=alternatives(HEADS),
     split="train|validation|test",
     shots="[0-9]+",
-    checkpoint=alternatives(CHECKPOINTS) or "[^/]+",
+    weights_file=alternatives(FETCHED_WEIGHTS) or "checkpoints/[^/]+",
 
 
 include: "workflow/rules/datasets.smk"

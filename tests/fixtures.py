@@ -365,3 +365,51 @@ def write_hf(root: Path, layout: str = "save_to_disk", **kw) -> Path:
     else:
         raise ValueError(layout)
     return root
+
+
+# --- a Hugging Face hub cache, as hf_hub_download leaves it -----------------------------------
+
+HF_REVISION = "3f2c1b0a9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"  # a commit hash, as refs/main names one
+
+
+def write_hf_cache(cache: Path, repo_id: str, files: dict[str, bytes], revision: str = HF_REVISION) -> Path:
+    """``files`` of the model repository ``repo_id`` in the hub cache ``cache`` (what
+    ``HF_HUB_CACHE`` names) as ``hf_hub_download`` lays them out::
+
+        models--<owner>--<name>/blobs/<sha256>
+        models--<owner>--<name>/snapshots/<revision>/<file>  -> ../../blobs/<sha256>
+        models--<owner>--<name>/refs/main                      (the revision)
+
+    Returns the snapshot folder."""
+    import hashlib
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    for folder in (repo / "blobs", snapshot, repo / "refs"):
+        folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = hashlib.sha256(data).hexdigest()
+        (repo / "blobs" / blob).write_bytes(data)
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", blob))
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def write_timm_hub_cache(cache: Path, model_name: str, seed: int = 0, safetensors: bool = True):
+    """A timm model's hub repository ``timm/<model_name>`` in the hub cache ``cache``, as timm
+    publishes it (``save_for_hf``: model.safetensors and config.json), with random weights
+    (seeded); ``safetensors=False``: pytorch_model.bin instead, as some repositories hold.
+    Returns the model with those weights, in eval mode."""
+    import tempfile
+
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    model = timm.create_model(model_name, pretrained=False).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        save_for_hf(model, folder, safe_serialization=safetensors)
+        files = {p.name: p.read_bytes() for p in Path(folder).iterdir()}
+    write_hf_cache(cache, f"timm/{model_name}", files)
+    return model

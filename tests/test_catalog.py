@@ -58,11 +58,28 @@ def test_what_the_catalog_knows(cache):
     # The smallest inputs come from the weights' metadata (they used to be a hand-kept table).
     assert (known.torchvision["alexnet"].min_size, known.torchvision["inception_v3"].min_size) == (63, 75)
     assert "tf_efficientnet_lite0" in known.timm and "vit_small_patch14_dinov2" in known.timm
+    # timm: each architecture's pretrained tags, its default first, and where each file is.
+    assert known.timm["vit_small_patch14_dinov2"][0] == "lvd142m" and "fb_in22k" in known.timm["convnext_tiny"]
+    assert known.timm["beit3_giant_patch14_224"] == ()  # no pretrained weights
+    assert known.timm_source("vit_base_patch16_clip_224", "openai") == {"hf_hub_id": "timm/vit_base_patch16_clip_224.openai"}
+    assert known.timm_source("gcvit_xtiny", "in1k")["url"].endswith("/gcvit_xtiny_224_nvidia-274b92b7.pth")
+    assert known.timm_source("cspnext_s", "rsb_a1_in1k") == {"hf_hub_id": "munehiro-k/cspnext_s.rsb_a1_in1k"}
+    # Transformers (their features are tokens), not convolutional networks.
+    assert {"vit_small_patch14_dinov2", "vit_base_patch16_clip_224", "deit_small_patch16_224", "eva02_small_patch14_224",
+            "beit_base_patch16_224"} <= known.timm_tokens
+    assert not {"tf_efficientnet_lite0", "convnext_tiny", "resnet50", "qwen3_vit_88m"} & known.timm_tokens
+
+
+def test_the_catalog_file_stays_small(cache):
+    """It is read by every parse; timm's sources are stored only where they differ from its rule."""
+    catalog.catalog()
+    assert catalog.cache_path(catalog.library_versions()).stat().st_size < 150_000
 
 
 def test_specs_resolve_weights_through_the_catalog(cache):
-    assert NetworkSpec(arch="resnet50").checkpoint_name == "resnet50-11ad3fa6.pth"  # DEFAULT: IMAGENET1K_V2
-    assert NetworkSpec(arch="resnet50", weights="IMAGENET1K_V1").checkpoint_name == "resnet50-0676ba61.pth"
+    assert NetworkSpec(arch="resnet50").fetched_weights.path == "checkpoints/resnet50-11ad3fa6.pth"  # IMAGENET1K_V2
+    assert NetworkSpec(arch="resnet50", weights="IMAGENET1K_V1").fetched_weights.path == "checkpoints/resnet50-0676ba61.pth"
+    assert NetworkSpec(arch="timm:convnext_tiny").fetched_weights.path == "timm/convnext_tiny.in12k_ft_in1k/model.safetensors"
     check_network("dino", NetworkSpec(arch="timm:vit_small_patch14_dinov2.lvd142m", weights="random"))  # a tag
     with pytest.raises(ValueError, match=r"networks.n.arch: unknown timm model 'vit_smal_patch16_224'; did you "
                                          r"mean: timm:vit_small_patch16_224"):

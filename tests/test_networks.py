@@ -211,8 +211,8 @@ def test_fetch_checkpoint_takes_the_hub_cache_copy_and_loads_from_it(tmp_path, m
 
     reference = _seed_hub_cache(tmp_path, monkeypatch)
     spec = NetworkSpec(arch="resnet18", weights="DEFAULT")
-    assert spec.checkpoint_name == "resnet18-f37072fd.pth"
-    dest = fetch_checkpoint(spec.checkpoint_url, tmp_path / "resources" / "weights")
+    assert spec.fetched_weights.path == "checkpoints/resnet18-f37072fd.pth"
+    dest = fetch_checkpoint(spec.fetched_weights.url, tmp_path / "resources" / "weights")
     assert dest == tmp_path / "resources/weights/checkpoints/resnet18-f37072fd.pth"
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "elsewhere"))  # hub cache now empty
     backbone = load_backbone(spec, checkpoint_dir=tmp_path / "resources" / "weights")
@@ -228,7 +228,7 @@ def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monk
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     with pytest.raises(RuntimeError) as err:
-        fetch_checkpoint(NetworkSpec(arch="alexnet", weights="IMAGENET1K_V1").checkpoint_url, tmp_path / "weights")
+        fetch_checkpoint(NetworkSpec(arch="alexnet", weights="IMAGENET1K_V1").fetched_weights.url, tmp_path / "weights")
     message = str(err.value)
     assert "alexnet-owt-7be5be79.pth" in message
     assert str(tmp_path / "weights" / "checkpoints") in message and str(tmp_path / "hub" / "checkpoints") in message
@@ -237,5 +237,6 @@ def test_fetch_checkpoint_offline_names_the_file_and_both_folders(tmp_path, monk
 
 def test_no_fetch_for_weights_that_need_none():
     for spec in (NetworkSpec(arch="resnet18", weights="random"), NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled"),
-                 NetworkSpec(arch="resnet18", weights="/x/y.pth")):
-        assert spec.checkpoint_name is None
+                 NetworkSpec(arch="resnet18", weights="/x/y.pth"), NetworkSpec(arch="timm:test_vit", weights="random"),
+                 NetworkSpec(arch="timm:test_vit", weights="/x/y.pth")):
+        assert spec.fetched_weights is None

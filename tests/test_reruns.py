@@ -136,12 +136,18 @@ def test_adding_a_network_runs_that_network_only(workdir):
 
 
 @pytest.mark.parametrize("key, value", [("arch", "resnet18"), ("weights", "bundled"), ("input_size", 48),
-                                        ("layer", "blocks.5")])
+                                        ("layer", "blocks.5"), ("pool", "cls+mean")])
 def test_a_network_setting_reruns_that_network(workdir, key, value):
-    """Row: a network's `arch`, `weights`, `input_size` or `layer`."""
-    reconfigure(workdir, lambda c: c["networks"]["control"].update({key: value}))
+    """Row: a network's `arch`, `weights`, `input_size`, `layer` or `pool`."""
+    # pool applies to transformers: for it the control becomes one (timm's tiny test ViT) first.
+    base = {"arch": "timm:test_vit.r160_in1k"} if key == "pool" else {}
+    if base:
+        reconfigure(workdir, lambda c: c["networks"]["control"].update(base))
+        snakemake(workdir, *TARGETS)
+    reconfigure(workdir, lambda c: c["networks"]["control"].update({**base, key: value}))
     assert plan(workdir) == {"extract_features": 6, "train_head": 4, "compare": 1}
-    reconfigure(workdir, lambda c: c["networks"]["lite0"].update(input_size=48))  # also fine-tuned, predicts
+    reconfigure(workdir, lambda c: (c["networks"]["control"].update(base),
+                                    c["networks"]["lite0"].update(input_size=48)))  # also fine-tuned, predicts
     assert plan(workdir) == {"extract_features": 6, "train_head": 4, "finetune": 1, "compare": 1, "predict": 1,
                              "export_model": 1, "export": 1}
 
@@ -270,7 +276,7 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "`evaluation.select_by`, `confidence`, `resamples`, `bootstrap_seed`":
         "test_workflow.py::test_select_by_and_the_bootstrap_settings_rerun_the_comparison_only",
     "add a network": test_adding_a_network_runs_that_network_only,
-    "a network's `arch`, `weights`, `input_size` or `layer`": test_a_network_setting_reruns_that_network,
+    "a network's `arch`, `weights`, `input_size`, `layer` or `pool`": test_a_network_setting_reruns_that_network,
     "`extract.precision`": test_precision_reruns_every_extraction,
     "`extract.batch_size`, `threads`, `shard_size`, `compile` or `device`": test_how_extraction_computes_reruns_nothing,
     "a file under a dataset's `root` (added, removed, rewritten)": test_a_file_under_a_dataset_root_reprepares_that_dataset,

@@ -33,7 +33,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", choices=["squash", "crop"],
                    help="how images were fit into the storage square: squash (default), crop (imagefolder)")
     p.add_argument("--weights-dir", default="resources/weights", metavar="DIR",
-                   help="where fetch_weights put torchvision checkpoints (default: resources/weights)")
+                   help="where fetch_weights put pretrained weights (default: resources/weights)")
 
 
 def build_parser() -> argparse.ArgumentParser:

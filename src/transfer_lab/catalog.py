@@ -1,7 +1,9 @@
 """Which architectures and weights exist: torchvision's and timm's names, cached per version.
 
 Validating a config needs every torchvision classification model name, each one's weights
-tags with their download URLs and smallest input, and timm's model names. Reading them
+tags with their download URLs and smallest input; timm's model names, each one's pretrained
+tags and where their files are (the Hugging Face hub or a URL), and which timm models
+compute tokens (transformers, whose features a ``pool`` setting can choose). Reading them
 means importing torchvision and timm: seconds and most of a gigabyte, paid by every
 ``snakemake`` call (the workflow validates its config when it is parsed) and again by
 every cluster job, which parses the workflow too. The names change only when those
@@ -22,7 +24,7 @@ from pathlib import Path
 from .files import atomic_write
 
 # Bump when the file's layout changes, so an older cache file is not read.
-FORMAT = 1
+FORMAT = 2
 LIBRARIES = ("torch", "torchvision", "timm")
 
 
@@ -38,7 +40,20 @@ class TorchvisionArch:
 @dataclass(frozen=True)
 class Catalog:
     torchvision: dict[str, TorchvisionArch]
-    timm: frozenset[str]  # timm architecture names (without a pretrained tag)
+    # timm architecture name (without a pretrained tag) -> its pretrained tags, timm's
+    # default first; () for an architecture without pretrained weights.
+    timm: dict[str, tuple[str, ...]]
+    # '<arch>.<tag>' -> where its file is, for the few not at timm's own hub repository
+    # 'timm/<arch>.<tag>' (another repository, or a plain URL); see timm_source.
+    timm_sources: dict[str, dict[str, str]]
+    timm_tokens: frozenset[str]  # timm architectures whose features are tokens (transformers)
+
+    def timm_source(self, arch: str, tag: str) -> dict[str, str]:
+        """Where the weights of ``arch.tag`` come from: ``{"hf_hub_id": ...}`` (with
+        ``"hf_hub_filename"`` when timm names one) or ``{"url": ...}``, as timm's own
+        pretrained config says; timm prefers the hub when a config has both."""
+        name = f"{arch}.{tag}"
+        return self.timm_sources.get(name, {"hf_hub_id": f"timm/{name}"})
 
 
 def cache_dir() -> Path:
@@ -71,13 +86,72 @@ def read_libraries() -> dict:
             "urls": {w.name: w.url for w in weights},
             "min_size": min(min(w.meta.get("min_size", (1, 1))) for w in weights),
         }
-    return {"torchvision": dict(sorted(archs.items())), "timm": sorted(timm.list_models())}
+    tags, sources = {}, {}
+    for arch in timm.list_models():
+        tags[arch] = []
+        for name, cfg in timm.models.get_arch_pretrained_cfgs(arch).items():  # timm's default first
+            if not cfg.has_weights:
+                continue
+            tags[arch].append(name.split(".", 1)[1])
+            if cfg.hf_hub_id:
+                source = {"hf_hub_id": cfg.hf_hub_id, "hf_hub_filename": cfg.hf_hub_filename}
+            else:
+                source = {"url": cfg.url}
+            source = {key: value for key, value in source.items() if value}
+            if source != {"hf_hub_id": f"timm/{name}"}:  # only what differs from the rule (small file)
+                sources[name] = source
+    return {"torchvision": dict(sorted(archs.items())), "timm": tags, "timm_sources": sources,
+            "timm_tokens": token_archs()}
+
+
+def token_archs() -> list[str]:
+    """The timm architectures whose ``forward_features`` returns tokens (batch, tokens, channels)
+    with ``num_prefix_tokens`` in front (ViT, DeiT, EVA, BEiT, ...): where ``pool`` applies.
+
+    Decided per model family (a module of ``timm.models``): a family whose model class offers
+    timm's token API (``forward_intermediates(..., return_prefix_tokens=...)``) is checked by
+    building its shortest-named architecture on the meta device (no memory, no weights) and
+    running ``forward_features``; encoders that return feature maps instead (Qwen3's and
+    DeepSeek's ViTs) are left out. Building all of timm's 1,300 architectures would take minutes.
+    """
+    import collections
+    import importlib
+    import inspect
+
+    import timm
+    import torch
+    from timm.models._registry import _model_to_module as model_module
+
+    families = collections.defaultdict(list)
+    for arch in timm.list_models():
+        families[model_module[arch]].append(arch)
+    tokens = []
+    for family, archs in sorted(families.items()):
+        module = importlib.import_module(f"timm.models.{family}")
+        if not any(
+            issubclass(cls, torch.nn.Module) and "return_prefix_tokens" in inspect.signature(
+                getattr(cls, "forward_intermediates", lambda: None)).parameters
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+        ):
+            continue
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(min(archs, key=lambda name: (len(name), name)))
+                side = model.pretrained_cfg["input_size"][-1]
+                out = model.forward_features(torch.zeros(1, 3, side, side))
+        except Exception:  # a family that cannot be probed is not offered pool
+            continue
+        if out.ndim == 3 and isinstance(getattr(model, "num_prefix_tokens", None), int):
+            tokens.extend(archs)
+    return sorted(tokens)
 
 
 def _parse(contents: dict) -> Catalog:
     return Catalog(
         torchvision={name: TorchvisionArch(**arch) for name, arch in contents["torchvision"].items()},
-        timm=frozenset(contents["timm"]),
+        timm={name: tuple(tags) for name, tags in contents["timm"].items()},
+        timm_sources=contents["timm_sources"],
+        timm_tokens=frozenset(contents["timm_tokens"]),
     )
 
 
@@ -98,7 +172,7 @@ def catalog() -> Catalog:
     contents = {"versions": versions, **read_libraries()}
     try:
         with atomic_write(path, "w") as f:
-            json.dump(contents, f)
+            json.dump(contents, f, separators=(",", ":"))
     except OSError:
         pass
     return _parse(contents)

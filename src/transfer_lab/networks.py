@@ -2,7 +2,9 @@
 
 An ``arch`` is a torchvision classification model name (``resnet50``) or ``timm:<name>``.
 A backbone returns its penultimate-layer output, globally pooled: the bottleneck
-features. Preprocessing always comes from the weights' own metadata.
+features (a transformer's tokens pooled as ``pool`` says). Preprocessing always comes from
+the weights' own metadata. Pretrained weights are files that rule fetch_weights put under
+``resources/weights`` (:func:`fetch_weights`); jobs load them from there and never go online.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import difflib
 import math
 import os
 import pickle
+import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from .preprocess import Preprocess
-from .specs import BUNDLED, NetworkSpec
+from .specs import BLOCK, BUNDLED, HF_WEIGHTS, WEIGHTS_DIR, NetworkSpec, WeightsFile
 
 # Random initialisation is seeded, so a 'random' control row is reproducible.
 RANDOM_INIT_SEED = 0
@@ -120,7 +124,6 @@ def fetch_checkpoint(url: str, folder: str | os.PathLike) -> Path:
     downloaded with torch's hash check, to a temporary name and renamed. Offline, the
     error names the file and both folders it may be placed in.
     """
-    import shutil
     import urllib.error
 
     name = url.rsplit("/", 1)[1]
@@ -134,9 +137,11 @@ def fetch_checkpoint(url: str, folder: str | os.PathLike) -> Path:
         if cached.is_file():
             shutil.copyfile(cached, tmp)
         else:
-            # torchvision's file names end in the first hex digits of the file's sha256.
+            # torchvision's (and most of timm's) file names end in the first hex digits of the
+            # file's sha256; others (timm's dinov2_vits14_pretrain.pth) carry none.
             prefix = name.rsplit("-", 1)[-1].split(".")[0]
-            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=prefix if len(prefix) >= 8 else None)
+            hashed = re.fullmatch(r"[0-9a-f]{8,64}", prefix) is not None and "-" in name
+            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=prefix if hashed else None)
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as err:
         tmp.unlink(missing_ok=True)
@@ -150,32 +155,189 @@ def fetch_checkpoint(url: str, folder: str | os.PathLike) -> Path:
     return dest
 
 
-def _timm_backbone(spec: NetworkSpec) -> Backbone:
+def fetch_hub_file(weights: WeightsFile, folder: str | os.PathLike) -> Path:
+    """Put a timm weights file of the Hugging Face hub at ``folder/<weights.path>``.
+
+    ``hf_hub_download`` takes it from the user's hub cache when it is there (``HF_HOME``,
+    ``HF_HUB_CACHE``; with ``HF_HUB_OFFLINE=1`` it asks the hub nothing) or downloads it into
+    that cache, as timm itself would; it is then hard-linked into place (copied across file
+    systems). Without a file named by timm's config, timm's own order applies:
+    model.safetensors, else pytorch_model.bin, which is then loaded with ``weights_only`` and
+    written as model.safetensors, so that the file name the DAG knows at parse time tells
+    its format. Unavailable (offline and not cached), the error names the repository, the
+    file and both places it may be put.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.file_download import repo_folder_name
+
+    dest = Path(folder) / weights.path
+    if dest.is_file():
+        return dest
+    repo_id, _, revision = weights.hf_hub_id.partition("@")
+    candidates = [weights.hf_filename] if weights.hf_filename else [HF_WEIGHTS, "pytorch_model.bin"]
+    found, reasons = None, []
+    for filename in candidates:
+        try:
+            found = Path(hf_hub_download(repo_id, filename, revision=revision or None, library_name="timm"))
+            break
+        except EntryNotFoundError as err:  # not in the repository, or offline and not in the cache
+            reasons.append(f"{filename}: {type(err).__name__}")
+        except Exception as err:  # no network, a gated repository, ...: the same advice
+            reasons.append(f"{filename}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    if found is None:
+        cache = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+        raise RuntimeError(
+            f"could not fetch {candidates[0]} of the Hugging Face hub repository {repo_id} "
+            f"({'; '.join(reasons)}). Offline, put the file at {dest}, or into the hub cache as "
+            f"{cache}/snapshots/<revision>/{candidates[0]} with <revision> written in {cache}/refs/main "
+            f"(what `hf download {repo_id} {candidates[0]}` makes on a machine online; HF_HUB_CACHE or "
+            "HF_HOME choose the cache), and rerun."
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        if found.name == dest.name:
+            try:
+                os.link(found.resolve(), tmp)  # the cache's blob: no second copy on disk
+            except OSError:
+                shutil.copyfile(found, tmp)
+        else:
+            import safetensors.torch
+            from timm.models import load_state_dict
+
+            state = load_state_dict(str(found), use_ema=False, weights_only=True)
+            safetensors.torch.save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def fetch_weights(weights: WeightsFile, folder: str | os.PathLike) -> Path:
+    """Put ``weights`` at ``folder/<weights.path>`` (rule fetch_weights): from the Hugging Face
+    hub or a URL, each through the user's own cache (:func:`fetch_hub_file`, :func:`fetch_checkpoint`)."""
+    if weights.hf_hub_id:
+        return fetch_hub_file(weights, folder)
+    return fetch_checkpoint(weights.url, folder)
+
+
+def _fetched_file(spec: NetworkSpec, weights_dir: str | os.PathLike | None) -> Path | None:
+    """Where the pretrained weights of ``spec`` were fetched to; None for weights that need no
+    file. A job loads them only from there: missing, it says how to fetch them."""
+    fetched = spec.fetched_weights
+    if fetched is None:
+        return None
+    path = Path(weights_dir if weights_dir is not None else WEIGHTS_DIR) / fetched.path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the pretrained weights of {spec.arch} ({spec.weights}) are not there. Fetch them "
+            f"first: `snakemake {WEIGHTS_DIR}/{fetched.path}` (rule fetch_weights), or "
+            f"transfer_lab.networks.fetch_weights(spec.fetched_weights, {str(weights_dir or WEIGHTS_DIR)!r})"
+        )
+    return path
+
+
+class TokenPool(nn.Module):
+    """A timm transformer's tokens pooled into one vector, with timm's own token APIs.
+
+    ``cls``: the class token; ``mean``: the mean of the patch tokens (the prefix tokens,
+    class, distillation and register tokens, left out); ``cls+mean``: both concatenated,
+    DINOv2's linear-evaluation feature (twice the width). Each part goes through the
+    model's head norm (``fc_norm``), which is an identity where the final norm already ran
+    in ``forward_features``, so ``cls`` on a class-token model (``mean`` on an average-pooled
+    one) is exactly the model's own pre-logits output. ``block``: the tokens of that block
+    (``forward_intermediates`` with the final norm, as DINOv2's evaluation takes them);
+    None: those of ``forward_features``.
+    """
+
+    def __init__(self, model: nn.Module, pool: str, block: int | None):
+        super().__init__()
+        self.model = model
+        self.parts = tuple(pool.split("+"))
+        self.block = block
+        self.head_norm = getattr(model, "fc_norm", None) is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(self.model.num_prefix_tokens)
+        if self.block is None:
+            tokens = self.model.forward_features(x)
+            prefix, patches = tokens[:, :n], tokens[:, n:]
+        else:
+            out = self.model.forward_intermediates(
+                x, indices=[self.block], return_prefix_tokens=n > 0, norm=True, output_fmt="NLC",
+                intermediates_only=True, stop_early=True)[0]
+            patches, prefix = out if n > 0 else (out, None)
+        pooled = [prefix[:, 0] if part == "cls" else patches.mean(dim=1) for part in self.parts]
+        if self.head_norm:
+            pooled = [self.model.fc_norm(p) for p in pooled]
+        return torch.cat(pooled, dim=1)
+
+
+# timm's global_pool types that are one of the pools, for a block's tokens with pool: null.
+_OWN_POOL = {"token": "cls", "avg": "mean"}
+
+
+def _token_pool(model: nn.Module, spec: NetworkSpec, crop: int) -> tuple[TokenPool, int]:
+    """``spec``'s pool of a timm transformer (of the block ``spec.layer`` names, if any)."""
+    name = f"timm:{spec.timm_name}"
+    block = None
+    if spec.layer is not None:
+        block = int(BLOCK.fullmatch(spec.layer)[1])
+        if block >= len(model.blocks):
+            raise ValueError(f"{name}: no layer {spec.layer!r}; its blocks are blocks.0 to blocks.{len(model.blocks) - 1}")
+    pool = spec.pool or _OWN_POOL.get(getattr(model, "global_pool", None))
+    if pool is None:
+        raise ValueError(
+            f"{name} pools its tokens as {model.global_pool!r}, which a block's tokens cannot take; "
+            "set the network's pool: cls, mean or cls+mean")
+    if "cls" in pool.split("+") and getattr(model, "cls_token", None) is None:
+        raise ValueError(f"{name} has no class token ({model.num_prefix_tokens} prefix tokens); use pool: mean")
+    model.reset_classifier(0)  # the classifier is never used; its head norm (fc_norm) stays
+    pooled = TokenPool(model.eval(), pool, block)
+    with torch.inference_mode():
+        dim = pooled(torch.zeros(1, 3, crop, crop)).shape[1]
+    return pooled, int(dim)
+
+
+def _timm_backbone(spec: NetworkSpec, weights_dir: str | os.PathLike | None) -> Backbone:
+    """A timm model built by the name whose pretrained config applies (``arch.tag``), its
+    pretrained weights loaded by timm itself from the fetched file (``pretrained_cfg_overlay``:
+    timm's checkpoint filter, e.g. resampling position embeddings, applies as it would online)."""
     import timm
 
-    model_name, weights, input_size, layer = spec.model_name, spec.weights, spec.input_size, spec.layer
-    pretrained = weights == "DEFAULT"
-    try:
-        model = timm.create_model(model_name, pretrained=pretrained)
-    except Exception as err:
-        if pretrained:
-            raise RuntimeError(
-                f"could not fetch the pretrained weights of timm model {model_name!r} "
-                f"({type(err).__name__}: {err}). Offline, use weights: a local .pth path, "
-                "random, or bundled (timm:tf_efficientnet_lite0/1/2)."
+    weights, input_size, layer = spec.weights, spec.input_size, spec.layer
+    name = spec.timm_name
+    cfg = timm.models.get_pretrained_cfg(name)
+    # A transformer is built for its input size (timm resamples the position embeddings).
+    kwargs = {"img_size": input_size} if input_size and cfg is not None and cfg.fixed_input_size else {}
+    path = _fetched_file(spec, weights_dir)
+    if path is None and weights not in ("random", "bundled") and not spec.weights_file:
+        raise ValueError(f"{spec.arch}: timm has no pretrained weights for it; use weights: random or a .pth path")
+    if path is not None:
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except Exception as err:
+            raise ValueError(
+                f"{path}: could not load it into timm:{name} ({type(err).__name__}: {err}); truncated or "
+                "another model's file: delete it and rerun (fetch_weights fetches it again)"
             ) from err
-        raise
+    else:
+        model = timm.create_model(name, pretrained=False, **kwargs)
     if weights == "bundled":
         model.load_state_dict(bundled_state_dict(model, spec.arch))
     elif spec.weights_file:
         _load_strict(model, _load_state_dict(weights), weights)
-    cfg = timm.data.resolve_data_config({}, model=model)
+    cfg = timm.data.resolve_data_config({}, model=model)  # the tag's: mean, std, crop_pct, interpolation
     crop = input_size or cfg["input_size"][-1]
-    if layer is None:
+    if spec.pool is not None or (layer is not None and BLOCK.fullmatch(layer) and spec.token_model):
+        model, feature_dim = _token_pool(model, spec, crop)
+    elif layer is None:
         model.reset_classifier(0)  # -> globally pooled pre-logits features
         feature_dim = int(model.num_features)
     else:
-        model, feature_dim = _select_layer(model, layer, f"timm:{model_name}", crop)
+        model, feature_dim = _select_layer(model, layer, f"timm:{name}", crop)
     preprocess = Preprocess(
         resize=math.floor(crop / cfg["crop_pct"]),
         crop=crop,
@@ -304,12 +466,17 @@ def weights_only_loads():
 def load_backbone(spec: NetworkSpec, checkpoint_dir: str | os.PathLike | None = None) -> Backbone:
     """A frozen backbone in ``eval()`` mode (BatchNorm uses running statistics).
 
-    ``checkpoint_dir`` holds ``checkpoints/<official name>`` (what ``fetch_checkpoint``
-    wrote); torchvision weights tags load from there instead of the torch hub cache.
+    ``checkpoint_dir`` is the weights folder (``resources/weights``) where ``fetch_weights``
+    put each file at its ``WeightsFile.path``: torchvision weights tags load from its
+    ``checkpoints/`` instead of the torch hub cache; timm's pretrained weights load only from
+    there (the folder defaults to ``resources/weights``), never from the network.
     """
     torch.manual_seed(RANDOM_INIT_SEED)
     with hub_dir(checkpoint_dir), weights_only_loads():
-        backbone = _timm_backbone(spec) if spec.library == "timm" else _torchvision_backbone(spec)
+        if spec.library == "timm":
+            backbone = _timm_backbone(spec, checkpoint_dir)
+        else:
+            backbone = _torchvision_backbone(spec)
     backbone.model.eval().requires_grad_(False)
     return backbone
 

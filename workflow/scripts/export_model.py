@@ -1,21 +1,20 @@
 """Rule export_model: a trained head + its backbone -> one torch.export file (.pt2)."""
 
 import logging
-from pathlib import Path
 
 from transfer_lab.export import export_model
 from transfer_lab.files import log_to
 from transfer_lab.predict import load_predictor
 from transfer_lab.preprocess import storage_for
 from transfer_lab.sources import dataset_spec
+from transfer_lab.specs import WEIGHTS_DIR
 
 with log_to(snakemake.log[0]):
     w, p = snakemake.wildcards, snakemake.params
-    checkpoint = snakemake.input.get("checkpoint")
     predictor = load_predictor(
         snakemake.input.head, network=w.network, config={"networks": {w.network: p.spec}},
         storage=storage_for(dataset_spec(p.storage)),
-        checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        checkpoint_dir=WEIGHTS_DIR,  # where fetch_weights put input.checkpoint
         device="cpu",
     )
     record = export_model(predictor, snakemake.output[0])

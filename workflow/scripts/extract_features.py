@@ -18,7 +18,7 @@ from transfer_lab.devices import claim_device
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.networks import load_backbone, network_meta
-from transfer_lab.specs import ExtractSettings, NetworkSpec
+from transfer_lab.specs import WEIGHTS_DIR, ExtractSettings, NetworkSpec
 
 with log_to(snakemake.log[0]) as log:
     w, params = snakemake.wildcards, snakemake.params
@@ -27,8 +27,7 @@ with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     images, labels = ds.subset(w.split)
-    checkpoint = snakemake.input.get("checkpoint")
-    backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
+    backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
     extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],

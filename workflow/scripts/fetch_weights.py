@@ -1,12 +1,12 @@
-"""Rule fetch_weights: a torchvision checkpoint -> resources/weights/checkpoints/<official name>."""
+"""Rule fetch_weights: pretrained weights -> resources/weights/<path> (checkpoints/<official name>,
+timm/<arch>.<tag>/model.safetensors), from the user's torch hub or Hugging Face cache, else downloaded."""
 
 import logging
-from pathlib import Path
 
 from transfer_lab.files import log_to
-from transfer_lab.networks import fetch_checkpoint
+from transfer_lab.networks import fetch_weights
+from transfer_lab.specs import WEIGHTS_DIR, WeightsFile
 
 with log_to(snakemake.log[0]):
-    folder = Path(snakemake.output[0]).parent.parent
-    path = fetch_checkpoint(snakemake.params.url, folder)
+    path = fetch_weights(WeightsFile(**snakemake.params.source), WEIGHTS_DIR)
     logging.info("%s ready (%.1f MB)", path, path.stat().st_size / 1e6)

@@ -2,7 +2,6 @@
 
 import json
 import logging
-from pathlib import Path
 
 import torch
 
@@ -13,7 +12,7 @@ from transfer_lab.evaluation import combine_repeats
 from transfer_lab.files import atomic_write, log_to
 from transfer_lab.finetune import finetune, save_finetuned
 from transfer_lab.networks import load_backbone, network_meta
-from transfer_lab.specs import ExtractSettings, NetworkSpec
+from transfer_lab.specs import WEIGHTS_DIR, ExtractSettings, NetworkSpec
 
 with log_to(snakemake.log[0]) as log:
     w, params, cfg = snakemake.wildcards, snakemake.params, snakemake.params.finetune
@@ -22,8 +21,7 @@ with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     splits = {name: ds.subset(name) for name in params.splits}
-    checkpoint = snakemake.input.get("checkpoint")
-    backbone = load_backbone(spec, checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None)
+    backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
     device = claim_device(settings.device)
     logging.info("fine-tuning %s (%s) on %s %s, %s; preprocessing: %s", w.network, spec.describe(), w.dataset,
                  {k: len(v[1]) for k, v in splits.items()}, cfg, backbone.preprocess.describe())

@@ -1,7 +1,6 @@
 """Rule predict: image files + a trained head -> results/predictions/<name>.csv (one row per image)."""
 
 import logging
-from pathlib import Path
 
 import torch
 
@@ -10,15 +9,15 @@ from transfer_lab.images import find_images
 from transfer_lab.predict import load_predictor, predict_files, to_csv
 from transfer_lab.preprocess import storage_for
 from transfer_lab.sources import dataset_spec
+from transfer_lab.specs import WEIGHTS_DIR
 
 with log_to(snakemake.log[0]):
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
-    checkpoint = snakemake.input.get("checkpoint")
     predictor = load_predictor(
         snakemake.input.head, network=p.network, config={"networks": {p.network: p.spec}},
         storage=storage_for(dataset_spec(p.storage)),
-        checkpoint_dir=Path(checkpoint).parent.parent if checkpoint else None,
+        checkpoint_dir=WEIGHTS_DIR,  # where fetch_weights put input.checkpoint
         device=snakemake.config["extract"]["device"],  # how to compute, not what: not a param
     )
     paths = find_images(p.images)
