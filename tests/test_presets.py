@@ -132,3 +132,30 @@ def test_the_suite_follows_the_linear_probe_protocol(suite_config, suite):
             assert entry.get("input_size") is None, net
     assert config["networks"]["dinov2_small"]["pool"] == "cls+mean"
     assert "pool" not in config["networks"]["clip_b16"]  # CLIP's probes: the model's own (class token)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
+def test_every_preset_validates(preset):
+    """A preset is what people copy: it validates against the schema, archs, pretrained tags,
+    pooling and sources checked as a run checks them."""
+    from transfer_lab.config import load_schema, validate_config
+
+    config = yaml.safe_load((ROOT / "config" / preset).read_text())
+    validate_config(config, load_schema(ROOT / "workflow/schemas/config.schema.yaml"))
+
+
+def test_the_suite_plans_every_download_and_extraction(tmp_path):
+    """Its dry run, before any file exists: each dataset and each network's weights fetched
+    once (local rules), every (network, dataset, split) extracted, one logreg head each."""
+    from conftest import copy_workflow, snakemake
+
+    workdir = copy_workflow(tmp_path / "suite")
+    run = snakemake(workdir, "-n", "--configfile", str(SUITE))
+    config = yaml.safe_load(SUITE.read_text())
+    networks, datasets = len(config["networks"]), len(config["datasets"])
+    counts = {line.split()[0]: int(line.split()[1]) for line in run.output.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["fetch_dataset"] == datasets and counts["fetch_weights"] == networks
+    assert counts["prepare_dataset"] == datasets
+    assert counts["extract_features"] == 3 * networks * datasets
+    assert counts["train_head"] == networks * datasets
