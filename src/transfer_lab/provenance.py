@@ -12,11 +12,17 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .files import atomic_write
+
 PACKAGE = "transfer_lab"
+# Bump when what _file_facts records changes, so an older cache file is not read.
+FACTS_FORMAT = 1
 
 
 @functools.cache
@@ -40,15 +46,46 @@ def _in_package(name: str) -> bool:
     return name == PACKAGE or name.startswith(PACKAGE + ".")
 
 
-@functools.cache
-def _syntax_tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(encoding="utf-8"))
+# An import statement as _file_facts records it: (level, module, names); level -1 for a
+# plain ``import a, b`` (module None, names the imported modules).
+Import = tuple[int, "str | None", tuple[str, ...]]
+
+
+def _facts_path() -> Path:
+    """Where the facts of each file are kept between processes: ast's output depends on
+    Python's version, so one file per version, beside the catalog's."""
+    from .catalog import cache_dir
+
+    return cache_dir() / f"provenance-v{FACTS_FORMAT}-py{sys.version_info[0]}{sys.version_info[1]}.json"
 
 
 @functools.cache
-def _tree_digest(path: Path) -> bytes:
-    """The digest of a file's syntax tree: code and docstrings, not comments or layout."""
-    return hashlib.sha256(ast.dump(_syntax_tree(path), annotate_fields=False).encode()).digest()
+def _stored_facts() -> dict[str, list]:
+    try:
+        stored = json.loads(_facts_path().read_text())
+        return stored if isinstance(stored, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: computed again
+
+
+_new_facts: dict[str, list] = {}
+
+
+def _save_facts() -> None:
+    """Keep what this process computed for the next one (atomically: parallel parses only
+    race to write the same facts). A folder that cannot be written costs only the parsing."""
+    if not _new_facts:
+        return
+    stored = _stored_facts()
+    stored.update(_new_facts)
+    _new_facts.clear()
+    if len(stored) > 5000:  # old versions of files pile up: start again from what is used
+        stored.clear()
+    try:
+        with atomic_write(_facts_path(), "w") as f:
+            json.dump(stored, f, separators=(",", ":"))
+    except OSError:
+        pass
 
 
 def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
@@ -57,6 +94,37 @@ def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
         yield node
         for field in ("body", "orelse", "finalbody", "handlers", "cases"):
             yield from _statements(getattr(node, field, None) or [])
+
+
+@functools.cache
+def _file_facts(path: Path) -> tuple[bytes, tuple[Import, ...]]:
+    """A file's syntax-tree digest (code and docstrings, not comments or layout) and its
+    import statements, anywhere in it.
+
+    Parsing and dumping the library's syntax trees was a fifth of every workflow parse; both
+    depend only on the file's content, so they are kept by its content's hash (:func:`_facts_path`).
+    """
+    data = path.read_bytes()
+    key = hashlib.sha256(data).hexdigest()
+    known = _new_facts.get(key) or _stored_facts().get(key)
+    if known is not None:
+        digest, imports = known
+        return bytes.fromhex(digest), tuple((level, module, tuple(names)) for level, module, names in imports)
+    tree = ast.parse(data.decode("utf-8"))
+    digest = hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).digest()
+    imports: list[Import] = []
+    for node in _statements(tree.body):
+        if isinstance(node, ast.Import):
+            imports.append((-1, None, tuple(alias.name for alias in node.names)))
+        elif isinstance(node, ast.ImportFrom):
+            imports.append((node.level, node.module, tuple(alias.name for alias in node.names)))
+    _new_facts[key] = [digest.hex(), imports]
+    return digest, tuple(imports)
+
+
+def _tree_digest(path: Path) -> bytes:
+    """The digest of a file's syntax tree: code and docstrings, not comments or layout."""
+    return _file_facts(path)[0]
 
 
 @functools.cache
@@ -69,20 +137,20 @@ def imported_modules(path: Path, name: str | None = None) -> frozenset[str]:
     """
     found: set[str] = set()
     is_package = path.name == "__init__.py"
-    for node in _statements(_syntax_tree(path).body):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if _in_package(alias.name))
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = (name or "").split(".")
-                anchor = parts if is_package else parts[:-1]
-                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            if _in_package(base):
-                found.add(base)
-                # 'from pkg import mod' imports a module; 'from mod import name' does not
-                found.update(f"{base}.{alias.name}" for alias in node.names if module_file(f"{base}.{alias.name}"))
+    for level, module, names in _file_facts(path)[1]:
+        if level < 0:  # import a, b
+            found.update(n for n in names if _in_package(n))
+            continue
+        if level:
+            parts = (name or "").split(".")
+            anchor = parts if is_package else parts[:-1]
+            base = ".".join(anchor[: len(anchor) - level + 1] + ([module] if module else []))
+        else:
+            base = module or ""
+        if _in_package(base):
+            found.add(base)
+            # 'from pkg import mod' imports a module; 'from mod import name' does not
+            found.update(f"{base}.{n}" for n in names if module_file(f"{base}.{n}"))
     return frozenset(".".join(name.split(".")[:i]) for name in found for i in range(1, name.count(".") + 2))
 
 
@@ -128,6 +196,7 @@ def code_hash(script: str | os.PathLike) -> str:
     for name in module_closure(script):
         digest.update(name.encode())
         digest.update(_tree_digest(module_file(name)))
+    _save_facts()
     return digest.hexdigest()[:16]
 
 
