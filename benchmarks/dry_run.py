@@ -6,7 +6,7 @@ workflow:
 
 - **snakemake alone**: `snakemake -n` on a workflow of one shell rule (Snakemake's own
   start-up, plugins and planning: the floor);
-- **dry run**: `snakemake -n` on the quickstart config (parse, validate, plan 15 jobs),
+- **dry run**: `snakemake -n` on the quickstart config (parse, validate, plan 27 jobs),
   once the architecture catalog is cached (transfer_lab.catalog; the first call on a new
   environment builds it);
 - **catalog**: the same dry run with an empty cache folder, which reads torchvision and timm.
