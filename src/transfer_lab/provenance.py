@@ -77,10 +77,10 @@ def _save_facts() -> None:
     if not _new_facts:
         return
     stored = _stored_facts()
+    if len(stored) + len(_new_facts) > 5000:  # old versions of files pile up: keep what this process used
+        stored.clear()
     stored.update(_new_facts)
     _new_facts.clear()
-    if len(stored) > 5000:  # old versions of files pile up: start again from what is used
-        stored.clear()
     try:
         with atomic_write(_facts_path(), "w") as f:
             json.dump(stored, f, separators=(",", ":"))
