@@ -77,7 +77,7 @@ def _save_facts() -> None:
     if not _new_facts:
         return
     stored = _stored_facts()
-    if len(stored) + len(_new_facts) > 5000:  # old versions of files pile up: keep what this process used
+    if len(stored) + len(_new_facts) > 5000:  # old versions of files pile up: start again
         stored.clear()
     stored.update(_new_facts)
     _new_facts.clear()
