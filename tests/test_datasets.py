@@ -14,6 +14,7 @@ from transfer_lab.datasets import (
     prepare_dataset,
     save_prepared,
     splits_for,
+    write_prepared,
 )
 from transfer_lab.sources import dataset_spec
 
@@ -196,6 +197,39 @@ def test_save_is_atomic_leaves_no_temporary_files(digits, tmp_path):
     save_prepared(digits, path)
     save_prepared(digits, path)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.npz"]
+
+
+def test_images_written_in_chunks_read_back_whole_and_mapped(digits, tmp_path):
+    """The streaming writer: chunks in row order make the same file content as one array,
+    np.load reads it, and the memory map finds the images inside the zip64 member."""
+    path = tmp_path / "chunked.npz"
+    chunks = (digits.images[i:i + 100] for i in range(0, len(digits.images), 100))
+    write_prepared(path, digits.labels, digits.split, digits.class_names, {"k": 1}, chunks, digits.images.shape[1:])
+    with np.load(path, allow_pickle=False) as z:
+        assert np.array_equal(z["images"], digits.images)
+    mapped = load_prepared(path, mmap=True)
+    assert isinstance(mapped.images, np.memmap) and np.array_equal(mapped.images, digits.images)
+    assert mapped.meta == {"k": 1}
+
+
+def test_writer_refuses_a_short_or_misshapen_image_stream(digits, tmp_path):
+    args = (digits.labels, digits.split, digits.class_names, {})
+    with pytest.raises(ValueError, match="written for"):
+        write_prepared(tmp_path / "short.npz", *args, [digits.images[:10]], digits.images.shape[1:])
+    with pytest.raises(ValueError, match="image chunk"):
+        write_prepared(tmp_path / "bad.npz", *args, [digits.images[:10, :4]], digits.images.shape[1:])
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind
+
+
+def test_dataset_stored_as_files_round_trip(tmp_path):
+    files = np.array([f"/data/img{i}.jpg" for i in range(6)])
+    ds = PreparedDataset(images=None, labels=np.arange(6) % 2, split=np.array([0, 0, 0, 0, 1, 2], np.int8),
+                         class_names=["a", "b"], files=files)
+    save_prepared(ds, tmp_path / "files.npz")
+    back = load_prepared(tmp_path / "files.npz", mmap=True)
+    assert back.images is None and list(back.files) == list(files)
+    paths, labels = back.subset("train")
+    assert list(paths) == list(files[:4]) and list(labels) == [0, 1, 0, 1]
 
 
 def test_load_prepared_refuses_missing_keys(tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,25 +39,28 @@ class SplitSpec:
 
 @dataclass
 class PreparedDataset:
-    images: np.ndarray
+    images: np.ndarray | None  # uint8 (N, S, S, 3); None for a dataset stored as its original files
     labels: np.ndarray
     split: np.ndarray
     class_names: list[str]
     # Provenance (str/int/float values): source, split seed, library versions. Stored as
     # one JSON string member, so the file stays free of pickles.
     meta: dict = field(default_factory=dict)
+    # str (N,): the original image files, for a dataset stored as files (images is then None)
+    files: np.ndarray | None = None
 
     def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of one split, in their prepared order.
+        """Images (or, stored as files, their paths) and labels of one split, in prepared order.
 
         A split stored as one block (as :func:`prepare_dataset` writes it) comes back as a
         slice: a view, which for a memory-mapped file reads nothing until it is used.
         """
+        items = self.images if self.files is None else self.files
         rows = np.flatnonzero(self.split == SPLITS.index(split))
         if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
             block = slice(int(rows[0]), int(rows[-1]) + 1)
-            return self.images[block], self.labels[block]
-        return self.images[rows], self.labels[rows]
+            return items[block], self.labels[block]
+        return items[rows], self.labels[rows]
 
     def split_sizes(self) -> dict[str, int]:
         return {name: int((self.split == i).sum()) for i, name in enumerate(SPLITS)}
@@ -173,16 +178,60 @@ def prepare_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> PreparedDataset
 
 
 def save_prepared(ds: PreparedDataset, path: str | os.PathLike) -> None:
-    with atomic_write(path) as f:
-        np.savez(
-            f,
-            images=ds.images,
-            labels=ds.labels,
-            split=ds.split,
-            split_names=np.array(SPLITS),
-            class_names=np.array(ds.class_names),
-            meta=np.array(json.dumps(ds.meta, sort_keys=True)),
-        )
+    """Write an in-memory prepared dataset (:func:`write_prepared` with one chunk)."""
+    if ds.files is not None:
+        write_prepared(path, ds.labels, ds.split, ds.class_names, ds.meta, files=ds.files)
+    else:
+        write_prepared(path, ds.labels, ds.split, ds.class_names, ds.meta, [ds.images], ds.images.shape[1:])
+
+
+def write_prepared(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    split: np.ndarray,
+    class_names: Sequence[str],
+    meta: Mapping,
+    images: Iterable[np.ndarray] = (),
+    image_shape: tuple[int, ...] | None = None,
+    files: np.ndarray | None = None,
+) -> None:
+    """Write ``results/datasets/{dataset}.npz`` with the images streamed in chunks.
+
+    ``images`` yields uint8 (k, S, S, 3) chunks in row order, which go straight to disk:
+    host memory holds one chunk, not the dataset (ImageNet at 256 px is 250 GB). The file
+    is a plain uncompressed ``.npz`` (``np.load`` reads it, :func:`load_prepared` maps
+    its images), written atomically. A dataset stored as its original ``files`` (one
+    path per row) has no ``images`` member.
+    """
+    n = len(labels)
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        _write_member(zf, "labels", np.asarray(labels))
+        _write_member(zf, "split", np.asarray(split))
+        _write_member(zf, "split_names", np.array(SPLITS))
+        _write_member(zf, "class_names", np.array([str(c) for c in class_names]))
+        _write_member(zf, "meta", np.array(json.dumps(dict(meta), sort_keys=True)))
+        if files is not None:
+            if len(files) != n:
+                raise ValueError(f"{path}: {len(files)} files for {n} labels")
+            _write_member(zf, "files", np.asarray(files, dtype=str))
+            return
+        shape = (n, *image_shape)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+        written = 0
+        with zf.open("images.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            for chunk in images:
+                if chunk.dtype != np.uint8 or chunk.shape[1:] != tuple(image_shape):
+                    raise ValueError(f"{path}: image chunk {chunk.dtype} {chunk.shape}, expected uint8 (k, {image_shape})")
+                member.write(np.ascontiguousarray(chunk).data)
+                written += len(chunk)
+        if written != n:
+            raise ValueError(f"{path}: {written} images written for {n} labels")
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def _memmap_member(path: Path, member: str) -> np.ndarray:
@@ -191,8 +240,6 @@ def _memmap_member(path: Path, member: str) -> np.ndarray:
     ``np.savez`` stores members uncompressed, so each ``.npy`` lies contiguous in the zip:
     find its local header, skip the npy header, and map the data where it lies.
     """
-    import zipfile
-
     with zipfile.ZipFile(path) as zf:
         info = zf.getinfo(member)
         if info.compress_type != zipfile.ZIP_STORED:
@@ -217,16 +264,20 @@ def load_prepared(path: str | os.PathLike, mmap: bool = False) -> PreparedDatase
     """
     path = Path(path)
     with np.load(path, allow_pickle=False) as z:
-        missing = {"images", "labels", "split", "class_names"} - set(z.files)
+        stored_as_files = "files" in z.files
+        missing = {"labels", "split", "class_names", "files" if stored_as_files else "images"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: not a prepared dataset (missing {sorted(missing)})")
         ds = PreparedDataset(
-            images=_memmap_member(path, "images.npy") if mmap else z["images"],
+            images=None if stored_as_files else _memmap_member(path, "images.npy") if mmap else z["images"],
             labels=z["labels"].astype(np.int64),
             split=z["split"],
             class_names=[str(c) for c in z["class_names"]],
             meta=json.loads(str(z["meta"])) if "meta" in z.files else {},
+            files=z["files"] if stored_as_files else None,
         )
+    if stored_as_files:
+        return ds
     if ds.images.dtype != np.uint8 or ds.images.ndim != 4 or ds.images.shape[-1] != 3:
         raise ValueError(
             f"{path}: images must be uint8 (N, H, W, 3), got {ds.images.dtype} {ds.images.shape}"
