@@ -144,9 +144,13 @@ def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
     """Send this process's stdout, stderr and ``logging`` to a rule's log file.
 
     The rule's log then holds the progress bar, the messages and, on failure, the
-    traceback that Snakemake points the user to.
+    traceback that Snakemake points the user to; on success its last line is the job's
+    time and peak memory (what a benchmark file would say, for the rules that may be
+    cached between workflows and so can have none).
     """
     import logging
+    import resource
+    import time
     import traceback
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +158,32 @@ def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
         logging.basicConfig(
             stream=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
         )
+        start = time.perf_counter()
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 yield log
             except BaseException:
                 traceback.print_exc(file=log)
                 raise
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        logging.info("done in %.1f s, peak memory %.0f MiB", time.perf_counter() - start, peak)
+
+
+def check_output_cache(folder: str | os.PathLike) -> None:
+    """Refuse a Snakemake output cache folder (``$SNAKEMAKE_OUTPUT_CACHE``) this user cannot write.
+
+    Snakemake moves each result it computes into the cache after the job: with a folder it
+    cannot write, every job would fail once its work is done. The workflow asks this when
+    it is parsed, so the refusal comes before any job. Raises ValueError saying what to do.
+    """
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"SNAKEMAKE_OUTPUT_CACHE={folder}: no such folder. Create it (writable for everyone who shares "
+            f"it, e.g. `mkdir -p {folder} && chmod 2777 {folder}`), or unset the variable to work without the cache."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"SNAKEMAKE_OUTPUT_CACHE={folder}: this user cannot write there, and Snakemake puts every result it "
+            "computes there. Ask for write access (a group-writable folder), or unset the variable to work "
+            "without the cache."
+        )

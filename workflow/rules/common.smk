@@ -19,6 +19,7 @@ try:
         validate_config,
     )
     from transfer_lab.datasets import SplitSpec, splits_for
+    from transfer_lab.files import check_output_cache
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
     from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, NetworkSpec
@@ -56,6 +57,29 @@ def code(script):
 
 
 VERSIONS = versions("torch", "torchvision", "timm", "numpy", "scikit-learn", *BUNDLED.values())
+
+# Snakemake's between-workflow output cache (docs/cluster.md): prepared datasets and bottleneck
+# features are eligible when $SNAKEMAKE_OUTPUT_CACHE names a folder, and `snakemake --cache`
+# then takes each from there or puts it there. Those rules have no benchmark file, which
+# Snakemake refuses beside a cache (a result taken from it has no time to report): their
+# logs end with the job's time and peak memory instead.
+OUTPUT_CACHE = os.environ.get("SNAKEMAKE_OUTPUT_CACHE") or None
+CACHE_MODE = "omit-software" if OUTPUT_CACHE else False  # the software stack is the VERSIONS param
+
+
+if OUTPUT_CACHE:
+    try:
+        check_output_cache(OUTPUT_CACHE)
+    except ValueError as err:
+        raise WorkflowError(str(err))
+
+
+def cache_key(wildcards):
+    """What tells two outputs of one rule apart: Snakemake's cache hash covers a job's script,
+    params and inputs, not its wildcards, so without this param the train and test
+    features of one network would share one cache entry."""
+    return canonical(dict(wildcards.items()))
+
 
 # Label-efficiency outputs exist only when evaluation.shots lists something.
 LABEL_EFFICIENCY = {

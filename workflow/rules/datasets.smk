@@ -27,9 +27,9 @@ rule prepare_dataset:
         "results/datasets/{dataset}.npz",
     log:
         "results/logs/prepare_dataset/{dataset}.log",
-    benchmark:
-        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    cache: CACHE_MODE
     params:
+        names=cache_key,
         spec=prepare_params,
         code=code("prepare_dataset"),
         versions=VERSIONS,

@@ -26,12 +26,12 @@ rule extract_features:
         metrics="results/extract/{network}_{dataset}_{split}.json",
     log:
         "results/logs/extract_features/{network}_{dataset}_{split}.log",
-    benchmark:
-        "results/benchmarks/extract_features/{network}_{dataset}_{split}.tsv"
+    cache: CACHE_MODE
     threads: config["extract"]["threads"]
     resources:
         gpu=1,
     params:
+        names=cache_key,
         network=network_params,
         code=code("extract_features"),
         versions=VERSIONS,
