@@ -75,7 +75,7 @@ if OUTPUT_CACHE:
 
 
 def cache_key(wildcards):
-    """What tells two outputs of one rule apart: Snakemake's cache hash covers a job's script,
+    """What tells a job's outputs from those of its siblings. Snakemake's cache hash covers a job's script,
     params and inputs, not its wildcards, so without this param the train and test
     features of one network would share one cache entry."""
     return canonical(dict(wildcards.items()))
