@@ -1,0 +1,194 @@
+"""Network inputs straight from image files: for datasets stored as their original files.
+
+A prepared dataset stored as files (``PreparedDataset.files``) holds paths, not pixels,
+so the extraction job decodes. Host threads read the bytes (and decode what is not a
+JPEG, through the same PIL path as preparation); JPEGs are decoded in one batched
+``torchvision.io.decode_jpeg`` call, on the GPU (nvjpeg) when extracting on CUDA, so the
+host's cores do not cap a fast GPU; each image is then turned upright by its EXIF
+orientation, resized (shorter side to the weights' resize, Pillow's antialiased filter,
+:class:`~transfer_lab.preprocess.DevicePreprocess`), centre-cropped and normalised on the
+device, images of one size together, and stacked into the network's batch.
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import as_rgb, decode_image
+from .preprocess import DevicePreprocess
+from .sources.base import DatasetError
+
+DECODES = ("auto", "cpu", "gpu")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_ORIENTATION = 0x0112  # the EXIF tag
+
+
+def decode_device(decode: str, device: torch.device) -> torch.device:
+    """Where JPEGs are decoded: ``auto`` on the extraction device when it is CUDA (nvjpeg),
+    else on the CPU; ``gpu`` without a CUDA extraction device is an error, not a silent CPU run."""
+    if decode not in DECODES:
+        raise ValueError(f"extract.decode must be one of {', '.join(DECODES)}, not {decode!r}")
+    if decode == "cpu" or (decode == "auto" and device.type != "cuda"):
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"extract.decode: gpu needs a CUDA extraction device; this job extracts on {device}")
+    return device
+
+
+@dataclass
+class RawImage:
+    """One file as the host threads leave it: JPEG bytes to decode, or decoded pixels."""
+
+    path: str
+    jpeg: torch.Tensor | None  # uint8 (nbytes,) of a JPEG file, decoded later in the batch
+    pixels: np.ndarray | None  # uint8 (H, W, 3), upright: any other format, decoded by PIL
+    orientation: int  # EXIF orientation (1-8) still to apply to the decoded JPEG
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (C, H, W) image turned upright as ``PIL.ImageOps.exif_transpose`` does, on any device."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(image, -1, (-2, -1))
+    if orientation == 7:
+        return image.flip(-2, -1).transpose(-2, -1)
+    if orientation == 8:
+        return torch.rot90(image, 1, (-2, -1))
+    return image
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation of JPEG bytes (1 when absent or unreadable), from the header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block keeps the pixels as stored, as images.open_upright
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def read_raw(path: str) -> RawImage:
+    """One file read on a host thread; a missing, empty or (non-JPEG) unreadable file is a
+    ``DatasetError`` naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot be read ({err})") from err
+    if data.startswith(_JPEG_MAGIC):
+        return RawImage(path, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, _jpeg_orientation(data))
+    # PNG, BMP, PPM, ...: the decoding of preparation (any mode to RGB, EXIF upright).
+    pixels = np.array(as_rgb(decode_image(data, path)), dtype=np.uint8)
+    return RawImage(path, None, pixels, 1)
+
+
+class FileInputs:
+    """Batches of image paths -> the network's normalised input, (n, 3, crop, crop) float32 on ``device``.
+
+    ``submit`` starts reading a batch on the host threads (call it for the next batch
+    before computing this one); ``to_input`` decodes, orients, resizes, crops and
+    normalises on the device.
+    """
+
+    def __init__(self, prep: DevicePreprocess, device: torch.device, decode: str = "auto", threads: int = 4):
+        self.prep = prep
+        self.device = device
+        self.decode_on = decode_device(decode, device)
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="read-images")
+
+    def submit(self, paths: np.ndarray | list[str]) -> Future:
+        """Start reading ``paths`` on the host threads; the future holds their :class:`RawImage` list."""
+        futures = [self.pool.submit(read_raw, str(p)) for p in paths]
+        done: Future = Future()
+
+        def gather(_):
+            if all(f.done() for f in futures) and not done.done():
+                errors = [f.exception() for f in futures if f.exception() is not None]
+                if errors:
+                    done.set_exception(errors[0])
+                else:
+                    done.set_result([f.result() for f in futures])
+
+        for f in futures:
+            f.add_done_callback(gather)
+        if not futures:
+            done.set_result([])
+        return done
+
+    def __call__(self, paths: np.ndarray | list[str]) -> torch.Tensor:
+        return self.to_input(self.submit(paths).result())
+
+    def decoded(self, raws: list[RawImage]) -> list[torch.Tensor]:
+        """Every image as uint8 (3, H, W) on the extraction device, upright."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        jpegs = [k for k, r in enumerate(raws) if r.jpeg is not None]
+        out: list[torch.Tensor | None] = [None] * len(raws)
+        if jpegs:
+            try:
+                images = decode_jpeg([raws[k].jpeg for k in jpegs], mode=ImageReadMode.RGB, device=self.decode_on)
+            except RuntimeError as err:
+                if "out of memory" in str(err).lower():
+                    raise
+                raise self._culprit([raws[k] for k in jpegs], err) from err
+            for k, image in zip(jpegs, images, strict=True):
+                out[k] = orient(image, raws[k].orientation).to(self.device, non_blocking=True)
+        for k, r in enumerate(raws):
+            if r.pixels is not None:
+                out[k] = torch.from_numpy(r.pixels).permute(2, 0, 1).to(self.device, non_blocking=True)
+        return out  # type: ignore[return-value]
+
+    def _culprit(self, raws: list[RawImage], err: Exception) -> DatasetError:
+        """The batch failed to decode: find the first file that does not, and name it."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        for r in raws:
+            try:
+                decode_jpeg(r.jpeg, mode=ImageReadMode.RGB, device=self.decode_on)
+            except RuntimeError as one:
+                return DatasetError(f"{r.path}: not a readable JPEG ({one}); replace or remove the file")
+        return DatasetError(f"a batch of {len(raws)} JPEGs from {raws[0].path} on failed to decode ({err})")
+
+    def to_input(self, raws: list[RawImage]) -> torch.Tensor:
+        """The network's input for one batch: images of one size go through the weights'
+        eval transform together (one pair of resize matrices per size), in the batch's order."""
+        images = self.decoded(raws)
+        crop = self.prep.p.crop
+        x = torch.empty((len(images), 3, crop, crop), dtype=torch.float32, device=self.device)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for k, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape[1:]), []).append(k)
+        for (height, width), members in by_size.items():
+            if min(height, width) < 1:
+                raise DatasetError(f"{raws[members[0]].path}: an empty ({height}x{width}) image")
+            group = torch.stack([images[k] for k in members]).permute(0, 2, 3, 1)  # NHWC, as DevicePreprocess takes
+            try:
+                x[members] = self.prep(group)
+            except ValueError as err:  # crop larger than the resized image cannot happen; say which file if it does
+                raise DatasetError(f"{raws[members[0]].path}: {err}") from err
+        return x
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def is_file_list(items) -> bool:
+    """Whether a split's items are image paths (a dataset stored as files) rather than pixels."""
+    return isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.dtype.kind in "USO")
+
