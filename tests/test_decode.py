@@ -1,6 +1,5 @@
 """Extraction from original image files (decode.py), and the CUDA-only extraction options on the CPU."""
 
-import io
 
 import numpy as np
 import pytest
