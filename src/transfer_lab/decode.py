@@ -43,12 +43,12 @@ def decode_device(decode: str, device: torch.device) -> torch.device:
 
 @dataclass
 class RawImage:
-    """One file as the host threads leave it: JPEG bytes to decode, or decoded pixels."""
+    """One file as the host threads leave it: JPEG bytes for the GPU to decode, or decoded pixels."""
 
     path: str
-    jpeg: torch.Tensor | None  # uint8 (nbytes,) of a JPEG file, decoded later in the batch
-    pixels: np.ndarray | None  # uint8 (H, W, 3), upright: any other format, decoded by PIL
-    orientation: int  # EXIF orientation (1-8) still to apply to the decoded JPEG
+    jpeg: torch.Tensor | None  # uint8 (nbytes,) of a JPEG file, decoded later in one batch on the GPU
+    pixels: torch.Tensor | None  # uint8 (3, H, W), upright: decoded on the host thread
+    orientation: int  # EXIF orientation (1-8) still to apply to the GPU-decoded JPEG
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -82,9 +82,11 @@ def _jpeg_orientation(data: bytes) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def read_raw(path: str) -> RawImage:
-    """One file read on a host thread; a missing, empty or (non-JPEG) unreadable file is a
-    ``DatasetError`` naming it."""
+def read_raw(path: str, gpu_jpeg: bool) -> RawImage:
+    """One file read (and, unless it is a JPEG for the GPU, decoded) on a host thread; a
+    missing, empty or unreadable file is a ``DatasetError`` naming it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -92,10 +94,21 @@ def read_raw(path: str) -> RawImage:
     except OSError as err:
         raise DatasetError(f"{path}: cannot be read ({err})") from err
     if data.startswith(_JPEG_MAGIC):
-        return RawImage(path, torch.frombuffer(bytearray(data), dtype=torch.uint8), None, _jpeg_orientation(data))
+        jpeg, orientation = torch.frombuffer(bytearray(data), dtype=torch.uint8), _jpeg_orientation(data)
+        if gpu_jpeg:
+            return RawImage(path, jpeg, None, orientation)
+        try:
+            image = decode_jpeg(jpeg, mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise _unreadable(path, err) from err
+        return RawImage(path, None, orient(image, orientation), 1)
     # PNG, BMP, PPM, ...: the decoding of preparation (any mode to RGB, EXIF upright).
     pixels = np.array(as_rgb(decode_image(data, path)), dtype=np.uint8)
-    return RawImage(path, None, pixels, 1)
+    return RawImage(path, None, torch.from_numpy(pixels).permute(2, 0, 1), 1)
+
+
+def _unreadable(path: str, err: Exception) -> DatasetError:
+    return DatasetError(f"{path}: not a readable JPEG ({err}); replace or remove the file")
 
 
 class FileInputs:
@@ -114,7 +127,8 @@ class FileInputs:
 
     def submit(self, paths: np.ndarray | list[str]) -> Future:
         """Start reading ``paths`` on the host threads; the future holds their :class:`RawImage` list."""
-        futures = [self.pool.submit(read_raw, str(p)) for p in paths]
+        gpu_jpeg = self.decode_on.type == "cuda"
+        futures = [self.pool.submit(read_raw, str(p), gpu_jpeg) for p in paths]
         done: Future = Future()
 
         def gather(_):
@@ -135,7 +149,8 @@ class FileInputs:
         return self.to_input(self.submit(paths).result())
 
     def decoded(self, raws: list[RawImage]) -> list[torch.Tensor]:
-        """Every image as uint8 (3, H, W) on the extraction device, upright."""
+        """Every image as uint8 (3, H, W) on the extraction device, upright: the JPEGs left
+        for the GPU decoded in one batched call, the rest uploaded as the host decoded them."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         jpegs = [k for k, r in enumerate(raws) if r.jpeg is not None]
@@ -148,10 +163,10 @@ class FileInputs:
                     raise
                 raise self._culprit([raws[k] for k in jpegs], err) from err
             for k, image in zip(jpegs, images, strict=True):
-                out[k] = orient(image, raws[k].orientation).to(self.device, non_blocking=True)
+                out[k] = orient(image, raws[k].orientation)
         for k, r in enumerate(raws):
             if r.pixels is not None:
-                out[k] = torch.from_numpy(r.pixels).permute(2, 0, 1).to(self.device, non_blocking=True)
+                out[k] = r.pixels.to(self.device, non_blocking=True)
         return out  # type: ignore[return-value]
 
     def _culprit(self, raws: list[RawImage], err: Exception) -> DatasetError:
@@ -162,7 +177,7 @@ class FileInputs:
             try:
                 decode_jpeg(r.jpeg, mode=ImageReadMode.RGB, device=self.decode_on)
             except RuntimeError as one:
-                return DatasetError(f"{r.path}: not a readable JPEG ({one}); replace or remove the file")
+                return _unreadable(r.path, one)
         return DatasetError(f"a batch of {len(raws)} JPEGs from {raws[0].path} on failed to decode ({err})")
 
     def to_input(self, raws: list[RawImage]) -> torch.Tensor:
