@@ -26,6 +26,11 @@ def photos() -> list[np.ndarray]:
     return [china[::3, ::3], flower[40:400, 200:420][::2, ::2], china[100:300, 200:400]]
 
 
+def small() -> list[np.ndarray]:
+    """Tiny photo crops (landscape, portrait, square), for tests of the batch loop, not of pixels."""
+    return [a[::4, ::4] for a in photos()]
+
+
 def save(image: Image.Image, path, **kw) -> str:
     image.save(path, **kw)
     return str(path)
@@ -108,12 +113,30 @@ def test_an_unreadable_file_is_named(backbone, tmp_path):
 
 
 def test_file_datasets_extract_in_resumable_shards(backbone, tmp_path):
-    paths = np.array([save(Image.fromarray(a), tmp_path / f"{k}.jpg") for k, a in enumerate(photos() * 2)])
+    paths = np.array([save(Image.fromarray(a), tmp_path / f"{k}.jpg") for k, a in enumerate(small() * 2)])
     extractor = Extractor(backbone, "cpu", "fp32")
     whole = extract_sharded(extractor, paths, tmp_path / "s", shard_size=4, batch_size=3)
     (tmp_path / "s" / "cpu-fp32" / "shard-00001.npy").unlink()  # killed before the last shard
     resumed = extract_sharded(extractor, paths, tmp_path / "s", shard_size=4, batch_size=3)
     assert resumed.n_computed == 2 and resumed.features.tobytes() == whole.features.tobytes()
+
+
+def test_out_of_memory_halves_a_batch_of_files(backbone, tmp_path, monkeypatch):
+    paths = np.array([save(Image.fromarray(a), tmp_path / f"{k}.jpg") for k, a in enumerate(small() + small()[:1])])
+    extractor = Extractor(backbone, "cpu", "fp32")
+    expected = extractor.run(paths, batch_size=2)
+    seen, forward = [], backbone.model.forward
+
+    def forward_or_oom(x):
+        seen.append(len(x))
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(x)
+
+    monkeypatch.setattr(backbone.model, "forward", forward_or_oom)
+    features = extractor.run(paths, batch_size=4)
+    assert seen == [4, 2, 2] and extractor.max_batch_size == 2, seen  # 4 -> 2, then kept
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_the_cuda_options_leave_cpu_features_unchanged(backbone):

@@ -108,11 +108,13 @@ class Extractor:
         return contextlib.nullcontext()
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
-        """A uint8 batch on the device, copied without waiting for the copy to finish (CPU and
-        other devices; on CUDA, :class:`_Staging` does this with buffers allocated once)."""
+        """A uint8 batch on the device, copied without waiting for the copy to finish (fine-tuning's
+        batches, and extraction off CUDA; extraction on CUDA stages through :class:`_Staging`)."""
         # A copy of just this batch (read from the memory map, if that is what ``images``
         # is): host memory is bounded by the batch, not the dataset.
         batch = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
         return batch.to(self.device, non_blocking=True)
 
     def network_input(self, batch: torch.Tensor) -> torch.Tensor:
