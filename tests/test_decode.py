@@ -112,6 +112,26 @@ def test_an_unreadable_file_is_named(backbone, tmp_path):
         extractor.run(np.array([good, str(tmp_path / "missing.png")]), batch_size=2)
 
 
+def test_the_batched_decode_path_gives_the_host_decoders_pixels(backbone, tmp_path):
+    """The path nvjpeg takes (bytes from the threads, one batched decode_jpeg call, orientation
+    after), run with the CPU decoder: the pixels of decoding on the host threads; a file the
+    batch decoder rejects is decoded alone, and one nobody can decode is named."""
+    from transfer_lab.decode import FileInputs, read_raw
+
+    image = Image.fromarray(np.rot90(small()[0], 1).copy())
+    exif = image.getexif()
+    exif[0x0112] = 8
+    paths = [save(Image.fromarray(a), tmp_path / f"{k}.jpg") for k, a in enumerate(small())]
+    paths += [save(image, tmp_path / "rotated.jpg", exif=exif.tobytes()), save(image, tmp_path / "p.png")]
+    inputs = FileInputs(Extractor(backbone, "cpu", "fp32").prep, torch.device("cpu"))
+    batched = inputs.to_input([read_raw(p, gpu_jpeg=True) for p in paths])
+    assert batched.numpy().tobytes() == inputs.to_input([read_raw(p, gpu_jpeg=False) for p in paths]).numpy().tobytes()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg at all" * 10)
+    with pytest.raises(DatasetError, match="bad.jpg: not a readable JPEG"):
+        inputs.to_input([read_raw(p, gpu_jpeg=True) for p in [*paths, str(bad)]])
+
+
 def test_file_datasets_extract_in_resumable_shards(backbone, tmp_path):
     paths = np.array([save(Image.fromarray(a), tmp_path / f"{k}.jpg") for k, a in enumerate(small() * 2)])
     extractor = Extractor(backbone, "cpu", "fp32")

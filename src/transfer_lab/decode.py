@@ -13,6 +13,7 @@ device, images of one size together, and stacked into the network's batch.
 from __future__ import annotations
 
 import io
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,9 @@ class FileInputs:
             except RuntimeError as err:
                 if "out of memory" in str(err).lower():
                     raise
-                raise self._culprit([raws[k] for k in jpegs], err) from err
+                # One file nvjpeg cannot take (CMYK, an unusual sampling, a corrupt file) fails
+                # the batch: decode one by one, on the CPU where the GPU refuses.
+                images = [self._one_by_one(raws[k], err) for k in jpegs]
             for k, image in zip(jpegs, images, strict=True):
                 out[k] = orient(image, raws[k].orientation)
         for k, r in enumerate(raws):
@@ -169,16 +172,22 @@ class FileInputs:
                 out[k] = r.pixels.to(self.device, non_blocking=True)
         return out  # type: ignore[return-value]
 
-    def _culprit(self, raws: list[RawImage], err: Exception) -> DatasetError:
-        """The batch failed to decode: find the first file that does not, and name it."""
+    def _one_by_one(self, raw: RawImage, err: Exception) -> torch.Tensor:
+        """A JPEG of a batch that failed on the GPU: decoded alone there, else on the CPU
+        (logged), else a ``DatasetError`` naming the file."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        for r in raws:
-            try:
-                decode_jpeg(r.jpeg, mode=ImageReadMode.RGB, device=self.decode_on)
-            except RuntimeError as one:
-                return _unreadable(r.path, one)
-        return DatasetError(f"a batch of {len(raws)} JPEGs from {raws[0].path} on failed to decode ({err})")
+        try:
+            return decode_jpeg(raw.jpeg, mode=ImageReadMode.RGB, device=self.decode_on)
+        except RuntimeError as gpu_err:
+            if "out of memory" in str(gpu_err).lower():
+                raise
+        try:
+            image = decode_jpeg(raw.jpeg, mode=ImageReadMode.RGB)
+        except RuntimeError as cpu_err:
+            raise _unreadable(raw.path, cpu_err) from err
+        logging.warning("%s: decoded on the CPU (the GPU decoder refused it: %s)", raw.path, err)
+        return image.to(self.device)
 
     def to_input(self, raws: list[RawImage]) -> torch.Tensor:
         """The network's input for one batch: images of one size go through the weights'
