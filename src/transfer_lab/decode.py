@@ -112,6 +112,21 @@ def _unreadable(path: str, err: Exception) -> DatasetError:
     return DatasetError(f"{path}: not a readable JPEG ({err}); replace or remove the file")
 
 
+class Reads:
+    """The files of one batch being read on the host threads."""
+
+    def __init__(self, futures: list[Future]):
+        self.futures = futures
+
+    def result(self) -> list[RawImage]:
+        """The batch's files in order; the first file (in batch order) that failed raises."""
+        return [f.result() for f in self.futures]
+
+    def cancel(self) -> None:
+        for f in self.futures:
+            f.cancel()
+
+
 class FileInputs:
     """Batches of image paths -> the network's normalised input, (n, 3, crop, crop) float32 on ``device``.
 
@@ -126,25 +141,10 @@ class FileInputs:
         self.decode_on = decode_device(decode, device)
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="read-images")
 
-    def submit(self, paths: np.ndarray | list[str]) -> Future:
-        """Start reading ``paths`` on the host threads; the future holds their :class:`RawImage` list."""
+    def submit(self, paths: np.ndarray | list[str]) -> Reads:
+        """Start reading ``paths`` on the host threads."""
         gpu_jpeg = self.decode_on.type == "cuda"
-        futures = [self.pool.submit(read_raw, str(p), gpu_jpeg) for p in paths]
-        done: Future = Future()
-
-        def gather(_):
-            if all(f.done() for f in futures) and not done.done():
-                errors = [f.exception() for f in futures if f.exception() is not None]
-                if errors:
-                    done.set_exception(errors[0])
-                else:
-                    done.set_result([f.result() for f in futures])
-
-        for f in futures:
-            f.add_done_callback(gather)
-        if not futures:
-            done.set_result([])
-        return done
+        return Reads([self.pool.submit(read_raw, str(p), gpu_jpeg) for p in paths])
 
     def __call__(self, paths: np.ndarray | list[str]) -> torch.Tensor:
         return self.to_input(self.submit(paths).result())
@@ -207,9 +207,6 @@ class FileInputs:
             except ValueError as err:  # crop larger than the resized image cannot happen; say which file if it does
                 raise DatasetError(f"{raws[members[0]].path}: {err}") from err
         return x
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def is_file_list(items) -> bool:

@@ -11,10 +11,9 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +23,9 @@ from .devices import resolve_device
 from .files import atomic_write
 from .networks import Backbone
 from .preprocess import DevicePreprocess
+
+if TYPE_CHECKING:
+    from .decode import Reads
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -273,7 +275,7 @@ class _FileFeed:
     def __init__(self, extractor: Extractor, paths):
         self.reader = extractor.files()
         self.paths = paths
-        self.pending: deque[tuple[int, Future]] = deque()
+        self.pending: deque[tuple[int, Reads]] = deque()
 
     def next_end(self) -> int:
         return self.pending[0][0]
@@ -288,8 +290,8 @@ class _FileFeed:
         pass
 
     def reset(self) -> None:
-        for _, future in self.pending:
-            future.cancel()
+        for _, reads in self.pending:
+            reads.cancel()
         self.pending.clear()
 
 
