@@ -11,7 +11,8 @@ CIFAR-sized; prepared datasets are uint8 arrays):
   end2end   transfer_lab's path: uint8 batches to the device, resize/crop/normalise there;
   files     with --files N: the same from N generated photo-like JPEGs (~500x375) on
             disk, a dataset stored as its original files: read on host threads, decoded
-            where --decode says (auto: nvjpeg on CUDA), resized and cropped on the device;
+            where --decode says (auto: nvjpeg on CUDA), resized and cropped on the device
+            (the files were just written, so they are read from the page cache);
   naive     a per-image PIL transforms.Compose through a DataLoader, fp32: the baseline
             (--naive-n 0 skips it);
 and the ratios end2end/bare (target >= 0.9 on CPU, >= 0.95 on a GPU), files/bare (target
