@@ -359,7 +359,9 @@ class _Graph:
                 forward(self.input)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the file readers' host threads may run CPU work meanwhile; only this
+        # thread's CUDA calls are the capture's business.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = forward(self.input)
 
     def replay(self, batch: torch.Tensor) -> torch.Tensor:
