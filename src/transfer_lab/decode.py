@@ -198,14 +198,9 @@ class FileInputs:
         by_size: dict[tuple[int, int], list[int]] = {}
         for k, image in enumerate(images):
             by_size.setdefault(tuple(image.shape[1:]), []).append(k)
-        for (height, width), members in by_size.items():
-            if min(height, width) < 1:
-                raise DatasetError(f"{raws[members[0]].path}: an empty ({height}x{width}) image")
+        for members in by_size.values():
             group = torch.stack([images[k] for k in members]).permute(0, 2, 3, 1)  # NHWC, as DevicePreprocess takes
-            try:
-                x[members] = self.prep(group)
-            except ValueError as err:  # crop larger than the resized image cannot happen; say which file if it does
-                raise DatasetError(f"{raws[members[0]].path}: {err}") from err
+            x[members] = self.prep(group)
         return x
 
 
