@@ -14,7 +14,7 @@ def test_throughput_benchmark_prints_its_ratios():
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/extract_throughput.py"), "--arch", "resnet18",
          "--input-size", "64", "--n", "128", "--batch-size", "32", "--device", "cpu", "--threads", "2",
-         "--workers", "0", "--files", "16", "--photo-size", "120x90"],
+         "--workers", "0", "--files", "8", "--photo-size", "96x72"],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
     for label in ("bare forward", "end to end", "from files", "naive baseline"):
