@@ -116,7 +116,7 @@ def gpu_decoding_agrees() -> None:
 
     from transfer_lab.sources.base import DatasetError
 
-    backbone = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="bundled"))
+    backbone = load_backbone(NetworkSpec(arch="resnet50", weights="random"))
     with tempfile.TemporaryDirectory() as folder:
         paths = write_photos(Path(folder), 96, (500, 375), 16)
         gpu = FileInputs(DevicePreprocess(backbone.preprocess).cuda(), torch.device("cuda"), "gpu")
