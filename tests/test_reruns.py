@@ -161,9 +161,10 @@ def test_precision_reruns_every_extraction(workdir):
 
 @pytest.mark.parametrize("key, value", [
     ("batch_size", 64), ("threads", 2), ("shard_size", 100), ("compile", True), ("device", "cpu"),
+    ("cuda_graph", True), ("decode", "cpu"),
 ])
 def test_how_extraction_computes_reruns_nothing(workdir, key, value):
-    """Row: `extract.batch_size`, `threads`, `shard_size`, `compile` or `device`."""
+    """Row: `extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`."""
     reconfigure(workdir, lambda c: c["extract"].update({key: value}))
     assert plan(workdir) == {}
 
@@ -278,7 +279,8 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "add a network": test_adding_a_network_runs_that_network_only,
     "a network's `arch`, `weights`, `input_size`, `layer` or `pool`": test_a_network_setting_reruns_that_network,
     "`extract.precision`": test_precision_reruns_every_extraction,
-    "`extract.batch_size`, `threads`, `shard_size`, `compile` or `device`": test_how_extraction_computes_reruns_nothing,
+    "`extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`":
+        test_how_extraction_computes_reruns_nothing,
     "a file under a dataset's `root` (added, removed, rewritten)": test_a_file_under_a_dataset_root_reprepares_that_dataset,
     "an image a `csv` table lists, wherever it lies, rewritten":
         "test_own_files.py::test_csv_and_hf_datasets_through_preparation_and_extraction",

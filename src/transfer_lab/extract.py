@@ -10,9 +10,10 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from .devices import resolve_device
 from .files import atomic_write
 from .networks import Backbone
 from .preprocess import DevicePreprocess
+
+if TYPE_CHECKING:
+    from .decode import Reads
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -46,11 +50,27 @@ class ExtractionResult:
     n_computed: int  # images computed in this run; the rest came from earlier shards
 
 
+COMPILE_MODES = (False, True, "max-autotune")
+
+
 class Extractor:
-    """A backbone on its device with its preprocessing and precision, ready for batches."""
+    """A backbone on its device with its preprocessing and precision, ready for batches.
+
+    ``compile``: ``True`` runs the network through ``torch.compile``, ``"max-autotune"``
+    with its autotuning of kernels too (minutes of compilation, for big datasets).
+    ``cuda_graph``: on CUDA, preprocessing and network of a full batch are captured once in
+    a CUDA graph and replayed (one launch per batch instead of hundreds); the last, smaller
+    batch runs eagerly. On CUDA, uint8 batches are staged in pinned buffers allocated once
+    and copied on a side stream while the previous batch computes. ``decode`` says where
+    the JPEGs of a dataset stored as files are decoded (:mod:`transfer_lab.decode`). None of
+    these changes a feature value beyond the device's own rounding; on the CPU the graph
+    and the staging are not used.
+    """
 
     def __init__(self, backbone: Backbone, device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool = False):
+                 compile: bool | str = False, cuda_graph: bool = False, decode: str = "auto"):
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"extract.compile must be one of {COMPILE_MODES}, not {compile!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.feature_dim = backbone.feature_dim
@@ -58,18 +78,40 @@ class Extractor:
         model = backbone.model.to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if compile else model
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        if compile:
+            # With our own graph, inductor must not capture its own (cudagraph trees) inside it.
+            mode = "max-autotune-no-cudagraphs" if compile == "max-autotune" and self.cuda_graph else (
+                compile if isinstance(compile, str) else None)
+            model = torch.compile(model, mode=mode)
+        self.model = model
+        self.decode = decode
+        self._files = None  # a decode.FileInputs, made on the first batch of files
+        self._graphs: dict[tuple, _Graph | None] = {}  # input shape -> captured graph (None: capture failed)
+        self._staging: _Staging | None = None
         # Lowered when a batch runs out of device memory; None = the caller's batch size.
         self.max_batch_size: int | None = None
+
+    def shard_tag(self, files: bool = False) -> str:
+        """What computed values depend on beyond the network: device type, precision and, for
+        files whose JPEGs nvjpeg decodes, that (GPU and CPU JPEG decoders round differently)."""
+        from .decode import decode_device
+
+        gpu_jpeg = files and decode_device(self.decode, self.device).type == "cuda"
+        return f"{self.device.type}-{self.precision}" + ("-gpujpeg" if gpu_jpeg else "")
 
     def autocast(self):
         """The precision's autocast context (none for fp32)."""
         if self.precision in _AUTOCAST_DTYPES:
-            return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+            # A captured graph must not read autocast's cache of cast weights, which is freed
+            # when the context exits (torch's CUDA graphs notes: cache_enabled=False).
+            return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision],
+                                  cache_enabled=not self.cuda_graph)
         return contextlib.nullcontext()
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
-        """A uint8 batch on the device, copied without waiting for the copy to finish."""
+        """A uint8 batch on the device, copied without waiting for the copy to finish (fine-tuning's
+        batches, and extraction off CUDA; extraction on CUDA stages through :class:`_Staging`)."""
         # A copy of just this batch (read from the memory map, if that is what ``images``
         # is): host memory is bounded by the batch, not the dataset.
         batch = torch.from_numpy(np.array(images, dtype=np.uint8, order="C"))
@@ -79,41 +121,57 @@ class Extractor:
 
     def network_input(self, batch: torch.Tensor) -> torch.Tensor:
         """A uint8 batch on the device as the network takes it: preprocessed, channels-last on CUDA."""
-        x = self.prep(batch)
+        return self._channels_last(self.prep(batch))
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
+    def _from_pixels(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(self.network_input(batch)).float()
+
+    def _from_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self._channels_last(x)).float()
+
     def run(self, images: np.ndarray, batch_size: int, bar: tqdm | None = None) -> np.ndarray:
-        """Features of ``images`` (any array that slices into uint8 NHWC batches), in order.
+        """Features of ``images``, in order: an array that slices into uint8 NHWC batches, or
+        image paths (a dataset stored as its original files, decoded here).
 
         A batch that runs out of device memory is retried at half the batch size (logged),
         and the smaller size is kept for the rest of this extractor's batches; out of
         memory at batch size 1 is an error that says what to change.
         """
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        from .decode import is_file_list
+
+        files = is_file_list(images)
+        if not files and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3):
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         n = len(images)
         batch_size = min(batch_size, self.max_batch_size or batch_size)
         # Features stay on the device until the end (one copy back, no sync per batch), so
         # the host queues batch after batch while the GPU works; callers bound n by sharding.
         features = torch.empty((n, self.feature_dim), dtype=torch.float32, device=self.device)
+        feed = _FileFeed(self, images) if files else _PixelFeed(self, images)
+        forward = self._from_inputs if files else self._from_pixels
         with torch.inference_mode(), self.autocast():
             start = 0
-            nxt = self.to_device(images[:batch_size]) if n else None
+            feed.queue(0, min(n, batch_size))
             while start < n:
-                batch = nxt
-                end = start + len(batch)
                 try:
-                    if end < n:  # queue the next copy while this batch computes
-                        nxt = self.to_device(images[end:end + batch_size])
-                    x = self.network_input(batch)
-                    features[start:end] = self.model(x).float()
+                    end = feed.next_end()
+                    if end < n and len(feed.pending) < 2:  # queue the next batch while this one computes
+                        feed.queue(end, min(n, end + batch_size))
+                    batch = feed.take()
+                    graph = self._graph(forward, batch, batch_size) if self.cuda_graph else None
+                    features[start:end] = graph.replay(batch) if graph is not None else forward(batch)
+                    feed.release()
                 except Exception as err:
                     if not is_out_of_memory(err):
                         raise
-                    del batch
-                    nxt = x = None
-                    batch_size = self._smaller_batch(end - start, err)
-                    nxt = self.to_device(images[start:start + batch_size])
+                    batch = None
+                    self._drop_device_buffers()
+                    feed.reset()
+                    batch_size = self._smaller_batch(min(batch_size, n - start), err)
+                    feed.queue(start, min(n, start + batch_size))
                     continue
                 if bar is not None:
                     bar.update(end - start)
@@ -124,6 +182,37 @@ class Extractor:
                 f"non-finite features from {self.precision} extraction; try extract.precision: fp32"
             )
         return out
+
+    def _graph(self, forward, batch: torch.Tensor, batch_size: int) -> _Graph | None:
+        """The captured graph for full batches of this shape (captured on first use), or None:
+        a smaller batch, or a capture that failed (logged once; those batches run eagerly)."""
+        if len(batch) != batch_size:
+            return None
+        key = (forward.__name__, tuple(batch.shape), batch.dtype)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = _Graph(forward, batch)
+            except Exception as err:
+                if is_out_of_memory(err):
+                    raise
+                logging.warning("CUDA graph capture failed (%s: %s); running without one", type(err).__name__, err)
+                self._graphs[key] = None
+        return self._graphs[key]
+
+    def _drop_device_buffers(self) -> None:
+        """Free the graphs and staging buffers (sized for a batch that ran out of memory)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._graphs.clear()
+        self._staging = None
+
+    def files(self):
+        """The reader of image files for this extractor's device and decode setting."""
+        from .decode import FileInputs
+
+        if self._files is None:
+            self._files = FileInputs(self.prep, self.device, self.decode, torch.get_num_threads())
+        return self._files
 
     def _smaller_batch(self, failed: int, err: Exception) -> int:
         """Half the batch that ran out of memory, remembered for later batches."""
@@ -139,6 +228,146 @@ class Extractor:
                         self.device, failed, smaller)
         self.max_batch_size = smaller
         return smaller
+
+
+class _PixelFeed:
+    """uint8 batches of an array on the device, queued ahead: on CUDA through :class:`_Staging`."""
+
+    def __init__(self, extractor: Extractor, images: np.ndarray):
+        self.ex, self.images = extractor, images
+        self.pending: deque[tuple[int, object]] = deque()  # (end, staged slot or device batch)
+        self.current: int | None = None  # the staging slot the batch being computed reads
+
+    def next_end(self) -> int:
+        return self.pending[0][0]
+
+    def queue(self, lo: int, hi: int) -> None:
+        rows = self.images[lo:hi]
+        if self.ex.device.type != "cuda":
+            self.pending.append((hi, self.ex.to_device(rows)))
+            return
+        staging = self.ex._staging
+        if staging is None or staging.host[0].shape[1:] != rows.shape[1:] or len(staging.host[0]) < len(rows):
+            staging = self.ex._staging = _Staging((len(rows), *rows.shape[1:]), self.ex.device)
+        self.pending.append((hi, staging.put(rows)))
+
+    def take(self) -> torch.Tensor:
+        _, item = self.pending.popleft()
+        if self.ex.device.type != "cuda":
+            return item
+        self.current, size = item
+        return self.ex._staging.take(self.current, size)
+
+    def release(self) -> None:
+        if self.current is not None:
+            self.ex._staging.release(self.current)
+            self.current = None
+
+    def reset(self) -> None:
+        self.pending.clear()
+        self.current = None
+
+
+class _FileFeed:
+    """Network inputs from image paths: the next batch's files are read on host threads while
+    this batch decodes and computes."""
+
+    def __init__(self, extractor: Extractor, paths):
+        self.reader = extractor.files()
+        self.paths = paths
+        self.pending: deque[tuple[int, Reads]] = deque()
+
+    def next_end(self) -> int:
+        return self.pending[0][0]
+
+    def queue(self, lo: int, hi: int) -> None:
+        self.pending.append((hi, self.reader.submit(self.paths[lo:hi])))
+
+    def take(self) -> torch.Tensor:
+        return self.reader.to_input(self.pending.popleft()[1].result())
+
+    def release(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        for _, reads in self.pending:
+            reads.cancel()
+        self.pending.clear()
+
+
+class _Staging:
+    """Two pinned host buffers and two device buffers for uint8 batches, allocated once and
+    reused, and a side stream that copies host to device while the compute stream works.
+
+    Events keep the two apart: a host buffer is refilled only once its last copy is done,
+    and a device buffer is overwritten only once the compute stream has read it. Both
+    buffers live as long as this object (freed only after a synchronize), so no
+    ``record_stream`` is needed.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device):
+        self.host = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.dev = [torch.empty(shape, dtype=torch.uint8, device=device) for _ in range(2)]
+        self.stream = torch.cuda.Stream(device)
+        self.copied: list[torch.cuda.Event | None] = [None, None]  # host->device copy of slot k done
+        self.consumed: list[torch.cuda.Event | None] = [None, None]  # compute stream done reading slot k
+        self.slot = 0
+
+    def put(self, rows: np.ndarray) -> tuple[int, int]:
+        """Copy ``rows`` (read from the memory map here) into the next slot and start its
+        upload on the side stream; returns (slot, rows)."""
+        k, self.slot = self.slot, 1 - self.slot
+        if self.copied[k] is not None:
+            self.copied[k].synchronize()  # the host buffer's previous upload has finished
+        size = len(rows)
+        np.copyto(self.host[k][:size].numpy(), rows)
+        with torch.cuda.stream(self.stream):
+            if self.consumed[k] is not None:
+                self.stream.wait_event(self.consumed[k])
+            self.dev[k][:size].copy_(self.host[k][:size], non_blocking=True)
+            self.copied[k] = torch.cuda.Event()
+            self.copied[k].record(self.stream)
+        return k, size
+
+    def take(self, k: int, size: int) -> torch.Tensor:
+        """Slot k's batch, for the compute stream (which waits for its upload)."""
+        torch.cuda.current_stream(self.dev[k].device).wait_event(self.copied[k])
+        return self.dev[k][:size]
+
+    def release(self, k: int) -> None:
+        """The compute stream has queued its last read of slot k."""
+        self.consumed[k] = torch.cuda.Event()
+        self.consumed[k].record(torch.cuda.current_stream(self.dev[k].device))
+
+
+class _Graph:
+    """``forward`` on one static input shape, captured in a CUDA graph and replayed.
+
+    Warm-up runs on a side stream first (torch's recipe: compilation, cuDNN's kernel choice
+    and the resize matrices happen there, not in the capture). A replay copies the batch
+    into the static input; the static output is overwritten by the next replay, so the
+    caller copies it out on the same stream first (``features[a:b] = ...``).
+    """
+
+    def __init__(self, forward, example: torch.Tensor, warmup: int = 3):
+        device = example.device
+        self.input = example.clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                forward(self.input)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the file readers' host threads may run CPU work meanwhile; only this
+        # thread's CUDA calls are the capture's business.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.output = forward(self.input)
+
+    def replay(self, batch: torch.Tensor) -> torch.Tensor:
+        self.input.copy_(batch)
+        self.graph.replay()
+        return self.output
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -206,7 +435,9 @@ def extract_sharded(
     a job resumed on another kind of node (fp32 on a CPU after bf16 on a GPU) never
     stitches two precisions into one result.
     """
-    shard_dir = Path(shard_dir) / f"{extractor.device.type}-{extractor.precision}"
+    from .decode import is_file_list
+
+    shard_dir = Path(shard_dir) / extractor.shard_tag(files=is_file_list(images))
     shard_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
     bounds = [(lo, min(n, lo + shard_size)) for lo in range(0, n, shard_size)]

@@ -27,6 +27,8 @@ FITS = ("squash", "crop")
 STORAGE_INTERPOLATION = "bicubic"
 # Pillow's fixed-point filter weights (Resample.c: PRECISION_BITS).
 _PIL_ONE = float(1 << 22)
+# Resize matrices kept per DevicePreprocess (one pair per input size; a few MB at most).
+_MATRIX_CACHE = 256
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class DevicePreprocess(nn.Module):
     def matrices(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (height, width, str(device))
         if key not in self._matrices:
+            if len(self._matrices) >= _MATRIX_CACHE:  # images from files come in many sizes: keep the recent ones
+                del self._matrices[next(iter(self._matrices))]
             new_h, new_w = resized_size(height, width, self.p.resize)
             crop = self.p.crop
             if crop > min(new_h, new_w):

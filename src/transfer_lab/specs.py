@@ -168,7 +168,9 @@ class ExtractSettings:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 4
     shard_size: int = 10000
-    compile: bool = False
+    compile: bool | str = False  # false | true | max-autotune
+    cuda_graph: bool = False  # CUDA only: preprocessing + network of a full batch in one graph
+    decode: str = "auto"  # auto | cpu | gpu: where a file dataset's JPEGs are decoded
 
     @classmethod
     def from_config(cls, section: Mapping) -> ExtractSettings:

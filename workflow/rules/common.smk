@@ -164,8 +164,9 @@ def extract_inputs(wildcards):
 
 def network_params(wildcards):
     """What defines a network's feature values: its spec, and the precision they are
-    computed at. How a job computes them (batch size, threads, shard size, compile, the
-    device) does not: those settings reach the scripts through the config instead."""
+    computed at. How a job computes them (batch size, threads, shard size, compile, CUDA
+    graphs, where JPEGs are decoded, the device) does not: those settings reach the
+    scripts through the config instead."""
     return {"spec": NETWORKS[wildcards.network].to_dict(), "precision": config["extract"]["precision"]}
 
 

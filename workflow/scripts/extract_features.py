@@ -14,6 +14,7 @@ import torch
 
 from transfer_lab.bottleneck import Bottleneck, write_bottleneck
 from transfer_lab.datasets import load_prepared
+from transfer_lab.decode import decode_device
 from transfer_lab.devices import claim_device
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.files import atomic_write, log_to
@@ -26,12 +27,12 @@ with log_to(snakemake.log[0]) as log:
     settings = ExtractSettings.from_config(snakemake.config["extract"])
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset, mmap=True)
-    images, labels = ds.subset(w.split)
+    images, labels = ds.subset(w.split)  # image paths for a dataset stored as files, decoded in extract_sharded
     backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
     extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
-                          compile=settings.compile)
+                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode)
     logging.info("extracting %d %s images of %s on %s (%s)", len(images), w.split, w.dataset,
                  extractor.device, extractor.precision)
     # Shards are reused only by a job with the same network, code, versions and shard size
@@ -53,6 +54,9 @@ with log_to(snakemake.log[0]) as log:
         "n_computed": result.n_computed, "seconds": result.seconds, "images_per_second": result.images_per_second,
         "device": result.device, "precision": result.precision,
         "batch_size": settings.batch_size, "threads": snakemake.threads,
+        "compile": settings.compile, "cuda_graph": extractor.cuda_graph,
+        # Where a file dataset's JPEGs were decoded (None: a dataset stored as pixels).
+        "decode": decode_device(settings.decode, extractor.device).type if ds.files is not None else None,
         "meta": {k: v for k, v in meta.items() if k in ("seed", "init_seed") or k.startswith("version_")},
     }
     with atomic_write(snakemake.output.metrics, "w") as f:
