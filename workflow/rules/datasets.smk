@@ -29,9 +29,37 @@ rule prepare_dataset:
         "results/logs/prepare_dataset/{dataset}.log",
     benchmark:
         "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    threads: PREPARE["threads"]
     params:
+        dataset=lambda wildcards: wildcards.dataset,
         spec=prepare_params,
         code=code("prepare_dataset"),
         versions=VERSIONS,
     script:
         "../scripts/prepare_dataset.py"
+
+
+rule prepare_part:
+    input:
+        unpack(fetched_input),
+    output:
+        # Gathered into the dataset's npz by prepare_dataset, then removed.
+        temp("results/datasets/parts/{dataset}/part-{part}-of-{parts}.npy"),
+    log:
+        "results/logs/prepare_part/{dataset}/part-{part}-of-{parts}.log",
+    benchmark:
+        "results/benchmarks/prepare_part/{dataset}/part-{part}-of-{parts}.tsv"
+    wildcard_constraints:
+        dataset=alternatives(DATASETS),
+        part=r"\d+",
+        parts=r"\d+",
+    threads: PREPARE["threads"]
+    params:
+        dataset=lambda wildcards: wildcards.dataset,
+        part=lambda wildcards: int(wildcards.part) - 1,
+        parts=lambda wildcards: int(wildcards.parts),
+        spec=prepare_params,
+        code=code("prepare_part"),
+        versions=VERSIONS,
+    script:
+        "../scripts/prepare_part.py"
