@@ -463,8 +463,9 @@ def part_chunks(paths: Sequence[str | os.PathLike], plan: Plan, chunk: int = 256
         images = np.load(path, mmap_mode="r", allow_pickle=False)
         expected = (len(part_rows(plan.rows, k, len(paths))), *plan.images.shape[1:])
         if images.shape != expected or images.dtype != np.uint8:
-            raise ValueError(f"{path}: part {k} holds {images.dtype} {images.shape}, expected uint8 {expected}; "
-                             "delete it so that rule prepare_part makes it again")
+            raise ValueError(f"{path}: part {k + 1} of {len(paths)} holds {images.dtype} {images.shape}, expected "
+                             f"uint8 {expected}; "
+                             "delete it, and rule prepare_part makes it again")
         for start in range(0, len(images), chunk):
             yield np.array(images[start:start + chunk])
 
