@@ -69,6 +69,7 @@ def write_folder(root: Path, n: int, distinct: int, classes: int = 10, seed: int
     files = list(sources)
     for k in range(len(sources), n):
         path = root / f"class{k % classes}" / f"img{k:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sources[k % len(sources)], path)
         files.append(path)
     return files
