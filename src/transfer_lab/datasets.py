@@ -3,7 +3,13 @@
 Every source (:mod:`transfer_lab.sources`), whatever its on-disk format, is turned once into
 ``results/datasets/{dataset}.npz``: uint8 NHWC RGB ``images``, int64 ``labels``,
 int8 ``split`` (an index into :data:`SPLITS`) and ``class_names``. Extraction then
-never decodes an image file again: it streams uint8 batches to the device.
+never decodes an image file again: it streams uint8 batches to the device. (A dataset
+with ``store: files`` keeps its files' paths instead, for extraction to decode.)
+
+Preparation decodes in bounded memory: splits are assigned from labels first
+(:func:`plan_dataset`), then the kept images are decoded on worker processes, chunk by
+chunk, straight into the file (:func:`stored_chunks`, :func:`write_dataset`), or in
+parts that separate jobs write and one gathers (:func:`write_part`).
 """
 
 from __future__ import annotations
