@@ -98,7 +98,7 @@ def test_draft_mode_is_used_where_it_is_exact_and_falls_back_on_a_jpeg_it_would_
     plan = plan_dataset(imagefolder(root), SPLIT)
     with caplog.at_level(logging.INFO):
         assert draft_is_exact(plan.images, plan.rows)
-    assert "JPEG draft mode on: 12 sampled images store within one grey level" in caplog.text
+    assert "JPEG draft mode on: 12 of 12 sampled images decode at reduced scale, each within one grey" in caplog.text
     opened = []
     opener = plan.images.opener
     plan.images.opener = lambda path, *draft: opened.append(opener(path, *draft).size) or opener(path, *draft)
@@ -115,6 +115,12 @@ def test_draft_mode_is_used_where_it_is_exact_and_falls_back_on_a_jpeg_it_would_
         assert not draft_is_exact(plan.images, plan.rows)
     assert f"JPEG draft mode off for this dataset: {root / 'b' / 'sharp.jpg'} stores up to" in caplog.text
     assert "decoding every image at full scale" in caplog.text
+    # Too small for a reduced scale at this storage size (1/2 of 800 < 2 x 256): not used, and said so.
+    caplog.clear()
+    plan = plan_dataset(imagefolder(root, size=256), SPLIT)
+    with caplog.at_level(logging.INFO):
+        assert not draft_is_exact(plan.images, plan.rows)
+    assert "JPEG draft mode not used: none of 13 sampled images is a JPEG of at least 1024 pixels" in caplog.text
     # Cropped to a region of interest (GTSRB's crop_roi), draft mode never applies.
     plan.images.boxes = [(0, 0, 100, 100)] * len(plan.images)
     assert not draft_is_exact(plan.images, plan.rows)

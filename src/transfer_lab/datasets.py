@@ -30,6 +30,7 @@ import numpy as np
 from . import sources
 from .files import atomic_write
 from .sources.base import DatasetError, DatasetSpec, LazyImages
+from .storage import draft_size, to_storage
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +302,10 @@ DRAFT_SAMPLE = 16
 
 
 def draft_is_exact(images: np.ndarray | LazyImages, rows: np.ndarray) -> bool:
-    """Whether JPEG draft mode may decode this dataset: True when each of ``DRAFT_SAMPLE``
-    images spread evenly over ``rows`` stores within one grey level of its full-scale
-    decode; else False, with a log line naming the image and the difference.
+    """Whether JPEG draft mode may decode this dataset: True when, of ``DRAFT_SAMPLE``
+    images spread evenly over ``rows``, some decode at a reduced scale and each of those
+    stores within one grey level of its full-scale decode; else False, logging why (the
+    image and the difference, or that no image has a reduced scale to use).
 
     The choice depends on the dataset alone (not on a part or worker count), so every
     part of a scattered preparation decodes the same way.
@@ -311,9 +313,15 @@ def draft_is_exact(images: np.ndarray | LazyImages, rows: np.ndarray) -> bool:
     if not isinstance(images, LazyImages) or not images.drafts or not len(rows):
         return False
     sample = np.unique(rows[np.linspace(0, len(rows) - 1, min(DRAFT_SAMPLE, len(rows))).round().astype(int)])
+    reduced = 0
     for i in sample:
-        full, drafted = images.decode_one(int(i)), images.decode_one(int(i), draft=True)
-        diff = int(np.abs(full.astype(np.int16) - drafted).max())
+        item = images.items[int(i)]
+        full, drafted = images.opener(item), images.opener(item, draft_size(images.size))
+        if drafted.size == full.size:  # not a JPEG, or too small for a reduced scale
+            continue
+        reduced += 1
+        diff = int(np.abs(to_storage(full, images.size, images.fit).astype(np.int16)
+                          - to_storage(drafted, images.size, images.fit)).max())
         if diff > 1:
             log.info(
                 "JPEG draft mode off for this dataset: %s stores up to %d grey levels differently when decoded at "
@@ -321,8 +329,13 @@ def draft_is_exact(images: np.ndarray | LazyImages, rows: np.ndarray) -> bool:
                 images.where(int(i)), diff,
             )
             return False
-    log.info("JPEG draft mode on: %d sampled images store within one grey level of their full-scale decode",
-             len(sample))
+    if not reduced:
+        log.info("JPEG draft mode not used: none of %d sampled images is a JPEG of at least %d pixels on its "
+                 "shorter side (a half-scale decode must keep twice the storage size, %d)", len(sample),
+                 2 * draft_size(images.size)[0], images.size)
+        return False
+    log.info("JPEG draft mode on: %d of %d sampled images decode at reduced scale, each within one grey level of "
+             "its full-scale decode", reduced, len(sample))
     return True
 
 
