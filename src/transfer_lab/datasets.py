@@ -236,8 +236,9 @@ def _decode_task(rows: np.ndarray) -> np.ndarray:
 
 def _executor(images: LazyImages, workers: int, draft: bool):
     """Worker processes, forked where the platform can (the worker imports nothing new: no
-    torch); threads elsewhere. Processes because PIL holds the GIL for part of each image
-    (measured: benchmarks/prepare_throughput.py)."""
+    torch); threads elsewhere. Processes because, while Pillow releases the GIL inside the
+    JPEG decoder and the resize, the Python around them (opening, EXIF, 16-bit greys in
+    numpy, checks) holds it: on 16 cores that share would cap threads, not processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
