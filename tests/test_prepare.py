@@ -25,6 +25,7 @@ from transfer_lab.datasets import (
     write_part,
 )
 from transfer_lab.sources import check_dataset, dataset_spec
+from transfer_lab.sources.base import DatasetError
 
 SPLIT = SplitSpec(validation_fraction=0.25, test_fraction=0.25, seed=0)
 
@@ -179,3 +180,12 @@ def test_prepare_parts_and_store_files_through_the_workflow(tmp_path):
     write_dataset(plan, tmp_path / "one.npz", prepared.meta, draft=prepared.meta["jpeg_draft"])
     assert (workdir / "results/datasets/photos.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
     assert load_prepared(workdir / "results/datasets/paths.npz").files[0].startswith(str(root))
+
+
+def test_a_bad_file_decoded_by_a_worker_is_named_as_a_sequential_decode_names_it(tmp_path):
+    root = photo_folder(tmp_path / "photos", n_per_class=4)
+    (root / "b" / "2.jpg").write_bytes(b"not a jpeg")
+    plan = plan_dataset(imagefolder(root), SPLIT)
+    for workers in (1, 2):
+        with pytest.raises(DatasetError, match=rf"^{root / 'b' / '2.jpg'}: not a readable image \(UnidentifiedImage"):
+            list(stored_chunks(plan.images, plan.rows, workers=workers))
