@@ -413,3 +413,12 @@ def write_timm_hub_cache(cache: Path, model_name: str, seed: int = 0, safetensor
         files = {p.name: p.read_bytes() for p in Path(folder).iterdir()}
     write_hf_cache(cache, f"timm/{model_name}", files)
     return model
+
+
+def decoded(raw):
+    """A source's :class:`RawDataset` with its images decoded into one array, as preparation
+    stores them (sources that read files hand back ``LazyImages``; decoding raises what a bad
+    file raises). Anything without images passes through."""
+    if hasattr(raw, "images"):
+        raw.images = np.asarray(raw.images)
+    return raw

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, copy_workflow, snakemake, write_config
+from fixtures import decoded
 from PIL import Image
 
 from transfer_lab import sources
@@ -49,7 +50,7 @@ def raises_exactly(exc_type, message: str, call, *args, reason: bool = False):
     """``call(*args)`` raises ``exc_type`` with exactly ``message``; with ``reason``, a
     ``({reason})`` placeholder in it stands for a library's own words in parentheses."""
     with pytest.raises(exc_type) as info:
-        call(*args)
+        decoded(call(*args))  # a source decodes its files when they are used
     got = str(info.value)
     if reason:
         pattern = re.escape(message).replace(re.escape("({reason})"), r"\(.+\)")
@@ -355,7 +356,7 @@ def test_sixteen_bit_png_loads_scaled_to_eight_bits(tmp_path):
         Image.fromarray(grey16).save(root / name / "deep.png")
     with Image.open(root / "a" / "deep.png") as image:
         assert image.mode.startswith("I")  # really a 16-bit file
-    raw = imagefolder.read(spec("imagefolder", root, image_size=16))
+    raw = decoded(imagefolder.read(spec("imagefolder", root, image_size=16)))
     assert raw.images.dtype == np.uint8 and (raw.images == 128).all()
 
 
@@ -369,7 +370,7 @@ def test_cmyk_jpeg_loads_as_rgb(tmp_path):
         Image.fromarray(rgb).convert("CMYK").save(root / name / "print.jpg", quality=100)
     with Image.open(root / "a" / "print.jpg") as image:
         assert image.mode == "CMYK"
-    raw = imagefolder.read(spec("imagefolder", root, image_size=16))
+    raw = decoded(imagefolder.read(spec("imagefolder", root, image_size=16)))
     assert raw.images.shape == (2, 16, 16, 3)
     assert np.abs(raw.images.reshape(-1, 3).mean(0) - [200, 0, 0]).max() < 6
 

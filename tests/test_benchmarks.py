@@ -59,3 +59,18 @@ def test_knn_benchmark_prints_times_ratio_and_agreement_with_numpy():
     agreement = re.findall(r"^k=(\d+)\s.*predictions agree ([\d.]+)%", out, flags=re.M)
     assert [k for k, _ in agreement] == ["10", "20", "100", "200"], out
     assert all(float(a) == 100.0 for _, a in agreement), out
+
+
+def test_prepare_benchmark_prints_rates_ratios_and_memory():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/prepare_throughput.py"), "--images", "48", "--distinct", "8",
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    for label in ("bare 1 process", "bare 2 processes", "prepare 1 worker", "prepare 2 workers"):
+        assert float(re.search(rf"^{label}\s+([\d.]+) img/s", out, flags=re.M).group(1)) > 0, out
+    for ratio in ("prepare/bare per core", "prepare 2/1 workers"):
+        assert float(re.search(rf"ratio {ratio}\s+([\d.]+)", out).group(1)) > 0, out
+    assert re.search(r"^draft mode\s+(on|off)$", out, flags=re.M), out
+    # The preparing process and its workers: far less than a GB for 48 small images.
+    assert 0 < int(re.search(r"^peak RSS\s+(\d+) MB", out, flags=re.M).group(1)) < 1000, out

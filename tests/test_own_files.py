@@ -14,6 +14,7 @@ import fixtures
 import numpy as np
 import pytest
 from conftest import REPO, copy_workflow, snakemake, write_config
+from fixtures import decoded
 from PIL import Image
 
 from transfer_lab import sources
@@ -49,7 +50,7 @@ def line_of(table, text: str) -> int:
 def raises_exactly(message: str, call, *args, reason: bool = False):
     """``call(*args)`` raises DatasetError with exactly ``message`` (``({reason})`` stands for a library's words)."""
     with pytest.raises(DatasetError) as info:
-        call(*args)
+        decoded(call(*args))  # a source decodes its files when they are used
     got = str(info.value)
     if reason:
         assert re.fullmatch(re.escape(message).replace(re.escape("({reason})"), r"\(.+\)"), got, re.S), got
@@ -64,7 +65,7 @@ def test_csv_relative_and_absolute_paths_names_and_official_splits(tmp_path):
     table = fixtures.write_csv_table(tmp_path, per_class=8)
     text = table.read_text()
     assert "images/" in text and str(tmp_path / "elsewhere") in text  # both kinds of path
-    raw = csv_table.read(spec("csv", table))
+    raw = decoded(csv_table.read(spec("csv", table)))
     assert raw.images.shape == (24, 64, 64, 3) and raw.images.dtype == np.uint8
     assert raw.class_names == list(fixtures.OWN_CLASSES)
     assert_class_colours(raw.images, raw.labels)
@@ -81,7 +82,7 @@ def test_csv_relative_and_absolute_paths_names_and_official_splits(tmp_path):
 
 def test_csv_integer_labels_in_numeric_order(tmp_path):
     table = fixtures.write_csv_table(tmp_path, labels="ints", split=False)
-    raw = csv_table.read(spec("csv", table, image_size=16))
+    raw = decoded(csv_table.read(spec("csv", table, image_size=16)))
     assert raw.class_names == ["2", "10", "100"]  # not text order ("10", "100", "2")
     assert raw.images.shape == (12, 16, 16, 3)
     assert_class_colours(raw.images, raw.labels)
@@ -92,7 +93,7 @@ def test_csv_integer_labels_in_numeric_order(tmp_path):
 def test_csv_split_names_maps_and_leaves_out(tmp_path):
     table = fixtures.write_csv_table(tmp_path, per_class=4)
     table.write_text(table.read_text().replace(",val\n", ",holdout\n"))
-    raws = [csv_table.read(spec("csv", table, split_names=names)) for names in (
+    raws = [decoded(csv_table.read(spec("csv", table, split_names=names))) for names in (
         {"train": "train", "test": "test", "holdout": "validation"},
         {"train": "train", "test": "test", "holdout": None},
     )]
@@ -210,7 +211,7 @@ def hf_roots(tmp_path_factory):
 
 
 def test_hf_save_to_disk_classes_labels_and_splits(hf_roots):
-    raw = hf.read(spec("hf", hf_roots["save_to_disk"]))
+    raw = decoded(hf.read(spec("hf", hf_roots["save_to_disk"])))
     assert raw.images.shape == (15, 64, 64, 3) and raw.images.dtype == np.uint8
     assert raw.class_names == list(fixtures.OWN_CLASSES)
     assert_class_colours(raw.images, raw.labels)
@@ -225,7 +226,7 @@ def test_hf_save_to_disk_classes_labels_and_splits(hf_roots):
 def test_hf_parquet_in_the_hubs_layout_reads_as_save_to_disk(hf_roots):
     assert sorted(p.name for p in (hf_roots["parquet"] / "data").iterdir()) == [
         "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
-    saved, parquet = (hf.read(spec("hf", hf_roots[k])) for k in ("save_to_disk", "parquet"))
+    saved, parquet = (decoded(hf.read(spec("hf", hf_roots[k]))) for k in ("save_to_disk", "parquet"))
     # Splits come in another order (files sorted by name); the same rows within each split.
     for origin in range(3):
         assert np.array_equal(saved.images[saved.origin == origin], parquet.images[parquet.origin == origin])
@@ -239,7 +240,7 @@ def test_hf_parquet_named_by_number_takes_its_folders_split(hf_roots, tmp_path):
         folder = tmp_path / "default" / path.name.split("-")[0]
         folder.mkdir(parents=True)
         (folder / "0000.parquet").write_bytes(path.read_bytes())
-    hub, converted = (hf.read(spec("hf", root)) for root in (hf_roots["parquet"], tmp_path))
+    hub, converted = (decoded(hf.read(spec("hf", root))) for root in (hf_roots["parquet"], tmp_path))
     for field in ("images", "labels", "origin"):
         assert np.array_equal(getattr(hub, field), getattr(converted, field))
 
@@ -257,7 +258,7 @@ def test_hf_reads_without_the_datasets_library(hf_roots):
 
 
 def test_hf_a_dataset_saved_alone_has_no_official_splits(hf_roots):
-    raw = hf.read(spec("hf", hf_roots["dataset"], image_size=16))
+    raw = decoded(hf.read(spec("hf", hf_roots["dataset"], image_size=16)))
     assert raw.images.shape == (9, 16, 16, 3) and raw.origin is None
     assert raw.class_names == list(fixtures.OWN_CLASSES)
     assert_class_colours(raw.images, raw.labels)
@@ -265,7 +266,7 @@ def test_hf_a_dataset_saved_alone_has_no_official_splits(hf_roots):
 
 def test_hf_custom_columns_and_missing_column(tmp_path):
     root = fixtures.write_hf(tmp_path / "d", image_column="picture", label_column="species")
-    raw = hf.read(spec("hf", root, image_column="picture", label_column="species"))
+    raw = decoded(hf.read(spec("hf", root, image_column="picture", label_column="species")))
     assert raw.class_names == list(fixtures.OWN_CLASSES) and len(raw.labels) == 15
     assert_class_colours(raw.images, raw.labels)
     first = root / "train" / "data-00000-of-00001.arrow"
@@ -283,9 +284,9 @@ def test_hf_unknown_split_names_and_the_mapping(tmp_path):
         "the dataset's split_names",
         hf.read, spec("hf", root),
     )
-    as_test = hf.read(spec("hf", root, split_names={"train": "train", "extra": "test"}))
+    as_test = decoded(hf.read(spec("hf", root, split_names={"train": "train", "extra": "test"})))
     assert np.bincount(as_test.origin).tolist() == [9, 0, 3]
-    left_out = hf.read(spec("hf", root, split_names={"train": "train", "extra": None}))
+    left_out = decoded(hf.read(spec("hf", root, split_names={"train": "train", "extra": None})))
     assert len(left_out.labels) == 9 and (left_out.origin == 0).all()
 
 
@@ -303,9 +304,9 @@ def _plain(tmp_path, labels, image=None):
 
 
 def test_hf_plain_integer_and_string_labels(tmp_path):
-    ints = hf.read(spec("hf", _plain(tmp_path / "ints", [0, 1, 2, 3, 1])))
+    ints = decoded(hf.read(spec("hf", _plain(tmp_path / "ints", [0, 1, 2, 3, 1]))))
     assert ints.class_names == ["0", "1", "2", "3"] and ints.labels.tolist() == [0, 1, 2, 3, 1]
-    text = hf.read(spec("hf", _plain(tmp_path / "text", ["emu", "cat", "dog", "cat"])))
+    text = decoded(hf.read(spec("hf", _plain(tmp_path / "text", ["emu", "cat", "dog", "cat"]))))
     assert text.class_names == ["cat", "dog", "emu"] and text.labels.tolist() == [2, 0, 1, 0]
 
 
@@ -328,7 +329,7 @@ def test_hf_image_paths_relative_to_the_root(tmp_path, monkeypatch):
 
     stored = pq.read_table(root / "train-00000-of-00001.parquet").column("image").to_pylist()
     assert stored[0] == {"bytes": None, "path": "pics/0.png"}  # paths only, relative
-    raw = hf.read(spec("hf", root))
+    raw = decoded(hf.read(spec("hf", root)))
     assert_class_colours(raw.images, raw.labels)
     (root / "pics" / "2.png").unlink()
     raises_exactly(f"{root / 'pics' / '2.png'}: no such file", hf.read, spec("hf", root))

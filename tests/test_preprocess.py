@@ -15,9 +15,9 @@ from transfer_lab.preprocess import (
     StorageResize,
     resize_matrix,
     resize_rows,
-    to_storage,
 )
 from transfer_lab.specs import NetworkSpec
+from transfer_lab.storage import to_storage
 
 
 def pillow_matrix(in_size: int, out_size: int, interpolation: str) -> np.ndarray:

@@ -82,7 +82,8 @@ def built(tmp_path_factory):
         record = json.loads(record.read_text())
         script = re.fullmatch(r"tmp\w+\.(\w+)\.py", record["script"])
         loaded.setdefault(script[1] if script else "snakemake", set()).update(record["modules"])
-        if not script or script[1] == "compare":  # parsing the workflow, and the comparison, need no torch
+        # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison need no torch.
+        if not script or script[1] in ("compare", "prepare_dataset"):
             assert not record["torch"], record
     assert set(loaded) == {*RULES, "snakemake"}, loaded.keys()
     return workdir, loaded
@@ -166,6 +167,12 @@ def test_precision_reruns_every_extraction(workdir):
 def test_how_extraction_computes_reruns_nothing(workdir, key, value):
     """Row: `extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`."""
     reconfigure(workdir, lambda c: c["extract"].update({key: value}))
+    assert plan(workdir) == {}
+
+
+def test_preparation_threads_rerun_nothing(workdir):
+    """Row: `prepare.threads`."""
+    reconfigure(workdir, lambda c: c.update(prepare={"threads": 3}))
     assert plan(workdir) == {}
 
 
@@ -281,6 +288,7 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "`extract.precision`": test_precision_reruns_every_extraction,
     "`extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`":
         test_how_extraction_computes_reruns_nothing,
+    "`prepare.threads`": test_preparation_threads_rerun_nothing,
     "a file under a dataset's `root` (added, removed, rewritten)": test_a_file_under_a_dataset_root_reprepares_that_dataset,
     "an image a `csv` table lists, wherever it lies, rewritten":
         "test_own_files.py::test_csv_and_hf_datasets_through_preparation_and_extraction",

@@ -20,6 +20,7 @@ import fixtures
 import numpy as np
 import pytest
 from conftest import REPO
+from fixtures import decoded
 from PIL import Image
 
 from transfer_lab import sources
@@ -262,7 +263,7 @@ def gtsrb(tmp_path_factory):
 
 
 def test_gtsrb_official_layout(gtsrb):
-    raw = gtsrb_source.read(spec("gtsrb", gtsrb["official"]))
+    raw = decoded(gtsrb_source.read(spec("gtsrb", gtsrb["official"])))
     assert raw.images.shape == (18, 64, 64, 3) and raw.images.dtype == np.uint8
     assert raw.images.flags["C_CONTIGUOUS"]
     assert raw.labels.dtype == np.int64
@@ -276,22 +277,22 @@ def test_gtsrb_official_layout(gtsrb):
     centres = raw.images[:, 24:40, 24:40].reshape(18, -1, 3).mean(axis=1)
     expected = np.array([fixtures.class_colour(int(y)) for y in raw.labels])
     assert np.abs(centres - expected).max() < 8
-    again = gtsrb_source.read(spec("gtsrb", gtsrb["official"] / "GTSRB"))
+    again = decoded(gtsrb_source.read(spec("gtsrb", gtsrb["official"] / "GTSRB")))
     assert np.array_equal(again.images, raw.images) and np.array_equal(again.origin, raw.origin)
 
 
 def test_gtsrb_torchvision_layout_reads_the_same(gtsrb):
-    official = gtsrb_source.read(spec("gtsrb", gtsrb["official"]))
+    official = decoded(gtsrb_source.read(spec("gtsrb", gtsrb["official"])))
     for root in (gtsrb["torchvision"], gtsrb["torchvision"] / "gtsrb"):
-        raw = gtsrb_source.read(spec("gtsrb", root))
+        raw = decoded(gtsrb_source.read(spec("gtsrb", root)))
         assert np.array_equal(raw.images, official.images)
         assert np.array_equal(raw.labels, official.labels)
         assert np.array_equal(raw.origin, official.origin)
 
 
 def test_gtsrb_crop_roi_keeps_only_the_sign(gtsrb):
-    full = gtsrb_source.read(spec("gtsrb", gtsrb["official"]))
-    cropped = gtsrb_source.read(spec("gtsrb", gtsrb["official"], crop_roi=True))
+    full = decoded(gtsrb_source.read(spec("gtsrb", gtsrb["official"])))
+    cropped = decoded(gtsrb_source.read(spec("gtsrb", gtsrb["official"], crop_roi=True)))
     assert cropped.images.shape == full.images.shape
     assert not np.array_equal(cropped.images, full.images)
     # The grey border is gone: every pixel, corners included, is near the class colour.
@@ -302,7 +303,7 @@ def test_gtsrb_crop_roi_keeps_only_the_sign(gtsrb):
 
 
 def test_gtsrb_image_size_override(gtsrb):
-    raw = gtsrb_source.read(spec("gtsrb", gtsrb["official"], image_size=24))
+    raw = decoded(gtsrb_source.read(spec("gtsrb", gtsrb["official"], image_size=24)))
     assert raw.images.shape == (18, 24, 24, 3)
 
 
@@ -311,14 +312,14 @@ def test_gtsrb_class_folder_without_csv_named(tmp_path):
     folder = root / "GTSRB" / "Final_Training" / "Images" / "00001"
     (folder / "GT-00001.csv").unlink()
     with pytest.raises(DatasetError) as err:
-        gtsrb_source.read(spec("gtsrb", root))
+        decoded(gtsrb_source.read(spec("gtsrb", root)))
     assert str(folder) in str(err.value) and "GT-00001.csv" in str(err.value)
 
 
 def test_gtsrb_missing_test_part_loads_training_only(tmp_path, caplog):
     root = fixtures.write_gtsrb(tmp_path, test_per_class=0)
     with caplog.at_level(logging.WARNING, logger="transfer_lab.sources"):
-        raw = gtsrb_source.read(spec("gtsrb", root))
+        raw = decoded(gtsrb_source.read(spec("gtsrb", root)))
     assert len(raw.labels) == 12 and (raw.origin == 0).all()
     assert "Final_Test" in caplog.text
 
@@ -329,13 +330,13 @@ def test_gtsrb_test_labels_missing_warns_and_finds_them_elsewhere(tmp_path, capl
     hidden = tmp_path / "elsewhere.csv"
     labels_csv.rename(hidden)
     with caplog.at_level(logging.WARNING, logger="transfer_lab.sources"):
-        raw = gtsrb_source.read(spec("gtsrb", root))
+        raw = decoded(gtsrb_source.read(spec("gtsrb", root)))
     # Only the unlabelled GT-final_test.test.csv is there: not mistaken for the labels.
     assert (raw.origin == 0).all() and len(raw.labels) == 12
     assert "GT-final_test.csv" in caplog.text
     for place in (root / "GTSRB", root / "GTSRB" / "Final_Test" / "Images"):
         shutil.copy(hidden, place / "GT-final_test.csv")
-        raw = gtsrb_source.read(spec("gtsrb", root))
+        raw = decoded(gtsrb_source.read(spec("gtsrb", root)))
         assert (raw.origin == 2).sum() == 6
         (place / "GT-final_test.csv").unlink()
 
@@ -345,14 +346,14 @@ def test_gtsrb_missing_image_and_missing_training_named(tmp_path):
     image = root / "GTSRB" / "Final_Training" / "Images" / "00002" / "00000_00001.ppm"
     image.unlink()
     with pytest.raises(DatasetError, match="00000_00001.ppm"):
-        gtsrb_source.read(spec("gtsrb", root))
+        decoded(gtsrb_source.read(spec("gtsrb", root)))
     with pytest.raises(DatasetError, match="Final_Training"):
-        gtsrb_source.read(spec("gtsrb", tmp_path / "GTSRB" / "Final_Test"))
+        decoded(gtsrb_source.read(spec("gtsrb", tmp_path / "GTSRB" / "Final_Test")))
 
 
 def test_class_ids_beyond_the_43_signs_named_by_number(tmp_path):
     root = fixtures.write_gtsrb(tmp_path / "g", n_classes=45, per_class=1, test_per_class=0)
-    assert gtsrb_source.read(spec("gtsrb", root, image_size=8)).class_names == [str(i) for i in range(45)]
+    assert decoded(gtsrb_source.read(spec("gtsrb", root, image_size=8))).class_names == [str(i) for i in range(45)]
     root = fixtures.write_traffic_pickle(tmp_path / "t", n_classes=44, per_class=1)
     raw = traffic_pickle.read(spec("traffic-pickle", root))
     assert raw.class_names == [str(i) for i in range(44)]
@@ -454,7 +455,7 @@ def test_imagefolder_every_mode_and_format(tmp_path):
     assert len(set(sizes)) == len(files)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. PIL's warning on palette transparency
-        raw = imagefolder.read(spec("imagefolder", root))
+        raw = decoded(imagefolder.read(spec("imagefolder", root)))
     assert raw.images.shape == (8, 64, 64, 3) and raw.images.dtype == np.uint8
     assert raw.images.flags["C_CONTIGUOUS"]
     assert raw.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -477,14 +478,14 @@ def test_imagefolder_keeps_the_centre_of_non_square_images(tmp_path):
             bands[height // 3: 2 * height // 3] = (0, 255, 0)
         (tmp_path / name).mkdir()
         Image.fromarray(bands).save(tmp_path / name / "bands.png")
-    raw = imagefolder.read(spec("imagefolder", tmp_path, image_size=16))
+    raw = decoded(imagefolder.read(spec("imagefolder", tmp_path, image_size=16)))
     assert raw.images.shape == (2, 16, 16, 3)
     assert (raw.images[..., 1] > 200).all() and (raw.images[..., 2] < 50).all()  # centre only, unsquashed
 
 
 def test_imagefolder_image_size_override(tmp_path):
     root = fixtures.write_imagefolder(tmp_path)
-    raw = imagefolder.read(spec("imagefolder", root, image_size=20))
+    raw = decoded(imagefolder.read(spec("imagefolder", root, image_size=20)))
     assert raw.images.shape == (8, 20, 20, 3)
 
 
@@ -493,7 +494,7 @@ def test_imagefolder_empty_class_folder_named(tmp_path):
     (root / "emu").mkdir()
     (root / "emu" / "notes.txt").write_text("no images yet")
     with pytest.raises(DatasetError, match="emu") as err:
-        imagefolder.read(spec("imagefolder", root))
+        decoded(imagefolder.read(spec("imagefolder", root)))
     assert str(root / "emu") in str(err.value)
 
 
@@ -506,13 +507,13 @@ def test_imagefolder_corrupt_image_named(tmp_path, content):
         content = data[: len(data) // 2]
     bad.write_bytes(content)
     with pytest.raises(DatasetError, match="broken.jpg"):
-        imagefolder.read(spec("imagefolder", root))
+        decoded(imagefolder.read(spec("imagefolder", root)))
 
 
 def test_imagefolder_without_class_folders_names_root(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "loose.png")
     with pytest.raises(DatasetError, match="no class folders") as err:
-        imagefolder.read(spec("imagefolder", tmp_path))
+        decoded(imagefolder.read(spec("imagefolder", tmp_path)))
     assert str(tmp_path) in str(err.value)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import tv_layouts
 from conftest import REPO, copy_workflow, snakemake, write_config
+from fixtures import decoded
 
 from transfer_lab import sources
 from transfer_lab.config import ConfigError, load_schema, validate_config
@@ -65,7 +66,7 @@ def test_official_splits_classes_and_labels(layouts, name, caplog):
     root, written = layouts[name]
     d = tvd.BY_NAME[name]
     caplog.set_level(logging.WARNING)
-    raw = sources.get(d.source).read(spec(name, root))
+    raw = decoded(sources.get(d.source).read(spec(name, root)))
     size = d.image_size
     assert raw.images.shape[1:] == (size, size, 3) and raw.images.dtype == np.uint8
     assert raw.class_names[: len(written["classes"])] == written["classes"]
@@ -92,7 +93,7 @@ def test_official_splits_classes_and_labels(layouts, name, caplog):
 
 @pytest.mark.parametrize("name", ["Flowers102", "MNIST"])
 def test_image_size_overrides_the_default(layouts, name):
-    raw = sources.get(f"torchvision:{name}").read(spec(name, layouts[name][0], image_size=40))
+    raw = decoded(sources.get(f"torchvision:{name}").read(spec(name, layouts[name][0], image_size=40)))
     assert raw.images.shape[1:] == (40, 40, 3)
 
 
@@ -123,12 +124,12 @@ def test_files_with_their_published_checksums_read_without_warning_and_a_repacke
     folder = tmp_path / "cifar-100-python"
     _published(monkeypatch, folder)
     caplog.set_level(logging.WARNING)
-    first = sources.get("torchvision:CIFAR100").read(spec("CIFAR100", tmp_path))
+    first = decoded(sources.get("torchvision:CIFAR100").read(spec("CIFAR100", tmp_path)))
     assert checksum_warnings(caplog) == []
     # The same batch pickled again by Python 3: other bytes, the same content.
     batch = pickle.loads((folder / "test").read_bytes(), encoding="latin1")
     (folder / "test").write_bytes(pickle.dumps(batch, protocol=4))
-    again = sources.get("torchvision:CIFAR100").read(spec("CIFAR100", tmp_path))
+    again = decoded(sources.get("torchvision:CIFAR100").read(spec("CIFAR100", tmp_path)))
     assert np.array_equal(again.images, first.images) and np.array_equal(again.labels, first.labels)
     (warned,) = checksum_warnings(caplog)
     assert "1 file(s)" in warned and "cifar-100-python/test (md5" in warned and "/train" not in warned
@@ -143,7 +144,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
 
     (tmp_path / "cifar-100-python" / "meta").write_bytes(pickle.dumps({"fine_label_names": Evil()}, protocol=2))
     with pytest.raises(DatasetError, match=r"cifar-100-python/meta: refused to load global '__builtin__.print'"):
-        sources.get("torchvision:CIFAR100").read(spec("CIFAR100", tmp_path))
+        decoded(sources.get("torchvision:CIFAR100").read(spec("CIFAR100", tmp_path)))
 
 
 # --- what root must hold ----------------------------------------------------------------------
@@ -158,14 +159,14 @@ def test_empty_root_refused_naming_what_torchvision_reads(tmp_path, name):
     assert msg.startswith(f"datasets.mine.root: {tmp_path} holds no {d.folder}; expected the layout "
                           f"torchvision.datasets.{name} reads")
     with pytest.raises(DatasetError, match=f"holds no {d.folder}"):
-        sources.get(d.source).read(spec(name, tmp_path))
+        decoded(sources.get(d.source).read(spec(name, tmp_path)))
 
 
 def test_incomplete_layout_refused_naming_the_split_and_the_layout(tmp_path):
     tv_layouts.write_DTD(tmp_path)
     (tmp_path / "dtd/dtd/labels/test1.txt").unlink()
     with pytest.raises(DatasetError) as err:
-        sources.get("torchvision:DTD").read(spec("DTD", tmp_path))
+        decoded(sources.get("torchvision:DTD").read(spec("DTD", tmp_path)))
     msg = str(err.value)
     assert "torchvision.datasets.DTD cannot read the test split" in msg and "test1.txt" in msg
     assert "dtd/dtd/ with images/<class>/" in msg
@@ -243,7 +244,7 @@ def test_download_verified_moved_into_root_and_manifest_written_last(tmp_path, s
     assert all(f["verified"] and f["url"].startswith(served[1]) for f in record["downloads"])
     assert sorted(p.name for p in root.iterdir()) == ["MNIST", "torchvision-MNIST.json"]
     caplog.set_level(logging.WARNING)
-    raw = sources.get("torchvision:MNIST").read(spec("MNIST", root, download=True))
+    raw = decoded(sources.get("torchvision:MNIST").read(spec("MNIST", root, download=True)))
     assert raw.labels.tolist() == written["labels"]["train"] + written["labels"]["test"]
     assert checksum_warnings(caplog) == []
     for path in served[0].iterdir():
@@ -283,7 +284,7 @@ def test_download_of_an_archive_checked_strictly_after_extraction(tmp_path, serv
     (download,) = json.loads(manifest.read_text())["downloads"]
     assert download == {"url": CIFAR100.url, "file": "cifar-100-python.tar.gz", "md5": CIFAR100.tgz_md5,
                         "verified": True}
-    raw = sources.get("torchvision:CIFAR100").read(spec("CIFAR100", root))
+    raw = decoded(sources.get("torchvision:CIFAR100").read(spec("CIFAR100", root)))
     assert raw.labels.tolist() == written["labels"]["train"] + written["labels"]["test"]
 
 
@@ -331,13 +332,13 @@ def test_splits_naming_other_classes_refused(tmp_path):
     lines = listing.read_text().splitlines()
     listing.write_text("".join(f"{line}\n" for line in lines if not line.startswith("banded/")))
     with pytest.raises(DatasetError, match=r"the test split of DTD names other classes .*\['banded'\].*same classes"):
-        sources.get("torchvision:DTD").read(spec("DTD", tmp_path))
+        decoded(sources.get("torchvision:DTD").read(spec("DTD", tmp_path)))
 
 
 def test_stl10_without_its_class_names_file_gets_the_published_names(tmp_path):
     tv_layouts.write_STL10(tmp_path)
     (tmp_path / "stl10_binary/class_names.txt").unlink()
-    raw = sources.get("torchvision:STL10").read(spec("STL10", tmp_path))
+    raw = decoded(sources.get("torchvision:STL10").read(spec("STL10", tmp_path)))
     assert raw.class_names == ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 
 
@@ -373,6 +374,6 @@ def test_download_true_plans_fetch_dataset_writing_the_manifest(tmp_path):
 def test_reading_with_download_true_fetches_what_is_missing(tmp_path, served, monkeypatch):
     written = _serve_mnist(tmp_path, served, monkeypatch)
     root = tmp_path / "resources/raw/mnist"
-    raw = sources.get("torchvision:MNIST").read(spec("MNIST", root, download=True))
+    raw = decoded(sources.get("torchvision:MNIST").read(spec("MNIST", root, download=True)))
     assert len(raw.labels) == sum(written["splits"].values())
     assert (root / "torchvision-MNIST.json").is_file()

@@ -3,15 +3,25 @@
 Every source (:mod:`transfer_lab.sources`), whatever its on-disk format, is turned once into
 ``results/datasets/{dataset}.npz``: uint8 NHWC RGB ``images``, int64 ``labels``,
 int8 ``split`` (an index into :data:`SPLITS`) and ``class_names``. Extraction then
-never decodes an image file again: it streams uint8 batches to the device.
+never decodes an image file again: it streams uint8 batches to the device. (A dataset
+with ``store: files`` keeps its files' paths instead, for extraction to decode.)
+
+Preparation decodes in bounded memory: splits are assigned from labels first
+(:func:`plan_dataset`), then the kept images are decoded on worker processes, chunk by
+chunk, straight into the file (:func:`stored_chunks`, :func:`write_dataset`), or in
+parts that separate jobs write and one gathers (:func:`write_part`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
+import time
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +29,10 @@ import numpy as np
 
 from . import sources
 from .files import atomic_write
-from .sources.base import DatasetError, DatasetSpec
+from .sources.base import DatasetError, DatasetSpec, LazyImages
+from .storage import draft_size, to_storage
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -143,8 +156,24 @@ def assign_splits(
     return split
 
 
-def prepare_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> PreparedDataset:
-    """Load a source and assign splits; images stay uint8, one array for all splits."""
+@dataclass
+class Plan:
+    """A dataset's prepared rows before any image is decoded: the split assignment needs
+    labels only, so a source that lists files (:class:`LazyImages`) decodes just the kept rows."""
+
+    images: np.ndarray | LazyImages  # every row of the source
+    rows: np.ndarray  # the source's rows kept, in prepared order
+    labels: np.ndarray  # of the prepared rows
+    split: np.ndarray  # of the prepared rows
+    class_names: list[str]
+
+
+def plan_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> Plan:
+    """Read a source (its labels; pixels only where it holds arrays) and assign splits.
+
+    Deterministic: every job that plans the same dataset (each part of ``prepare.parts``)
+    gets the same rows in the same order.
+    """
     raw = sources.get(spec.source).read(spec)
     split = assign_splits(
         raw.labels,
@@ -169,12 +198,146 @@ def prepare_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> PreparedDataset
     # extraction reads straight from the file without loading the other splits.
     rows = np.flatnonzero(keep)
     rows = rows[np.argsort(split[rows], kind="stable")]
+    return Plan(raw.images, rows, raw.labels[rows], split[rows], list(raw.class_names))
+
+
+def prepare_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> PreparedDataset:
+    """Load a source and assign splits; images stay uint8, one array for all splits, in memory
+    (small datasets and tests; the workflow streams :func:`stored_chunks` to disk instead)."""
+    plan = plan_dataset(spec, split_spec)
     return PreparedDataset(
-        images=np.ascontiguousarray(raw.images[rows]),
-        labels=raw.labels[rows],
-        split=split[rows],
-        class_names=list(raw.class_names),
+        images=np.concatenate([np.empty((0, *plan.images.shape[1:]), np.uint8),
+                               *stored_chunks(plan.images, plan.rows)]),
+        labels=plan.labels,
+        split=plan.split,
+        class_names=plan.class_names,
     )
+
+
+# --- decoding in parallel, in chunks ----------------------------------------------------
+
+# Bytes of stored images per task handed to a worker at most: the tasks in flight (two per
+# worker) then hold a few MB each, whatever the storage size.
+_TASK_BYTES = 4 << 20
+_PROGRESS_SECONDS = 30.0
+# The images a worker process decodes (set before the workers fork, inherited, never pickled).
+_WORK: tuple[LazyImages, bool] | None = None
+
+
+def _set_work(images: LazyImages, draft: bool) -> None:
+    global _WORK
+    _WORK = (images, draft)
+
+
+def _decode_task(rows: np.ndarray) -> np.ndarray:
+    images, draft = _WORK
+    return images.decode(rows, draft)
+
+
+def _executor(images: LazyImages, workers: int, draft: bool):
+    """Worker processes, forked where the platform can (the worker imports nothing new: no
+    torch); threads elsewhere. Processes because, while Pillow releases the GIL inside the
+    JPEG decoder and the resize, the Python around them (opening, EXIF, 16-bit greys in
+    numpy, checks) holds it: on 16 cores that share would cap threads, not processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        _set_work(images, draft)
+        return ThreadPoolExecutor(workers)
+    return ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _set_work, (images, draft))
+
+
+def stored_chunks(
+    images: np.ndarray | LazyImages, rows: np.ndarray, workers: int = 1, draft: bool = False
+) -> Iterator[np.ndarray]:
+    """The stored images of ``rows``, in that order, as uint8 (k, S, S, 3) chunks.
+
+    ``LazyImages`` are decoded on ``workers`` processes, a few chunks in flight at a time:
+    memory holds those chunks, never the dataset. The bytes do not depend on ``workers``.
+    ``draft``: JPEG draft mode (see :func:`draft_is_exact`).
+    """
+    size = images.shape[1]
+    # At most 64 images a task (a few tenths of a second), fewer when they are big, and
+    # at least four tasks a worker when there are few images, so that every worker has work.
+    per_task = max(1, min(64, _TASK_BYTES // (size * size * 3), -(-len(rows) // (4 * max(workers, 1)))))
+    tasks = [rows[i:i + per_task] for i in range(0, len(rows), per_task)]
+    if isinstance(images, np.ndarray):
+        for task in tasks:
+            yield np.ascontiguousarray(images[task])
+        return
+    started = last = time.monotonic()
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if now - last >= _PROGRESS_SECONDS or done == len(rows):
+            last = now
+            log.info("decoded %d/%d %s (%.0f images/s on %d worker%s)", done, len(rows), images.what,
+                     done / max(now - started, 1e-9), workers, "s" if workers > 1 else "")
+
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            chunk = images.decode(task, draft)
+            progress(len(chunk))
+            yield chunk
+        return
+    with _executor(images, workers, draft) as pool:
+        pending: deque = deque()
+        queued = iter(tasks)
+        for task in itertools.islice(queued, 2 * workers):
+            pending.append(pool.submit(_decode_task, task))
+        while pending:
+            chunk = pending.popleft().result()
+            task = next(queued, None)
+            if task is not None:
+                pending.append(pool.submit(_decode_task, task))
+            progress(len(chunk))
+            yield chunk
+
+
+# How many images, spread over the dataset, are decoded both ways before draft mode is used.
+DRAFT_SAMPLE = 16
+
+
+def draft_is_exact(images: np.ndarray | LazyImages, rows: np.ndarray) -> bool:
+    """Whether JPEG draft mode may decode this dataset: True when, of ``DRAFT_SAMPLE``
+    images spread evenly over ``rows``, some decode at a reduced scale and each of those
+    stores within one grey level of its full-scale decode; else False, logging why (the
+    image and the difference, or that no image has a reduced scale to use).
+
+    The choice depends on the dataset alone (not on a part or worker count), so every
+    part of a scattered preparation decodes the same way.
+    """
+    if not isinstance(images, LazyImages) or not images.drafts or not len(rows):
+        return False
+    sample = np.unique(rows[np.linspace(0, len(rows) - 1, min(DRAFT_SAMPLE, len(rows))).round().astype(int)])
+    reduced = 0
+    for i in sample:
+        item = images.items[int(i)]
+        full, drafted = images.opener(item), images.opener(item, draft_size(images.size))
+        if drafted.size == full.size:  # not a JPEG, or too small for a reduced scale
+            continue
+        reduced += 1
+        diff = int(np.abs(to_storage(full, images.size, images.fit).astype(np.int16)
+                          - to_storage(drafted, images.size, images.fit)).max())
+        if diff > 1:
+            log.info(
+                "JPEG draft mode off for this dataset: %s stores up to %d grey levels differently when decoded at "
+                "reduced scale (allowed: 1); decoding every image at full scale (slower, the same images)",
+                images.where(int(i)), diff,
+            )
+            return False
+    if not reduced:
+        log.info("JPEG draft mode not used: none of %d sampled images is a JPEG of at least %d pixels on its "
+                 "shorter side (a half-scale decode must keep twice the storage size, %d)", len(sample),
+                 2 * draft_size(images.size)[0], images.size)
+        return False
+    log.info("JPEG draft mode on: %d of %d sampled images decode at reduced scale, each within one grey level of "
+             "its full-scale decode", reduced, len(sample))
+    return True
 
 
 def save_prepared(ds: PreparedDataset, path: str | os.PathLike) -> None:
@@ -283,3 +446,64 @@ def load_prepared(path: str | os.PathLike, mmap: bool = False) -> PreparedDatase
             f"{path}: images must be uint8 (N, H, W, 3), got {ds.images.dtype} {ds.images.shape}"
         )
     return ds
+
+
+# --- what rules prepare_dataset and prepare_part write -----------------------------------
+
+
+def part_rows(rows: np.ndarray, part: int, parts: int, where: str = "prepare.parts") -> np.ndarray:
+    """The rows part ``part`` (0-based) of ``parts`` decodes: consecutive, sizes differing by
+    at most one, so the parts gathered in index order are the rows in order."""
+    if not 0 < parts <= len(rows):
+        raise ValueError(
+            f"{where}: {parts} parts for {len(rows)} prepared images; every part needs at least one image, "
+            f"so set {where} to at most {len(rows)}"
+        )
+    return np.array_split(rows, parts)[part]
+
+
+def write_part(plan: Plan, path: str | os.PathLike, part: int, parts: int, workers: int = 1,
+               draft: bool = False) -> int:
+    """Decode part ``part`` of ``parts`` of a plan's rows into a plain ``.npy`` (uint8
+    (k, S, S, 3)), streamed chunk by chunk, written atomically. Returns k."""
+    rows = part_rows(plan.rows, part, parts)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (len(rows), *plan.images.shape[1:])}
+    with atomic_write(path) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in stored_chunks(plan.images, rows, workers, draft):
+            f.write(chunk.data)
+    return len(rows)
+
+
+def part_chunks(paths: Sequence[str | os.PathLike], plan: Plan, chunk: int = 256) -> Iterator[np.ndarray]:
+    """The images of part files, in index order, chunk by chunk (each part memory-mapped):
+    what :func:`write_prepared` gathers. A part of the wrong shape (another plan's) is refused."""
+    for k, path in enumerate(paths):
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+        expected = (len(part_rows(plan.rows, k, len(paths))), *plan.images.shape[1:])
+        if images.shape != expected or images.dtype != np.uint8:
+            raise ValueError(f"{path}: part {k + 1} of {len(paths)} holds {images.dtype} {images.shape}, expected "
+                             f"uint8 {expected}; "
+                             "delete it, and rule prepare_part makes it again")
+        for start in range(0, len(images), chunk):
+            yield np.array(images[start:start + chunk])
+
+
+def write_dataset(plan: Plan, path: str | os.PathLike, meta: Mapping, workers: int = 1, draft: bool = False,
+                  parts: Sequence[str | os.PathLike] = ()) -> None:
+    """Write a plan's prepared dataset: its images decoded on ``workers`` (or gathered from
+    the ``parts`` files :func:`write_part` made), streamed into :func:`write_prepared`."""
+    chunks = part_chunks(parts, plan) if parts else stored_chunks(plan.images, plan.rows, workers, draft)
+    write_prepared(path, plan.labels, plan.split, plan.class_names, meta, chunks, plan.images.shape[1:])
+
+
+def write_files(plan: Plan, path: str | os.PathLike, meta: Mapping, dataset: str) -> None:
+    """Write a plan's prepared dataset as its original files' absolute paths (``store: files``):
+    extraction decodes them. Only sources whose images are files on disk can."""
+    files = plan.images.files() if isinstance(plan.images, LazyImages) and plan.images.boxes is None else None
+    if files is None:
+        raise ValueError(f"datasets.{dataset}.store: files needs images that are files on disk; this dataset's "
+                         "are not (use store: pixels)")
+    write_prepared(path, plan.labels, plan.split, plan.class_names, meta,
+                   files=np.array([str(files[i].resolve()) for i in plan.rows]))

@@ -11,7 +11,7 @@ The storage resize (:class:`transfer_lab.preprocess.StorageResize`) is PIL's bic
 written as two matrix products whose weights are computed *inside* the module from the
 input's height and width: the exported graph takes any image size, and stays exact to
 PIL's integer arithmetic (float64, Pillow's 22-bit coefficients), which
-:func:`transfer_lab.preprocess.to_storage` applied at preparation.
+:func:`transfer_lab.storage.to_storage` applied at preparation.
 """
 
 from __future__ import annotations

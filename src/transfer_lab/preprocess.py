@@ -1,6 +1,6 @@
 """Preprocessing: how an image becomes a network input, at training time and at predict time.
 
-Preparation stores every image once as a uint8 square (:func:`to_storage`, PIL bicubic);
+Preparation stores every image once as a uint8 square (:func:`transfer_lab.storage.to_storage`, PIL bicubic);
 extraction and fine-tuning apply the weights' eval transform (:class:`Preprocess`) to
 batches of stored images on the device (:class:`DevicePreprocess`); predict and export
 repeat the storage step in torch on one image of any size (:class:`StorageResize`).
@@ -13,18 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from .images import as_rgb
 from .sources import storage_fit, storage_size
 from .sources.base import DatasetSpec
+from .storage import STORAGE_INTERPOLATION, check_fit
 
-# How an image is fit into its square storage size (a source's ``fit``).
-FITS = ("squash", "crop")
-# The storage resize of preparation, and of predict and export after it.
-STORAGE_INTERPOLATION = "bicubic"
 # Pillow's fixed-point filter weights (Resample.c: PRECISION_BITS).
 _PIL_ONE = float(1 << 22)
 # Resize matrices kept per DevicePreprocess (one pair per input size; a few MB at most).
@@ -157,49 +152,12 @@ class DevicePreprocess(nn.Module):
 # --- the storage step: preparation, and its twin inside an exported model ---------------
 
 
-def _check_fit(fit: str) -> None:
-    if fit not in FITS:
-        raise ValueError(f"storage fit must be one of {', '.join(FITS)}, not {fit!r}")
-
-
-def to_storage(image, size: int, fit: str = "squash") -> np.ndarray:
-    """One image (a PIL image of any mode, or a uint8 (H, W, 3) array) as uint8 (size, size, 3) RGB.
-
-    ``fit="squash"``: resized to size x size whatever its aspect (CIFAR, GTSRB, traffic
-    pickles: tight, roughly square crops already). ``fit="crop"``: the shorter side
-    resized to ``size``, then the centre size x size (photos of any aspect). Resizing is
-    PIL BICUBIC; an image already at size x size is returned as it is. Every reader stores
-    its images through this function.
-    """
-    from PIL import Image
-
-    _check_fit(fit)
-    if isinstance(image, np.ndarray):
-        if image.shape[:2] == (size, size):
-            return image
-        image = Image.fromarray(np.ascontiguousarray(image))
-    image = as_rgb(image)
-    resample = Image.Resampling[STORAGE_INTERPOLATION.upper()]
-    width, height = image.size
-    if fit == "squash":
-        if (width, height) != (size, size):
-            image = image.resize((size, size), resample)
-    else:
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), resample)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
-
-
 @dataclass(frozen=True)
 class Storage:
     """The square storage size images were resized to at preparation, and how they were fit."""
 
     size: int
-    fit: str  # one of FITS
+    fit: str  # one of storage.FITS
 
 
 def storage_for(spec: DatasetSpec) -> Storage:
@@ -208,7 +166,7 @@ def storage_for(spec: DatasetSpec) -> Storage:
 
 
 class StorageResize(nn.Module):
-    """:func:`to_storage` for one uint8 (H, W, 3) tensor of any size.
+    """:func:`transfer_lab.storage.to_storage` for one uint8 (H, W, 3) tensor of any size.
 
     ``squash`` resizes to size x size; ``crop`` resizes the shorter side to ``size`` and
     keeps the centre square (only the kept rows and columns are computed). Horizontal
@@ -219,7 +177,7 @@ class StorageResize(nn.Module):
 
     def __init__(self, storage: Storage):
         super().__init__()
-        _check_fit(storage.fit)
+        check_fit(storage.fit)
         self.size = int(storage.size)
         self.crop = storage.fit == "crop"
 

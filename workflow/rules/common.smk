@@ -115,11 +115,27 @@ def splits(dataset):
 FETCHED = {name: sources.get(spec.source).fetch.file for name, spec in DATASET_SPECS.items() if spec.download}
 
 
-def prepare_inputs(wildcards):
+PREPARE = config["prepare"]
+
+
+def fetched_input(wildcards):
     spec = DATASET_SPECS[wildcards.dataset]
     if spec.download:
         return {"fetched": f"{spec.root}/{FETCHED[wildcards.dataset]}"}  # made by fetch_dataset
     return {}
+
+
+def prepare_part_files(dataset):
+    """The part files rule prepare_part makes for a dataset stored as pixels when
+    prepare.parts > 1 (numbered from 1); none otherwise: one job decodes everything."""
+    n = PREPARE["parts"]
+    if n == 1 or DATASETS[dataset]["store"] != "pixels":
+        return []
+    return [f"results/datasets/parts/{dataset}/part-{k}-of-{n}.npy" for k in range(1, n + 1)]
+
+
+def prepare_inputs(wildcards):
+    return {**fetched_input(wildcards), "parts": prepare_part_files(wildcards.dataset)}
 
 
 def prepare_params(wildcards):

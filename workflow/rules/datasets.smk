@@ -28,6 +28,7 @@ rule prepare_dataset:
     log:
         "results/logs/prepare_dataset/{dataset}.log",
     cache: CACHE_MODE
+    threads: PREPARE["threads"]
     params:
         names=cache_key,
         spec=prepare_params,
@@ -35,3 +36,30 @@ rule prepare_dataset:
         versions=VERSIONS,
     script:
         "../scripts/prepare_dataset.py"
+
+
+rule prepare_part:
+    input:
+        unpack(fetched_input),
+    output:
+        # Gathered into the dataset's npz by prepare_dataset, then removed.
+        temp("results/datasets/parts/{dataset}/part-{part}-of-{parts}.npy"),
+    log:
+        "results/logs/prepare_part/{dataset}/part-{part}-of-{parts}.log",
+    # Cached too: a second checkout would otherwise decode every part again to gather
+    # what the cache already holds (the cache then keeps the parts beside the dataset).
+    cache: CACHE_MODE
+    wildcard_constraints:
+        dataset=alternatives(DATASETS),
+        part=r"\d+",
+        parts=r"\d+",
+    threads: PREPARE["threads"]
+    params:
+        dataset=lambda wildcards: wildcards.dataset,
+        part=lambda wildcards: int(wildcards.part) - 1,
+        parts=lambda wildcards: int(wildcards.parts),
+        spec=prepare_params,
+        code=code("prepare_part"),
+        versions=VERSIONS,
+    script:
+        "../scripts/prepare_part.py"

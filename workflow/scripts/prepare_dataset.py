@@ -1,23 +1,37 @@
-"""Rule prepare_dataset: a dataset source -> results/datasets/{dataset}.npz (uint8 NHWC)."""
+"""Rule prepare_dataset: a dataset source -> results/datasets/{dataset}.npz (uint8 NHWC, or
+the original files' paths with store: files), decoded on the job's threads, or gathered from
+the part files of rule prepare_part (prepare.parts > 1)."""
 
 import logging
 
-from transfer_lab.datasets import SplitSpec, prepare_dataset, save_prepared
+from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, write_dataset, write_files
 from transfer_lab.files import log_to
 from transfer_lab.sources import check_dataset, dataset_spec, storage_fit, storage_size
 
 with log_to(snakemake.log[0]):
+    dataset = snakemake.wildcards.dataset
     spec = dataset_spec(snakemake.params.spec)
     split = SplitSpec(**snakemake.params.spec["split"])
-    logging.info("preparing %s from source %s", snakemake.wildcards.dataset, spec.source)
-    check_dataset(snakemake.wildcards.dataset, spec)
-    ds = prepare_dataset(spec, split)
+    store = snakemake.params.spec["store"]
+    logging.info("preparing %s from source %s (store: %s)", dataset, spec.source, store)
+    check_dataset(dataset, spec)
+    plan = plan_dataset(spec, split)
     logging.info(
         "%d images %s, %d classes, splits %s",
-        len(ds.labels), ds.images.shape[1:], len(ds.class_names), ds.split_sizes(),
+        len(plan.rows), "as their files" if store == "files" else plan.images.shape[1:], len(plan.class_names),
+        {name: int((plan.split == i).sum()) for i, name in enumerate(("train", "validation", "test"))},
     )
-    ds.meta = {"dataset": snakemake.wildcards.dataset, "source": spec.source, "seed": split.seed,
-               # How images were stored: what a prediction on a new image must repeat.
-               "storage_size": storage_size(spec), "storage_fit": storage_fit(spec),
-               **{f"version_{k}": v for k, v in snakemake.params.versions.items()}}
-    save_prepared(ds, snakemake.output[0])
+    meta = {"dataset": dataset, "source": spec.source, "seed": split.seed,
+            # How images were stored: what a prediction on a new image must repeat.
+            "storage_size": storage_size(spec), "storage_fit": storage_fit(spec),
+            **{f"version_{k}": v for k, v in snakemake.params.versions.items()}}
+    if store == "files":
+        write_files(plan, snakemake.output[0], meta, dataset)
+    else:
+        # The same choice in every part job: it depends on the dataset alone.
+        meta["jpeg_draft"] = draft_is_exact(plan.images, plan.rows)
+        parts = list(snakemake.input.parts)
+        if parts:
+            logging.info("gathering %d parts", len(parts))
+        write_dataset(plan, snakemake.output[0], meta, snakemake.threads, meta["jpeg_draft"], parts)
+    logging.info("wrote %s", snakemake.output[0])

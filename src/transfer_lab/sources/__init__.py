@@ -24,7 +24,7 @@ from . import base
 
 # Where rule fetch_dataset puts a dataset's downloaded files (what root must then be).
 _DOWNLOADS = "resources/raw"
-# How each fit (preprocess.FITS) reads in the docs table.
+# How each fit (storage.FITS) reads in the docs table.
 _FIT_WORDS = {"squash": "resized to a square", "crop": "shorter side resized, centre-cropped"}
 
 
@@ -92,6 +92,7 @@ def dataset_spec(entry: Mapping[str, Any]) -> base.DatasetSpec:
         root=entry.get("root"),
         image_size=entry.get("image_size"),
         download=bool(entry.get("download", False)),
+        store=entry.get("store", "pixels"),
         options={name: entry[name] for name in _options() if name in entry},
     )
 
@@ -107,7 +108,7 @@ def storage_size(spec: base.DatasetSpec) -> int:
 
 
 def storage_fit(spec: base.DatasetSpec) -> str:
-    """How a source's images are fit into the storage square (``preprocess.to_storage``'s ``fit``)."""
+    """How a source's images are fit into the storage square (``storage.to_storage``'s ``fit``)."""
     return get(spec.source).fit
 
 
@@ -131,6 +132,12 @@ def check_dataset(name: str, spec: base.DatasetSpec, on_disk: bool = True) -> No
                 source.name not in owners):
             verb = "have" if len(owners) > 1 else "has"
             raise ValueError(f"{where}.{key}: {_only(owners)} {verb} {option.needs}, not {spec.source!r}")
+    if spec.store == "files" and not source.stores_files:
+        able = [s.name for s in _registry().values() if s.stores_files]
+        raise ValueError(
+            f"{where}.store: {_only(able)} can store their original files, not {spec.source!r} (its images are "
+            "not whole files on disk); use store: pixels"
+        )
     if spec.download and source.fetch is None:
         fetched = [s.name for s in _registry().values() if s.fetch is not None]
         raise ValueError(

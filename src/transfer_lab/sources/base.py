@@ -2,7 +2,8 @@
 
 A source is one on-disk format, described by a :class:`Source`: how to read it, what
 ``root`` must hold, how its images are stored and which splits it ships. Readers return
-a :class:`RawDataset` whose images are already uint8 RGB at the storage size, never
+a :class:`RawDataset` whose images are uint8 RGB at the storage size, or, for sources
+that decode files, the :class:`LazyImages` preparation decodes in parallel; readers never
 unpickle with plain ``pickle``, and name the offending path in every error.
 
 No torch here: the workflow reads the descriptors when it is parsed.
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..files import load_pickle, loads_pickle
 from ..images import open_image
+from ..storage import draft_size, to_storage
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ class DatasetError(ValueError):
 class RawDataset:
     """What a source yields: every image, and which official split each came from."""
 
-    images: np.ndarray  # uint8 (N, S, S, 3) RGB at the storage size
+    # uint8 (N, S, S, 3) RGB at the storage size, or the files still to decode to it
+    images: np.ndarray | LazyImages
     labels: np.ndarray  # int64 (N,)
     class_names: list[str]
     # int8 (N,): 0 official train, 1 official validation, 2 official test;
@@ -56,6 +59,7 @@ class DatasetSpec:
     image_size: int | None = None  # None: the source's own storage size
     download: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    store: str = "pixels"  # or "files": the prepared dataset holds the original files' paths
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Source:
     expects: str  # what root must hold: errors say "expected <expects>"; the docs table too
     # A cheap look at an existing root (reads no image): what is wrong with it, or None.
     check: Callable[[Path], str | None] | None = None
-    fit: str = "squash"  # how images of other aspects become square: preprocess.FITS
+    fit: str = "squash"  # how images of other aspects become square: storage.FITS
     splits: tuple[str, ...] = ()  # the official splits it ships, in datasets.SPLITS order
     needs_root: bool = True
     options: tuple[Option, ...] = ()
@@ -99,51 +103,94 @@ class Source:
     # For a root that names files elsewhere (a table): those files, for the fingerprint that
     # makes a prepared dataset stale (as every file under a folder root is); no validation.
     listed: Callable[[Path], list[Path]] | None = None
+    # Its images are whole files on disk, which a dataset may keep as they are (store: files).
+    stores_files: bool = False
 
 
 # --- what readers share ----------------------------------------------------------------
 
 
-def read_images(
-    paths: Sequence[Any],
-    size: int,
-    fit: str,
-    boxes: Sequence[tuple[int, int, int, int]] | None = None,
-    what: str = "images",
-    opener: Callable[[Path], Any] = open_image,
-) -> np.ndarray:
-    """Decode image files into one preallocated uint8 (N, size, size, 3) array, logging progress.
+@dataclass
+class LazyImages:
+    """Image files (or encoded bytes) a source has listed but not decoded yet.
 
-    ``boxes``: optional per-image (left, top, right, bottom) crops applied before resizing;
-    ``opener``: how a file becomes a PIL image (``images.open_upright`` for photos); ``paths``
-    may hold whatever it takes (image bytes and where they are, for ``images.decode_image``).
+    Preparation assigns splits from the labels first, then decodes only the kept rows,
+    in their final order, chunk by chunk and in parallel (:func:`transfer_lab.datasets.stored_chunks`):
+    a dataset of any size never sits in memory as pixels. ``items`` hold whatever
+    ``opener`` takes (a path; image bytes and where they are, for ``images.decode_image``);
+    ``boxes``: optional per-image (left, top, right, bottom) crops applied before resizing.
+    ``np.asarray`` (and indexing) decode, so code written for an array keeps working.
     """
-    # preprocess imports torch, which parsing the workflow must not: only reading needs it.
-    from ..preprocess import to_storage
 
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        image = opener(path)
-        if boxes is not None:
-            left, top, right, bottom = boxes[i]
+    items: Sequence[Any]
+    size: int
+    fit: str
+    opener: Callable[..., Any] = open_image
+    boxes: Sequence[tuple[int, int, int, int]] | None = None
+    what: str = "images"
+
+    dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self.items), self.size, self.size, 3
+
+    @property
+    def drafts(self) -> bool:
+        """Whether JPEG draft mode can apply: not to images cropped to a box (the box is in
+        full-scale pixels)."""
+        return self.boxes is None
+
+    def files(self) -> list[Path] | None:
+        """The items as files, when every one is a file on disk (``store: files``), else None."""
+        return list(self.items) if all(isinstance(item, Path) for item in self.items) else None
+
+    def decode_one(self, i: int, draft: bool = False) -> np.ndarray:
+        """Image ``i`` as uint8 (size, size, 3); ``draft``: JPEGs decoded at a reduced scale
+        (``storage.draft_size``)."""
+        item = self.items[i]
+        image = self.opener(item, draft_size(self.size)) if draft and self.drafts else self.opener(item)
+        if self.boxes is not None:
+            left, top, right, bottom = self.boxes[i]
             width, height = image.size
             box = (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
             if box[2] <= box[0] or box[3] <= box[1]:
-                raise DatasetError(f"{path}: region of interest {boxes[i]} lies outside the {width}x{height} image")
+                raise DatasetError(f"{item}: region of interest {self.boxes[i]} lies outside the {width}x{height} image")
             image = image.crop(box)
-        out[i] = to_storage(image, size, fit)
-        if (i + 1) % _PROGRESS_EVERY == 0 or i + 1 == len(paths):
-            log.info("read %d/%d %s", i + 1, len(paths), what)
-    return out
+        return to_storage(image, self.size, self.fit)
+
+    def decode(self, rows: Sequence[int] | np.ndarray, draft: bool = False) -> np.ndarray:
+        """Rows ``rows`` decoded into one uint8 (len(rows), size, size, 3) array, in that order."""
+        out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+        for k, i in enumerate(rows):
+            out[k] = self.decode_one(int(i), draft)
+        return out
+
+    def where(self, i: int) -> str:
+        """Image ``i`` as a message names it."""
+        item = self.items[i]
+        return str(item[1] if isinstance(item, tuple) else item)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.uint8)
+        for start in range(0, len(self), _PROGRESS_EVERY):
+            rows = range(start, min(start + _PROGRESS_EVERY, len(self)))
+            out[rows.start:rows.stop] = self.decode(rows)
+            log.info("read %d/%d %s", rows.stop, len(self), self.what)
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.arange(len(self))[index]
+        return self.decode_one(int(rows)) if np.ndim(rows) == 0 else self.decode(rows)
 
 
 def resize_all(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, H, W, 3) -> (N, size, size, 3), squashed through ``to_storage``; unchanged if already there."""
     if images.shape[1:3] == (size, size):
         return images
-    # preprocess imports torch, which parsing the workflow must not: only reading needs it.
-    from ..preprocess import to_storage
-
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         out[i] = to_storage(image, size)

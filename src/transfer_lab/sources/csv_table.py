@@ -9,7 +9,7 @@ import numpy as np
 
 from ..images import open_upright
 from . import storage_fit, storage_size
-from .base import SPLIT_NAMES, DatasetError, DatasetSpec, RawDataset, Source, class_names_and_ids, read_images
+from .base import SPLIT_NAMES, DatasetError, DatasetSpec, LazyImages, RawDataset, Source, class_names_and_ids
 from .base import split_origin as origin_of
 from .imagefolder import SOURCE as PHOTOS
 
@@ -108,7 +108,7 @@ def read(spec: DatasetSpec) -> RawDataset:
             "missing); paths are relative to the table's folder, or absolute"
         )
     class_names, ids = class_names_and_ids(labels, str(table), "label")
-    images = read_images(files, storage_size(spec), storage_fit(spec), what="listed images", opener=open_upright)
+    images = LazyImages(files, storage_size(spec), storage_fit(spec), open_upright, what="listed images")
     return RawDataset(
         images=images,
         labels=ids,
@@ -134,6 +134,7 @@ SOURCE = Source(
     splits=("train", "validation", "test"),
     options=(SPLIT_NAMES,),
     listed=listed,
+    stores_files=True,
     notes="labels are class names or integers, the distinct values sorted (integers in numeric order) giving the "
           "class ids; a `split` column makes official splits, and then every row needs one; images of any size and mode, as "
           "imagefolder's",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import storage_fit, storage_size
-from .base import DatasetError, DatasetSpec, Option, RawDataset, Source, read_images
+from .base import DatasetError, DatasetSpec, LazyImages, Option, RawDataset, Source
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def read(spec: DatasetSpec) -> RawDataset:
     if spec.options.get("crop_roi"):
         boxes = [(x1, y1, x2 + 1, y2 + 1) for _, (x1, y1, x2, y2), _ in rows]
     log.info("reading %d GTSRB images (%d training) from %s", len(rows), n_train, root)
-    images = read_images([r[0] for r in rows], storage_size(spec), storage_fit(spec), boxes, "GTSRB images")
+    images = LazyImages([r[0] for r in rows], storage_size(spec), storage_fit(spec), boxes=boxes, what="GTSRB images")
     labels = np.array([r[2] for r in rows], dtype=np.int64)
     origin = np.zeros(len(rows), dtype=np.int8)
     origin[n_train:] = 2

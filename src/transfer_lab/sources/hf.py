@@ -23,12 +23,12 @@ from .base import (
     SPLIT_NAMES,
     DatasetError,
     DatasetSpec,
+    LazyImages,
     Option,
     RawDataset,
     Source,
     check_labels,
     class_names_and_ids,
-    read_images,
     split_origin,
 )
 from .imagefolder import SOURCE as PHOTOS
@@ -172,9 +172,9 @@ def _image_entries(column, part: _Part, root: Path, name: str) -> list[tuple[Any
     return entries
 
 
-def _open(entry: tuple[Any, str]):
+def _open(entry: tuple[Any, str], draft: tuple[int, int] | None = None):
     data, where = entry
-    return open_upright(data) if isinstance(data, Path) else decode_image(data, where)
+    return open_upright(data, draft) if isinstance(data, Path) else decode_image(data, where, draft)
 
 
 def _column(table, name: str, option: str, part: _Part):
@@ -246,7 +246,7 @@ def read(spec: DatasetSpec) -> RawDataset:
         if ids.max() >= len(class_names):
             raise DatasetError(f"{where}: label {ids.max()} but the ClassLabel names only {len(class_names)} "
                                "classes")
-    images = read_images(entries, storage_size(spec), storage_fit(spec), what="dataset images", opener=_open)
+    images = LazyImages(entries, storage_size(spec), storage_fit(spec), _open, what="dataset images")
     saved_alone = all(part.split is None for part in parts)
     return RawDataset(images=images, labels=ids, class_names=class_names,
                       origin=None if saved_alone else np.array(origin, dtype=np.int8))

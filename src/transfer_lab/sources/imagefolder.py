@@ -8,7 +8,7 @@ import numpy as np
 
 from ..images import IMAGE_EXTENSIONS, image_files, open_upright
 from . import storage_fit, storage_size
-from .base import DatasetError, DatasetSpec, RawDataset, Source, read_images
+from .base import DatasetError, DatasetSpec, LazyImages, RawDataset, Source
 
 _EXPECTED = f"one subfolder per class holding {', '.join(IMAGE_EXTENSIONS)} images"
 
@@ -39,7 +39,7 @@ def read(spec: DatasetSpec) -> RawDataset:
             )
         files += found
         labels += [label] * len(found)
-    images = read_images(files, storage_size(spec), storage_fit(spec), opener=open_upright)
+    images = LazyImages(files, storage_size(spec), storage_fit(spec), opener=open_upright)
     return RawDataset(
         images=images, labels=np.array(labels, dtype=np.int64), class_names=[d.name for d in class_dirs]
     )
@@ -57,6 +57,7 @@ SOURCE = Source(
     expects=_EXPECTED,
     check=_check,
     fit="crop",
+    stores_files=True,
     notes="any size and mode (grey, RGBA, palette, CMYK become RGB; EXIF orientation applied); subfolders of a "
           "class folder count, hidden files do not",
 )

@@ -38,10 +38,10 @@ from .base import (
     DatasetError,
     DatasetSpec,
     Fetch,
+    LazyImages,
     RawDataset,
     Source,
     check_labels,
-    read_images,
     resize_all,
     unpickle,
 )
@@ -65,7 +65,7 @@ _STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "mon
 
 
 # How a constructed dataset hands over its images and labels: uint8 NHWC arrays where the
-# class holds them in memory, else the image files (read through read_images).
+# class holds them in memory, else the image files (decoded at preparation: LazyImages).
 def _nhwc(ds) -> tuple[Any, Any]:
     return np.asarray(ds.data), ds.targets
 
@@ -233,14 +233,10 @@ def _construct(dataset: Dataset, cls, root: Path, split: str, arguments: Mapping
         ) from err
 
 
-def _split_items(dataset: Dataset, ds, where: str, size: int, fit: str) -> tuple[np.ndarray, np.ndarray]:
-    """One constructed split as (uint8 (N, size, size, 3) images, int64 labels)."""
+def _split_items(dataset: Dataset, ds, where: str, size: int, fit: str) -> tuple[np.ndarray | list[Path], np.ndarray]:
+    """One constructed split as (uint8 (N, size, size, 3) images, or its image files; int64 labels)."""
     images, labels = dataset.items(ds)
-    if isinstance(images, np.ndarray):
-        stored = resize_all(images, size)
-    else:
-        paths = [Path(p) for p in images]
-        stored = read_images(paths, size, fit, what=f"{dataset.name} images ({where})", opener=open_upright)
+    stored = resize_all(images, size) if isinstance(images, np.ndarray) else [Path(p) for p in images]
     return stored, check_labels(np.asarray(labels), len(stored), f"{dataset.name} {where}")
 
 
@@ -290,8 +286,13 @@ def read(dataset: Dataset, spec: DatasetSpec) -> RawDataset:
             "(re-packed copies are common); results may differ from those on the published files",
             root, len(differing), dataset.name, listed,
         )
+    if isinstance(images[0], np.ndarray):
+        stored = np.concatenate(images)
+    else:  # photo classes: the files, decoded at preparation
+        stored = LazyImages([p for paths in images for p in paths], size, fit, open_upright,
+                            what=f"{dataset.name} images")
     return RawDataset(
-        images=np.concatenate(images),
+        images=stored,
         labels=np.concatenate(labels),
         class_names=list(class_names),
         origin=np.concatenate(origin) if dataset.splits else None,
