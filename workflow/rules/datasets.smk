@@ -46,13 +46,13 @@ rule prepare_part:
         temp("results/datasets/parts/{dataset}/part-{part}-of-{parts}.npy"),
     log:
         "results/logs/prepare_part/{dataset}/part-{part}-of-{parts}.log",
-    # Cached too: a second checkout would otherwise decode every part again to gather
-    # what the cache already holds (the cache then keeps the parts beside the dataset).
-    cache: CACHE_MODE
     wildcard_constraints:
         dataset=alternatives(DATASETS),
         part=r"\d+",
         parts=r"\d+",
+    # Cached too: a second checkout would otherwise decode every part again to gather
+    # what the cache already holds (the cache then keeps the parts beside the dataset).
+    cache: CACHE_MODE
     threads: PREPARE["threads"]
     params:
         dataset=lambda wildcards: wildcards.dataset,
