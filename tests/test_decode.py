@@ -10,9 +10,9 @@ from sklearn.datasets import load_sample_image
 from transfer_lab.decode import decode_device, orient
 from transfer_lab.extract import Extractor, extract_sharded
 from transfer_lab.networks import load_backbone
-from transfer_lab.preprocess import to_storage
 from transfer_lab.sources.base import DatasetError
 from transfer_lab.specs import NetworkSpec
+from transfer_lab.storage import to_storage
 
 
 @pytest.fixture(scope="module")
