@@ -28,7 +28,8 @@ SPLITS = SplitSpec(validation_fraction=0.25, test_fraction=0.25, seed=0)
 
 
 def spec(source: str, root=None, **kw):
-    d = {"source": source, "download": False, "image_size": None, **kw}
+    """A dataset spec in a workflow whose networks resize to 64 at most (the photos' storage size)."""
+    d = {"source": source, "download": False, "image_size": None, "network_resize": 64, **kw}
     if root is not None:
         d["root"] = str(root)
     return sources.dataset_spec(d)

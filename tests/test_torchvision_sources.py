@@ -37,8 +37,9 @@ GREY = {"MNIST", "FashionMNIST"}
 
 
 def spec(name: str, root, **kw):
+    """A dataset spec in a workflow whose networks resize to 64 at most (the photos' storage size)."""
     return sources.dataset_spec({"source": f"torchvision:{name}", "root": str(root), "download": False,
-                                 "image_size": None, **kw})
+                                 "image_size": None, "network_resize": 64, **kw})
 
 
 def checksum_warnings(caplog) -> list[str]:
