@@ -396,7 +396,7 @@ def torchvision_preprocess(spec: NetworkSpec) -> Preprocess:
 def _torchvision_backbone(spec: NetworkSpec) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
-    model_name, weights, input_size, layer = spec.model_name, spec.weights, spec.input_size, spec.layer
+    model_name, weights, layer = spec.model_name, spec.weights, spec.layer
     enum = get_model_weights(model_name)
     tv_weights = None if weights == "random" or spec.weights_file else (
         enum.DEFAULT if weights == "DEFAULT" else enum[weights]
