@@ -40,7 +40,8 @@ OFFICIAL = f"the official cifar-10-python.tar.gz (md5 {CIFAR10_MD5}) from {CIFAR
 
 
 def spec(source: str, root=None, **kw) -> DatasetSpec:
-    d = {"source": source, "download": False, "image_size": None, "crop_roi": False, **kw}
+    """A dataset spec in a workflow whose networks resize to 64 at most (the photos' storage size)."""
+    d = {"source": source, "download": False, "image_size": None, "crop_roi": False, "network_resize": 64, **kw}
     if root is not None:
         d["root"] = str(root)
     return sources.dataset_spec(d)

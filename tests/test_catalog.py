@@ -68,6 +68,11 @@ def test_what_the_catalog_knows(cache):
     assert {"vit_small_patch14_dinov2", "vit_base_patch16_clip_224", "deit_small_patch16_224", "eva02_small_patch14_224",
             "beit_base_patch16_224"} <= known.timm_tokens
     assert not {"tf_efficientnet_lite0", "convnext_tiny", "resnet50", "qwen3_vit_88m"} & known.timm_tokens
+    # Each eval transform's resize and crop (torchvision), input side and crop_pct (timm's configs).
+    assert resnet50.sizes == {"IMAGENET1K_V1": (256, 224), "IMAGENET1K_V2": (232, 224)}
+    assert known.timm_size("vit_small_patch14_dinov2", "lvd142m") == (518, 1.0)
+    assert known.timm_size("convnext_tiny", None) == known.timm_size("convnext_tiny", "in12k_ft_in1k") == (224, 0.95)
+    assert known.timm_size("tf_efficientnet_lite0", None) == (224, 0.875)  # timm's defaults
 
 
 def test_the_catalog_file_stays_small(cache):

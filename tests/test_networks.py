@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from transfer_lab.networks import bundled_state_dict, load_backbone
+from transfer_lab.networks import bundled_state_dict, load_backbone, torchvision_preprocess
 from transfer_lab.specs import BUNDLED, NetworkSpec
 
 
@@ -76,11 +76,40 @@ def test_bundled_backbone_gives_the_classifiers_pre_logits(lite0_classifier):
 
 
 def test_timm_preprocessing_from_the_weights_metadata():
-    p = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random")).preprocess
+    spec = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random")
+    p = load_backbone(spec).preprocess
     assert (p.crop, p.resize, p.interpolation) == (224, 256, "bicubic")  # crop_pct 0.875
     assert p.mean == (0.5, 0.5, 0.5)
-    small = load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=96)).preprocess
+    small_spec = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=96)
+    small = load_backbone(small_spec).preprocess
     assert (small.crop, small.resize) == (96, 109)
+    assert (spec.resize, small_spec.resize) == (256, 109)  # the same, known without torch (the catalog)
+
+
+@pytest.mark.parametrize("spec, resize", [
+    (NetworkSpec("timm:convnext_tiny", "random"), 235),  # timm's default tag (in12k_ft_in1k): crop_pct 0.95
+    (NetworkSpec("timm:vit_small_patch14_dinov2.lvd142m", "random", input_size=224), 224),  # crop_pct 1
+    (NetworkSpec("timm:vit_base_patch16_clip_224.openai", "random"), 248),  # crop_pct 0.9
+    (NetworkSpec("timm:tf_efficientnet_lite0", "bundled", input_size=96), 109),
+])
+def test_a_timm_networks_resize_is_known_without_torch(spec, resize):
+    """NetworkSpec.resize (the catalog's, what photo datasets are stored at when the workflow
+    is parsed) is the resize of the loaded backbone's preprocessing: its tag's pretrained config."""
+    assert spec.resize == load_backbone(spec).preprocess.resize == resize
+
+
+@pytest.mark.parametrize("spec, resize", [
+    (NetworkSpec("resnet50", "IMAGENET1K_V1"), 256),
+    (NetworkSpec("resnet50", "IMAGENET1K_V2"), 232),
+    (NetworkSpec("resnet50", "IMAGENET1K_V1", input_size=112), 128),
+    (NetworkSpec("inception_v3", "IMAGENET1K_V1"), 342),
+    (NetworkSpec("vit_b_16", "IMAGENET1K_SWAG_E2E_V1"), 384),
+    (NetworkSpec("vit_b_16", "random"), 256),  # the default weights' transform
+])
+def test_a_torchvision_networks_resize_is_known_without_torch(spec, resize):
+    """NetworkSpec.resize is the resize of the preprocessing load_backbone gives (read from the
+    weights' transforms(), without a download; the loaded random backbones: the test above)."""
+    assert spec.resize == torchvision_preprocess(spec).resize == resize
 
 
 def test_random_weights_are_reproducible():
@@ -101,10 +130,12 @@ def test_random_weights_are_reproducible():
     ],
 )
 def test_torchvision_penultimate_layer_and_preprocessing(arch, dim, crop, resize, interpolation):
-    backbone = load_backbone(NetworkSpec(arch=arch, weights="random"))
+    spec = NetworkSpec(arch=arch, weights="random")
+    backbone = load_backbone(spec)
     p = backbone.preprocess
     assert backbone.feature_dim == dim
     assert (p.crop, p.resize, p.interpolation) == (crop, resize, interpolation)
+    assert spec.resize == resize  # known without torch, from the catalog
     assert p.mean == pytest.approx((0.485, 0.456, 0.406))
     with torch.inference_mode():
         out = backbone.model(torch.randn(2, 3, 80, 80))
@@ -112,8 +143,9 @@ def test_torchvision_penultimate_layer_and_preprocessing(arch, dim, crop, resize
 
 
 def test_input_size_keeps_the_weights_resize_ratio():
-    p = load_backbone(NetworkSpec(arch="resnet18", weights="random", input_size=64)).preprocess
-    assert (p.crop, p.resize) == (64, 73)
+    spec = NetworkSpec(arch="resnet18", weights="random", input_size=64)
+    p = load_backbone(spec).preprocess
+    assert (p.crop, p.resize) == (64, 73) and spec.resize == 73
 
 
 def _seed_hub_cache(tmp_path, monkeypatch):

@@ -29,7 +29,8 @@ SPLITS = SplitSpec(validation_fraction=0.25, test_fraction=0.25, seed=0)
 
 
 def spec(source: str, root=None, **kw):
-    d = {"source": source, "download": False, "image_size": None, **kw}
+    """A dataset spec in a workflow whose networks resize to 64 at most (the photos' storage size)."""
+    d = {"source": source, "download": False, "image_size": None, "network_resize": 64, **kw}
     if root is not None:
         d["root"] = str(root)
     return sources.dataset_spec(d)
@@ -248,7 +249,8 @@ def test_hf_parquet_named_by_number_takes_its_folders_split(hf_roots, tmp_path):
 def test_hf_reads_without_the_datasets_library(hf_roots):
     code = (
         "import sys\nfrom transfer_lab import sources\n"
-        f"raw = sources.get('hf').read(sources.dataset_spec({{'source': 'hf', 'root': {str(hf_roots['parquet'])!r}}}))\n"
+        f"raw = sources.get('hf').read(sources.dataset_spec({{'source': 'hf', 'root': {str(hf_roots['parquet'])!r}, "
+        "'image_size': 16}))\n"
         "print(len(raw.labels), 'datasets' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -17,7 +17,7 @@ from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
 from transfer_lab.heads import load_head
 from transfer_lab.images import NoImagesError, find_images
-from transfer_lab.predict import PredictError, load_predictor
+from transfer_lab.predict import PredictError, load_predictor, resolve_storage
 from transfer_lab.preprocess import Storage
 
 
@@ -27,6 +27,17 @@ def test_unreadable_head_file_is_refused_naming_it(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(PredictError, match=rf"^{path}: not a head file or fine-tuned network \(.+\); expected "):
         load_predictor(path)
+
+
+def test_an_older_heads_photos_were_stored_at_the_config_networks_largest_resize():
+    """A head without storage meta, trained on photos without image_size: they were stored at
+    the largest resize of the config's networks (ResNet-50 V1: 256, Inception-v3: 342)."""
+    config = {"datasets": {"photos": {"source": "imagefolder", "root": "photos"}},
+              "networks": {"resnet": {"arch": "resnet50", "weights": "IMAGENET1K_V1"},
+                           "inception": {"arch": "inception_v3", "weights": "IMAGENET1K_V1"}}}
+    assert resolve_storage({"dataset": "photos"}, config, "head.pt") == Storage(342, "crop")
+    config["datasets"]["photos"]["image_size"] = 128
+    assert resolve_storage({"dataset": "photos"}, config, "head.pt") == Storage(128, "crop")
 
 
 def test_find_images_folders_globs_and_plain_paths(tmp_path):

@@ -131,6 +131,11 @@ def test_the_suite_follows_the_linear_probe_protocol(suite_config, suite):
         if net != "dinov2_small":
             assert entry.get("input_size") is None, net
     assert config["networks"]["dinov2_small"]["pool"] == "cls+mean"
+    # Photos stored at the networks' largest resize (ResNet-50 IMAGENET1K_V1's 256), not a size of their own.
+    from transfer_lab.specs import NetworkSpec, largest_resize
+
+    assert largest_resize(NetworkSpec.from_config(entry) for entry in config["networks"].values()) == 256
+    assert all("image_size" not in entry for entry in config["datasets"].values())
     assert "pool" not in config["networks"]["clip_b16"]  # CLIP's probes: the model's own (class token)
 
 

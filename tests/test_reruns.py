@@ -275,6 +275,33 @@ def test_a_file_under_a_dataset_root_reprepares_that_dataset(tmp_path):
     assert table.loc[0, ["n_train", "n_validation", "n_test"]].sum() == 21
 
 
+def test_networks_that_change_the_largest_resize_reprepare_the_photos_stored_at_it(tmp_path):
+    """Row: a network that changes the networks' largest resize."""
+    from fixtures import write_imagefolder
+
+    from transfer_lab.datasets import load_prepared
+
+    workdir = copy_workflow(tmp_path / "wd")
+    root = write_imagefolder(tmp_path / "photos", classes=("cat", "dog"), per_class=4)
+    config = {
+        "networks": {"lite0": {**LITE0, "weights": "random"}},  # resizes to floor(32 / 0.875) = 36, then crops 32
+        "datasets": {"photos": {"source": "imagefolder", "root": str(root)}, "digits": {"source": "digits"}},
+        "heads": {"linear": {"kind": "linear", "epochs": 3}},
+    }
+    prepared = ["results/datasets/photos.npz", "results/datasets/digits.npz"]
+    write_config(workdir, config)
+    assert snakemake(workdir, *prepared).jobs == {"prepare_dataset": 2}
+    photos = load_prepared(workdir / prepared[0])
+    assert photos.images.shape[1:] == (36, 36, 3) and photos.meta["storage_size"] == 36
+    config["networks"]["small"] = {**LITE0, "weights": "random", "input_size": 24}  # resizes to 27: less
+    write_config(workdir, config)
+    assert snakemake(workdir, "-n", *prepared).jobs == {}
+    config["networks"]["small"]["input_size"] = 48  # resizes to 54: the photos (not the digits) are stored at it
+    write_config(workdir, config)
+    run = snakemake(workdir, "-n", *prepared)
+    assert run.jobs == {"prepare_dataset": 1} and "dataset=photos" in run.output and "dataset=digits" not in run.output
+
+
 ROWS = {  # the first column of the README's table -> its test, here or in another file
     "nothing": test_nothing_reruns_nothing,
     "a head's hyperparameter": test_a_head_hyperparameter_retrains_that_head,
@@ -293,6 +320,8 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "an image a `csv` table lists, wherever it lies, rewritten":
         "test_own_files.py::test_csv_and_hf_datasets_through_preparation_and_extraction",
     "a dataset's `split` settings": test_a_dataset_split_override_reruns_that_dataset,
+    "a network that changes the networks' largest resize":
+        test_networks_that_change_the_largest_resize_reprepare_the_photos_stored_at_it,
     "delete a bottleneck pickle or head": test_deleting_a_pickle_rebuilds_it_and_its_dependents,
     "the library code a step runs": test_any_library_module_reruns_the_steps_that_run_it,
     "a `finetune` setting": test_a_finetune_setting_refits_the_finetuned_networks,

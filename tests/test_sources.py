@@ -31,8 +31,9 @@ from transfer_lab.sources.base import DatasetError, DatasetSpec
 
 
 def spec(source: str, root=None, **kw) -> DatasetSpec:
-    """A dataset spec as the schema leaves it (defaults filled in)."""
-    d = {"source": source, "download": False, "image_size": None, "crop_roi": False, **kw}
+    """A dataset spec as the schema leaves it (defaults filled in), in a workflow whose networks
+    resize to 64 at most (the storage size of photos without image_size)."""
+    d = {"source": source, "download": False, "image_size": None, "crop_roi": False, "network_resize": 64, **kw}
     if root is not None:
         d["root"] = str(root)
     return sources.dataset_spec(d)
@@ -527,7 +528,7 @@ def test_registry():
     assert set(sources.names()) == {"cifar10", "csv", "digits", "gtsrb", "hf", "imagefolder", "traffic-pickle"} | torchvision
     tested = {"cifar10", "csv", "gtsrb", "hf", "traffic-pickle"} | torchvision - {"torchvision:EuroSAT"}
     assert {n for n in sources.names() if "test" in sources.get(n).splits} == tested
-    assert all(sources.get(n).image_size > 0 for n in sources.names())
+    assert all(sources.get(n).image_size is None or sources.get(n).image_size > 0 for n in sources.names())
 
 
 def test_official_test_split_survives_preparation(gtsrb, tmp_path):
@@ -583,8 +584,25 @@ def test_storage_fit_crops_only_photos_of_any_aspect():
     assert storage_fit(spec("imagefolder")) == "crop"
     for source in ("cifar10", "gtsrb", "traffic-pickle", "digits"):
         assert storage_fit(spec(source)) == "squash"
-    assert storage_size(spec("imagefolder", image_size=None)) == 64
     assert storage_size(spec("digits", image_size=16)) == 16
+
+
+def test_photos_are_stored_at_the_networks_largest_resize_and_tiny_images_at_their_own_size():
+    from transfer_lab.sources import follows_networks, storage_size
+
+    photos = {name for name in sources.names() if sources.get(name).image_size is None}
+    assert photos == {"imagefolder", "gtsrb", "csv", "hf", "torchvision:DTD", "torchvision:FGVCAircraft",
+                      "torchvision:Flowers102", "torchvision:Food101", "torchvision:OxfordIIITPet"}
+    for name in photos:
+        assert follows_networks(spec(name)) and storage_size(spec(name, network_resize=342)) == 342
+        assert not follows_networks(spec(name, image_size=96)) and storage_size(spec(name, image_size=96)) == 96
+    native = {"digits": 8, "cifar10": 32, "traffic-pickle": 32, "torchvision:EuroSAT": 64, "torchvision:STL10": 96,
+              "torchvision:CIFAR100": 32, "torchvision:SVHN": 32, "torchvision:MNIST": 28, "torchvision:FashionMNIST": 28}
+    assert set(native) == set(sources.names()) - photos
+    for name, size in native.items():
+        assert not follows_networks(spec(name)) and storage_size(spec(name, network_resize=342)) == size
+    with pytest.raises(ValueError, match="no network is given: set the dataset's image_size"):
+        storage_size(DatasetSpec("imagefolder", "photos"))
 
 
 def test_documented_datasets_table_is_what_the_registry_renders():

@@ -38,8 +38,9 @@ GREY = {"MNIST", "FashionMNIST"}
 
 
 def spec(name: str, root, **kw):
+    """A dataset spec in a workflow whose networks resize to 64 at most (the photos' storage size)."""
     return sources.dataset_spec({"source": f"torchvision:{name}", "root": str(root), "download": False,
-                                 "image_size": None, **kw})
+                                 "image_size": None, "network_resize": 64, **kw})
 
 
 def checksum_warnings(caplog) -> list[str]:
@@ -67,7 +68,7 @@ def test_official_splits_classes_and_labels(layouts, name, caplog):
     d = tvd.BY_NAME[name]
     caplog.set_level(logging.WARNING)
     raw = decoded(sources.get(d.source).read(spec(name, root)))
-    size = d.image_size
+    size = sources.storage_size(spec(name, root))  # the photos': the networks' largest resize (64 here)
     assert raw.images.shape[1:] == (size, size, 3) and raw.images.dtype == np.uint8
     assert raw.class_names[: len(written["classes"])] == written["classes"]
     expected = np.concatenate([written["labels"][s] for s in written["splits"]])
@@ -98,11 +99,13 @@ def test_image_size_overrides_the_default(layouts, name):
 
 
 def test_storage_defaults():
-    native = {"CIFAR100": 32, "SVHN": 32, "STL10": 96, "MNIST": 28, "FashionMNIST": 28}
+    """Native sizes for the tiny datasets (EuroSAT's tiles too); the photos follow the networks (None)."""
+    native = {"CIFAR100": (32, "squash"), "SVHN": (32, "squash"), "STL10": (96, "squash"), "MNIST": (28, "squash"),
+              "FashionMNIST": (28, "squash"), "EuroSAT": (64, "crop")}
+    assert tvd.PHOTO_SIZE is None
     for d in tvd.DATASETS:
         source = sources.get(d.source)
-        assert (source.image_size, source.fit) == ((native[d.name], "squash") if d.name in native
-                                                   else (tvd.PHOTO_SIZE, "crop"))
+        assert (source.image_size, source.fit) == native.get(d.name, (tvd.PHOTO_SIZE, "crop"))
 
 
 # --- checksums: compared as torchvision does, a difference warned about -----------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 from .files import atomic_write
 
 # Bump when the file's layout changes, so an older cache file is not read.
-FORMAT = 2
+FORMAT = 3
 LIBRARIES = ("torch", "torchvision", "timm")
 
 
@@ -35,6 +35,9 @@ class TorchvisionArch:
     default: str  # the tag 'DEFAULT' stands for
     urls: dict[str, str]  # weights tag -> checkpoint URL
     min_size: int  # smallest input side its feature maps survive (the weights' meta)
+    # weights tag -> (resize, crop) of its eval transform: the shorter side an image is
+    # resized to, then the centre crop (ResNet-50 IMAGENET1K_V1: 256, 224).
+    sizes: dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,21 @@ class Catalog:
     # 'timm/<arch>.<tag>' (another repository, or a plain URL); see timm_source.
     timm_sources: dict[str, dict[str, str]]
     timm_tokens: frozenset[str]  # timm architectures whose features are tokens (transformers)
+    # The (input side, crop_pct) of timm's eval transforms: what they crop to, and the
+    # fraction of the resize that crop is. The distinct pairs, timm's defaults (224, 0.875)
+    # first; and per architecture, indices into them: its default config's (what the bare
+    # name builds), then each of its tags' in the order of ``timm``; an architecture whose
+    # every config has the defaults is left out (a small file). See timm_size.
+    timm_size_table: tuple[tuple[int, float], ...]
+    timm_sizes: dict[str, tuple[int, ...]]
+
+    def timm_size(self, arch: str, tag: str | None) -> tuple[int, float]:
+        """(input side, crop_pct) of timm's pretrained config ``arch.tag`` (``tag`` None: the
+        arch's default config), as ``timm.data.resolve_data_config`` reads them."""
+        indices = self.timm_sizes.get(arch)
+        if indices is None:
+            return self.timm_size_table[0]
+        return self.timm_size_table[indices[0] if tag is None else indices[1 + self.timm[arch].index(tag)]]
 
     def timm_source(self, arch: str, tag: str) -> dict[str, str]:
         """Where the weights of ``arch.tag`` come from: ``{"hf_hub_id": ...}`` (with
@@ -85,14 +103,27 @@ def read_libraries() -> dict:
             "default": weights.DEFAULT.name,
             "urls": {w.name: w.url for w in weights},
             "min_size": min(min(w.meta.get("min_size", (1, 1))) for w in weights),
+            "sizes": {w.name: _resize_crop(w) for w in weights},
         }
-    tags, sources = {}, {}
+    tags, sources, sizes = {}, {}, {}
+    table = [(int(timm.models.PretrainedCfg().input_size[-1]), float(timm.data.DEFAULT_CROP_PCT))]
+
+    def size_index(cfg) -> int:
+        # timm.data.resolve_data_config's reading of a config: its crop_pct, or timm's default.
+        size = (int(cfg.input_size[-1]), float(cfg.crop_pct or timm.data.DEFAULT_CROP_PCT))
+        if size not in table:
+            table.append(size)
+        return table.index(size)
+
     for arch in timm.list_models():
         tags[arch] = []
-        for name, cfg in timm.models.get_arch_pretrained_cfgs(arch).items():  # timm's default first
+        cfgs = timm.models.get_arch_pretrained_cfgs(arch)  # timm's default first
+        indices = [size_index(next(iter(cfgs.values())))]
+        for name, cfg in cfgs.items():
             if not cfg.has_weights:
                 continue
             tags[arch].append(name.split(".", 1)[1])
+            indices.append(size_index(cfg))
             if cfg.hf_hub_id:
                 source = {"hf_hub_id": cfg.hf_hub_id, "hf_hub_filename": cfg.hf_hub_filename}
             else:
@@ -100,8 +131,17 @@ def read_libraries() -> dict:
             source = {key: value for key, value in source.items() if value}
             if source != {"hf_hub_id": f"timm/{name}"}:  # only what differs from the rule (small file)
                 sources[name] = source
+        if any(indices):
+            sizes[arch] = indices
     return {"torchvision": dict(sorted(archs.items())), "timm": tags, "timm_sources": sources,
-            "timm_tokens": token_archs()}
+            "timm_tokens": token_archs(), "timm_size_table": table, "timm_sizes": sizes}
+
+
+def _resize_crop(weights) -> tuple[int, int]:
+    """(resize, crop) of torchvision weights' eval transform, read from ``transforms()``
+    (a partial of its ImageClassification: reading it downloads nothing)."""
+    t = weights.transforms()
+    return int(t.resize_size[0]), int(t.crop_size[0])
 
 
 def token_archs() -> list[str]:
@@ -148,10 +188,15 @@ def token_archs() -> list[str]:
 
 def _parse(contents: dict) -> Catalog:
     return Catalog(
-        torchvision={name: TorchvisionArch(**arch) for name, arch in contents["torchvision"].items()},
+        torchvision={
+            name: TorchvisionArch(**{**arch, "sizes": {tag: tuple(size) for tag, size in arch["sizes"].items()}})
+            for name, arch in contents["torchvision"].items()
+        },
         timm={name: tuple(tags) for name, tags in contents["timm"].items()},
         timm_sources=contents["timm_sources"],
         timm_tokens=frozenset(contents["timm_tokens"]),
+        timm_size_table=tuple((int(side), float(pct)) for side, pct in contents["timm_size_table"]),
+        timm_sizes={arch: tuple(indices) for arch, indices in contents["timm_sizes"].items()},
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import math
 import os
 import pickle
 import re
@@ -23,7 +22,16 @@ import torch
 from torch import nn
 
 from .preprocess import Preprocess
-from .specs import BLOCK, BUNDLED, HF_WEIGHTS, WEIGHTS_DIR, NetworkSpec, WeightsFile
+from .specs import (
+    BLOCK,
+    BUNDLED,
+    HF_WEIGHTS,
+    WEIGHTS_DIR,
+    NetworkSpec,
+    WeightsFile,
+    crop_pct_resize,
+    scaled_resize,
+)
 
 # Random initialisation is seeded, so a 'random' control row is reproducible.
 RANDOM_INIT_SEED = 0
@@ -339,7 +347,7 @@ def _timm_backbone(spec: NetworkSpec, weights_dir: str | os.PathLike | None) -> 
     else:
         model, feature_dim = _select_layer(model, layer, f"timm:{name}", crop)
     preprocess = Preprocess(
-        resize=math.floor(crop / cfg["crop_pct"]),
+        resize=crop_pct_resize(crop, cfg["crop_pct"]),
         crop=crop,
         interpolation=cfg["interpolation"],
         mean=tuple(float(m) for m in cfg["mean"]),
@@ -366,10 +374,29 @@ def _replace_last_linear(model: nn.Module, arch: str) -> int:
     return int(linear.in_features)
 
 
+def torchvision_preprocess(spec: NetworkSpec) -> Preprocess:
+    """The eval transform of a torchvision network: its weights' metadata (for random and
+    file weights, the arch's default weights'), the resize scaled with ``input_size``.
+    Reading it builds no model and downloads nothing."""
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(spec.model_name)
+    tagged = spec.weights not in ("DEFAULT", "random") and not spec.weights_file
+    t = (enum[spec.weights] if tagged else enum.DEFAULT).transforms()
+    crop = spec.input_size or int(t.crop_size[0])
+    return Preprocess(
+        resize=scaled_resize(int(t.resize_size[0]), int(t.crop_size[0]), spec.input_size),
+        crop=crop,
+        interpolation=t.interpolation.value,
+        mean=tuple(float(m) for m in t.mean),
+        std=tuple(float(s) for s in t.std),
+    )
+
+
 def _torchvision_backbone(spec: NetworkSpec) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
-    model_name, weights, input_size, layer = spec.model_name, spec.weights, spec.input_size, spec.layer
+    model_name, weights, layer = spec.model_name, spec.weights, spec.layer
     enum = get_model_weights(model_name)
     tv_weights = None if weights == "random" or spec.weights_file else (
         enum.DEFAULT if weights == "DEFAULT" else enum[weights]
@@ -396,19 +423,8 @@ def _torchvision_backbone(spec: NetworkSpec) -> Backbone:
                 setattr(model, aux, None)
     if spec.weights_file:
         _load_strict(model, _load_state_dict(weights), weights)
-    # The metadata of the weights (or, for random/path weights, of the arch's default
-    # weights) gives the eval transform; reading it downloads nothing.
-    meta_weights = tv_weights or enum.DEFAULT
-    t = meta_weights.transforms()
-    crop = input_size or int(t.crop_size[0])
-    resize = int(t.resize_size[0])
-    preprocess = Preprocess(
-        resize=round(resize * crop / int(t.crop_size[0])),
-        crop=crop,
-        interpolation=t.interpolation.value,
-        mean=tuple(float(m) for m in t.mean),
-        std=tuple(float(s) for s in t.std),
-    )
+    preprocess = torchvision_preprocess(spec)
+    crop = preprocess.crop
     if layer is None:
         feature_dim = _replace_last_linear(model, model_name)
     else:

@@ -35,7 +35,7 @@ from .networks import load_backbone
 from .preprocess import DevicePreprocess, Storage, StorageResize, storage_for
 from .sources import dataset_spec
 from .sources.base import DatasetError
-from .specs import NetworkSpec
+from .specs import NetworkSpec, largest_resize
 
 
 class PredictError(ValueError):
@@ -93,7 +93,8 @@ def resolve_storage(meta: dict, config: dict | None, where: str) -> Storage:
     """The storage step of the dataset a head was trained on.
 
     From the head's network meta when it records it (``storage_size``/``storage_fit``),
-    else from the config's entry for that dataset (``image_size`` and source).
+    else from the config's entry for that dataset (``image_size`` and source; for a photo
+    source without image_size, the largest resize of the config's networks).
     """
     if meta.get("storage_size") is not None:
         return Storage(int(meta["storage_size"]), str(meta.get("storage_fit", "squash")))
@@ -105,7 +106,8 @@ def resolve_storage(meta: dict, config: dict | None, where: str) -> Storage:
             f"the config has no datasets.{dataset} entry. Run from the workflow folder (config.yaml), "
             "pass --config, or give --image-size and --fit"
         )
-    return storage_for(dataset_spec(spec))
+    networks = [NetworkSpec.from_config(entry) for entry in ((config or {}).get("networks") or {}).values()]
+    return storage_for(dataset_spec({**spec, "network_resize": largest_resize(networks)}))
 
 
 def load_predictor(

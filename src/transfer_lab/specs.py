@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,9 +146,44 @@ class NetworkSpec:
         return WeightsFile(f"timm/{self.timm_arch}.{tag}/{filename or HF_WEIGHTS}", hf_hub_id=source["hf_hub_id"],
                            hf_filename=filename)
 
+    @property
+    def resize(self) -> int:
+        """The shorter side this network's eval transform resizes an image to before its centre
+        crop (ResNet-50 IMAGENET1K_V1: 256; V2: 232; Inception-v3: 342; a timm model:
+        floor(crop / crop_pct)), from the catalog, without torch: the photo datasets are stored
+        at the largest of these (:func:`largest_resize`) when the workflow is parsed.
+        ``networks.load_backbone`` computes the same number from the loaded libraries."""
+        known = catalog()
+        if self.library == "torchvision":
+            arch = known.torchvision[self.model_name]
+            # Random weights and weights files take the default weights' transform, as networks.py does.
+            tag = arch.default if self.weights in SPECIAL_WEIGHTS or self.weights_file else self.weights
+            resize, crop = arch.sizes[tag]
+            return scaled_resize(resize, crop, self.input_size)
+        side, crop_pct = known.timm_size(self.timm_arch, self.timm_name.partition(".")[2] or None)
+        return crop_pct_resize(self.input_size or side, crop_pct)
+
     def describe(self) -> str:
         return (f"{self.arch}, weights {self.weights}, input {self.input_size or 'default'}, "
                 f"layer {self.layer or 'penultimate'}" + (f", pool {self.pool}" if self.pool else ""))
+
+
+def scaled_resize(resize: int, crop: int, input_size: int | None) -> int:
+    """A torchvision transform's resize for ``input_size`` in place of its ``crop``: the ratio
+    kept (ResNet-50 V1's 256/224 at input 112: 128). One formula for networks.py and :attr:`NetworkSpec.resize`."""
+    return resize if input_size is None else round(resize * input_size / crop)
+
+
+def crop_pct_resize(crop: int, crop_pct: float) -> int:
+    """timm's eval resize: the crop is ``crop_pct`` of the resized shorter side (224 at 0.875: 256)."""
+    return math.floor(crop / crop_pct)
+
+
+def largest_resize(specs: Iterable[NetworkSpec]) -> int | None:
+    """The largest :attr:`NetworkSpec.resize` of ``specs`` (None for none): the storage size of
+    photo datasets without ``image_size``, so that every network's own resize-and-crop sees
+    the image it would see made from the original file."""
+    return max((spec.resize for spec in specs), default=None)
 
 
 def _url_file(url: str) -> WeightsFile:

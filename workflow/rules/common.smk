@@ -22,7 +22,7 @@ try:
     from transfer_lab.files import check_output_cache
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
-    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, NetworkSpec
+    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, NetworkSpec, largest_resize
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -40,8 +40,21 @@ HEADS = config["heads"]
 EVALUATION = config["evaluation"]
 # Label-efficiency subsets trained apart; 'all' (the full training set) is the heads' own.
 SHOTS = [s for s in EVALUATION["shots"] if s != "all"]
+# The shorter side the configured networks resize images to, at most (256 for ResNet-50
+# IMAGENET1K_V1, 342 for Inception-v3): the storage size of photo datasets without image_size.
+NETWORK_RESIZE = largest_resize(NETWORKS.values())
+
+
+def dataset_entry(dataset):
+    """A dataset's config entry, with the networks' largest resize when its storage size
+    follows the networks (a photo source without image_size): what defines its storage."""
+    entry = DATASETS[dataset]
+    follows = sources.follows_networks(sources.dataset_spec(entry))
+    return {**entry, "network_resize": NETWORK_RESIZE} if follows else entry
+
+
 # Each dataset entry as the library takes it (source, root, storage size, options).
-DATASET_SPECS = {name: sources.dataset_spec(entry) for name, entry in DATASETS.items()}
+DATASET_SPECS = {name: sources.dataset_spec(dataset_entry(name)) for name in DATASETS}
 
 
 def alternatives(names):
@@ -139,9 +152,10 @@ def prepare_inputs(wildcards):
 
 
 def prepare_params(wildcards):
-    """The dataset's spec, split settings and, for a local root, a fingerprint of its files
-    (and of the files it lists, for a source whose root is a table)."""
-    spec = DATASETS[wildcards.dataset]
+    """The dataset's spec (with the networks' largest resize where its storage follows them),
+    split settings and, for a local root, a fingerprint of its files (and of the files it
+    lists, for a source whose root is a table)."""
+    spec = dataset_entry(wildcards.dataset)
     local_root = spec.get("root") if not spec.get("download") else None
     listed = sources.get(spec["source"]).listed if local_root else None
     return canonical(
@@ -339,5 +353,6 @@ def exported_model(wildcards):
 
 def storage_spec(dataset):
     """What fixes a dataset's storage step (size and fit), and nothing else."""
-    spec = DATASETS[dataset]
-    return {"source": spec["source"], "image_size": spec.get("image_size")}
+    entry = dataset_entry(dataset)
+    resize = {"network_resize": entry["network_resize"]} if "network_resize" in entry else {}
+    return {"source": entry["source"], "image_size": entry.get("image_size"), **resize}

@@ -26,6 +26,8 @@ from . import base
 _DOWNLOADS = "resources/raw"
 # How each fit (storage.FITS) reads in the docs table.
 _FIT_WORDS = {"squash": "resized to a square", "crop": "shorter side resized, centre-cropped"}
+# The docs table's storage size of a source that follows the networks (Source.image_size None).
+_NETWORKS_SIZE = "the networks' largest resize"
 
 
 @functools.cache
@@ -86,7 +88,9 @@ def get(name: str) -> base.Source:
 
 def dataset_spec(entry: Mapping[str, Any]) -> base.DatasetSpec:
     """A config ``datasets`` entry as readers and checks take it. Keys that are no
-    source's business (the entry's ``split`` overrides) stay behind."""
+    source's business (the entry's ``split`` overrides) stay behind. ``network_resize`` is
+    no config key: the workflow adds it to the entries it hands its jobs, for the datasets
+    whose storage size follows the networks (:func:`follows_networks`)."""
     return base.DatasetSpec(
         source=entry["source"],
         root=entry.get("root"),
@@ -94,6 +98,7 @@ def dataset_spec(entry: Mapping[str, Any]) -> base.DatasetSpec:
         download=bool(entry.get("download", False)),
         store=entry.get("store", "pixels"),
         options={name: entry[name] for name in _options() if name in entry},
+        network_resize=entry.get("network_resize"),
     )
 
 
@@ -102,9 +107,26 @@ def download_root(dataset: str) -> str:
     return f"{_DOWNLOADS}/{dataset}"
 
 
+def follows_networks(spec: base.DatasetSpec) -> bool:
+    """Whether the dataset is stored at the configured networks' largest resize: a photo
+    source (its ``image_size`` None) and no ``image_size`` of the dataset's own."""
+    return spec.image_size is None and get(spec.source).image_size is None
+
+
 def storage_size(spec: base.DatasetSpec) -> int:
-    """The side of the stored square images: ``image_size``, or the source's own default."""
-    return get(spec.source).image_size if spec.image_size is None else int(spec.image_size)
+    """The side of the stored square images: ``image_size``, else the source's own size, else
+    (photo sources) the largest resize of the configured networks, ``spec.network_resize``."""
+    if spec.image_size is not None:
+        return int(spec.image_size)
+    own = get(spec.source).image_size
+    if own is not None:
+        return own
+    if spec.network_resize is None:
+        raise ValueError(
+            f"source {spec.source!r} stores its images at the largest resize of the configured networks "
+            "(the shorter side before their centre crop), and no network is given: set the dataset's image_size"
+        )
+    return int(spec.network_resize)
 
 
 def storage_fit(spec: base.DatasetSpec) -> str:
@@ -194,7 +216,8 @@ def docs_table() -> str:
         if s.fetch is not None:
             what = s.fetch.what or f"`{s.fetch.file}` (checksum verified)"
             holds.append(f"`download: true` fetches {what} into `{download_root('<name>')}/`")
-        cells = [f"`{s.name}`", s.title, "; ".join(holds), f"{s.image_size}, {_FIT_WORDS[s.fit]}",
+        size = _NETWORKS_SIZE if s.image_size is None else str(s.image_size)
+        cells = [f"`{s.name}`", s.title, "; ".join(holds), f"{size}, {_FIT_WORDS[s.fit]}",
                  ", ".join(s.splits) or "none: carved by `split`"]
         lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"

@@ -60,6 +60,9 @@ class DatasetSpec:
     download: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     store: str = "pixels"  # or "files": the prepared dataset holds the original files' paths
+    # The largest resize of the configured networks (specs.largest_resize): the storage size of
+    # a source that follows the networks (Source.image_size None) when image_size is None.
+    network_resize: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,10 @@ class Source:
     name: str  # the config's ``source``
     title: str  # what it is, in a few words (schema description, docs table)
     read: Callable[[DatasetSpec], RawDataset]
-    image_size: int  # storage side when the config's image_size is null
+    # Storage side when the config's image_size is null; None (photos): the largest resize of
+    # the configured networks, so that each network's own resize-and-crop sees what it would
+    # see made from the original file (tiny native images keep their own size instead).
+    image_size: int | None
     expects: str  # what root must hold: errors say "expected <expects>"; the docs table too
     # A cheap look at an existing root (reads no image): what is wrong with it, or None.
     check: Callable[[Path], str | None] | None = None

@@ -61,7 +61,8 @@ def read(spec: DatasetSpec) -> RawDataset:
     order) give the class ids. With a ``split`` column every row names its split, mapped by
     ``split_names`` (train; validation, valid, val; test): official splits. Without it there
     are none, and the config's ``split`` carves them. Images are photos, as imagefolder's:
-    upright by EXIF, shorter side resized to ``image_size`` (default 64), centre-cropped.
+    upright by EXIF, shorter side resized to ``image_size`` (default: the networks' largest resize),
+    centre-cropped.
     """
     table = Path(spec.root)
     if not table.is_file():

@@ -127,7 +127,8 @@ def read(spec: DatasetSpec) -> RawDataset:
     """The German Traffic Sign Recognition Benchmark, from its official archives (or torchvision's copy).
 
     Labels come from the annotations' ClassId. ``crop_roi`` crops each image to its
-    annotated sign before the squash-resize to ``image_size`` (default 64). Without the
+    annotated sign before the squash-resize to ``image_size`` (default: the
+    configured networks' largest resize). Without the
     test part (images and GT-final_test.csv) every image is a training image.
     """
     root = Path(spec.root)
@@ -179,7 +180,7 @@ SOURCE = Source(
     name="gtsrb",
     title="GTSRB, the official training and test archives, extracted",
     read=read,
-    image_size=64,
+    image_size=None,  # the networks' largest resize: its photos are 15 to 250 pixels wide
     expects=_EXPECTED,
     check=_check,
     splits=("train", "test"),

@@ -200,8 +200,8 @@ def _label_kind(column, feature: Any, part: _Part, name: str) -> tuple[str, list
 
 def read(spec: DatasetSpec) -> RawDataset:
     """Every split of the dataset (``split_names`` maps them to ours), its ``image_column``
-    decoded as photos (upright by EXIF, shorter side resized to ``image_size``, default 64,
-    centre-cropped), its ``label_column`` as class ids: a ClassLabel's names, integers
+    decoded as photos (upright by EXIF, shorter side resized to ``image_size``, default the
+    networks' largest resize, centre-cropped), its ``label_column`` as class ids: a ClassLabel's names, integers
     named "0".."K-1", or strings sorted (integers in numeric order)."""
     root = Path(spec.root)
     parts = _parts(root) if root.is_dir() else None

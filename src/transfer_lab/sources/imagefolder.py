@@ -21,7 +21,8 @@ def read(spec: DatasetSpec) -> RawDataset:
     """``root/<class>/*.jpg|jpeg|png|ppm|bmp``: classes are the sorted subfolder names.
 
     Any size and mode; each image is turned upright by its EXIF orientation, converted to
-    RGB, its shorter side resized to ``image_size`` (default 64) and centre-cropped square.
+    RGB, its shorter side resized to ``image_size`` (default: the largest resize of the configured networks)
+    and centre-cropped square.
     """
     root = Path(spec.root)
     if not root.is_dir():
@@ -53,7 +54,7 @@ SOURCE = Source(
     name="imagefolder",
     title="your own images, one folder per class",
     read=read,
-    image_size=64,
+    image_size=None,  # the networks' largest resize
     expects=_EXPECTED,
     check=_check,
     fit="crop",

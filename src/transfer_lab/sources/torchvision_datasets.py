@@ -50,8 +50,9 @@ from .imagefolder import SOURCE as PHOTOS
 log = logging.getLogger(__name__)
 
 PREFIX = "torchvision:"
-# The storage default of the photo datasets (any size and aspect): imagefolder's (shorter
-# side to it, centre-cropped), as for every photo source. The small datasets keep their native size.
+# The storage default of the photo datasets (any size and aspect): imagefolder's, the largest
+# resize of the configured networks (shorter side to it, centre-cropped), as for every photo
+# source. The small datasets (and EuroSAT's 64-pixel tiles) keep their native size.
 PHOTO_SIZE = PHOTOS.image_size
 # RawDataset.origin of each official split (datasets.SPLITS order).
 _ORIGIN = {"train": 0, "validation": 1, "test": 2}
@@ -106,7 +107,7 @@ class Dataset:
     folder: str  # what root holds, relative to it: the cheap check
     holds: str  # what that folder holds, for "expected ..."
     items: Callable[[Any], tuple[Any, Any]]
-    image_size: int = PHOTO_SIZE
+    image_size: int | None = PHOTO_SIZE
     fit: str = "crop"
     classes: Callable[[Any], list[str]] = _own_classes
     md5_published: bool = True  # whether torchvision checks its downloads' md5
@@ -140,7 +141,7 @@ DATASETS: tuple[Dataset, ...] = (
             "extracted into dtd/)", _listed, notes=f"partition 1; {_VALIDATION}"),
     Dataset("EuroSAT", "EuroSAT RGB satellite tiles (torchvision)", {}, "eurosat/2750",
             "eurosat/2750/<class>/*.jpg (EuroSAT.zip extracted into eurosat/)", _folder,
-            notes="64x64 tiles; no official splits"),
+            image_size=64, notes="64x64 tiles; no official splits"),
     Dataset("FGVCAircraft", "FGVC-Aircraft, 100 variants (torchvision)", _SPLIT_THREE, "fgvc-aircraft-2013b",
             "fgvc-aircraft-2013b/data/ with images/, variants.txt and images_variant_train.txt, _val.txt, "
             "_test.txt", _listed, md5_published=False, notes=f"labelled by variant; {_VALIDATION}"),
