@@ -169,10 +169,15 @@ class ExtractSettings:
     threads: int = 4
     shard_size: int = 10000
     compile: bool = False
+    parts: int | Mapping[str, int] = 1  # jobs per split: one number, or per split name (others 1)
 
     @classmethod
     def from_config(cls, section: Mapping) -> ExtractSettings:
         return cls(**section)
+
+    def parts_for(self, split: str) -> int:
+        """How many jobs extract ``split`` (1: extract_features alone, as without parts)."""
+        return self.parts.get(split, 1) if isinstance(self.parts, Mapping) else self.parts
 
 
 def check_network(name: str, spec: NetworkSpec) -> None:

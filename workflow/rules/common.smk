@@ -21,7 +21,7 @@ try:
     from transfer_lab.datasets import SplitSpec, splits_for
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
-    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, NetworkSpec
+    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, ExtractSettings, NetworkSpec
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -134,8 +134,44 @@ def backbone_inputs(network):
     return inputs
 
 
+def extract_parts(split):
+    """extract.parts for one split: a number for every split, or per split (others 1)."""
+    return ExtractSettings.from_config(config["extract"]).parts_for(split)
+
+
+def part_file(wildcards, part, ext):
+    parts = extract_parts(wildcards.split)
+    name = f"{wildcards.network}_{wildcards.dataset}_{wildcards.split}"
+    return f"results/parts/{name}/part-{part}-of-{parts}.{ext}"
+
+
 def extract_inputs(wildcards):
+    """One part: the images and the weights, as the job computes them. Several: the
+    images (labels, class names) and the parts' files, which the job gathers."""
+    dataset = f"results/datasets/{wildcards.dataset}.npz"
+    parts = extract_parts(wildcards.split)
+    if parts == 1:
+        return {"dataset": dataset, **backbone_inputs(wildcards.network)}
+    return {
+        "dataset": dataset,
+        "parts": [part_file(wildcards, k, "npy") for k in range(parts)],
+        "records": [part_file(wildcards, k, "json") for k in range(parts)],
+    }
+
+
+def extract_part_inputs(wildcards):
     return {"dataset": f"results/datasets/{wildcards.dataset}.npz", **backbone_inputs(wildcards.network)}
+
+
+def part_params(wildcards):
+    """Which rows a part holds: its index and count, the split, and the shard size the
+    rows are cut by (so a part's file means one thing, whoever computed it)."""
+    return {
+        "split": wildcards.split,
+        "part": int(wildcards.part),
+        "parts": int(wildcards.parts),
+        "shard_size": config["extract"]["shard_size"],
+    }
 
 
 def network_params(wildcards):
