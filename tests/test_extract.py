@@ -175,7 +175,7 @@ def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_th
 
     bounds = [(0, 5), (5, 12)]
     paths = [tmp_path / "part-0.npy", tmp_path / "part-1.npy"]
-    for path, (lo, hi) in zip(paths, bounds):
+    for path, (lo, hi) in zip(paths, bounds, strict=True):
         np.save(path, np.ones((hi - lo, 4), np.float32))
     assert gather_parts(paths, _records(bounds), 12).shape == (12, 4)
     bad = _records(bounds)

@@ -146,32 +146,28 @@ def part_file(wildcards, part, ext):
 
 
 def extract_inputs(wildcards):
+    """The images and the weights: what a job that runs the network on a dataset reads."""
+    return {"dataset": f"results/datasets/{wildcards.dataset}.npz", **backbone_inputs(wildcards.network)}
+
+
+def extract_features_inputs(wildcards):
     """One part: the images and the weights, as the job computes them. Several: the
     images (labels, class names) and the parts' files, which the job gathers."""
-    dataset = f"results/datasets/{wildcards.dataset}.npz"
     parts = extract_parts(wildcards.split)
     if parts == 1:
-        return {"dataset": dataset, **backbone_inputs(wildcards.network)}
+        return extract_inputs(wildcards)
     return {
-        "dataset": dataset,
+        "dataset": f"results/datasets/{wildcards.dataset}.npz",
         "parts": [part_file(wildcards, k, "npy") for k in range(parts)],
         "records": [part_file(wildcards, k, "json") for k in range(parts)],
     }
 
 
-def extract_part_inputs(wildcards):
-    return {"dataset": f"results/datasets/{wildcards.dataset}.npz", **backbone_inputs(wildcards.network)}
-
-
 def part_params(wildcards):
-    """Which rows a part holds: its index and count, the split, and the shard size the
-    rows are cut by (so a part's file means one thing, whoever computed it)."""
-    return {
-        "split": wildcards.split,
-        "part": int(wildcards.part),
-        "parts": int(wildcards.parts),
-        "shard_size": config["extract"]["shard_size"],
-    }
+    """Which part of which split a job computes. Not the shard size that cuts the rows: like
+    the batch size, it changes how features are computed, not their values (the gather
+    checks that the parts it is given tile the split)."""
+    return {"split": wildcards.split, "part": int(wildcards.part), "parts": int(wildcards.parts)}
 
 
 def network_params(wildcards):

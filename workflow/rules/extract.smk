@@ -20,7 +20,7 @@ rule fetch_weights:
 
 rule extract_features:
     input:
-        unpack(extract_inputs),
+        unpack(extract_features_inputs),
     output:
         features=bottleneck("{network}", "{dataset}", "{split}"),
         metrics="results/extract/{network}_{dataset}_{split}.json",
@@ -44,7 +44,7 @@ rule extract_features:
 # gathers their files into the pickle (docs/extraction.md, "One split on several GPUs").
 rule extract_part:
     input:
-        unpack(extract_part_inputs),
+        unpack(extract_inputs),
     output:
         # temp: removed once gathered (the pickle holds the same features); kept if the
         # gather fails, and a killed run keeps the parts that finished.

@@ -74,7 +74,8 @@ with log_to(snakemake.log[0]) as log:
     shard_root = Path("results/shards") / f"{w.network}_{w.dataset}_{w.split}"
     if snakemake.rule == "extract_part":
         part, parts = params.part["part"], params.part["parts"]
-        rows = part_bounds(len(images), parts, params.part["shard_size"], f"split {w.split} of {w.dataset}")[part]
+        settings = ExtractSettings.from_config(snakemake.config["extract"])
+        rows = part_bounds(len(images), parts, settings.shard_size, f"split {w.split} of {w.dataset}")[part]
         meta, result, settings = compute(images, rows, shard_root / f"part-{part}-of-{parts}")
         with atomic_write(snakemake.output.features) as f:
             np.save(f, result.features)
