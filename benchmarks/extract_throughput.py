@@ -19,6 +19,10 @@ and the ratios end2end/bare (target >= 0.9 on CPU, >= 0.95 on a GPU), files/bare
 >= 0.5 on a GPU with GPU decoding) and end2end/naive (target >= 3 on a GPU). On CUDA also
 the fraction of the card's dense bf16 peak reached end to end, from the FLOPs of one image
 counted by torch.utils.flop_counter.FlopCounterMode.
+
+With --parts N (N > 1): the same images extracted as one part and as N parts (cut by
+--shard-size, as extract.parts cuts a split), each written as a bottleneck pickle, and
+whether the gathered pickle is byte-identical to the one-part run's.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfer_lab.bottleneck import Bottleneck, write_bottleneck
 from transfer_lab.decode import decode_device
-from transfer_lab.extract import Extractor
+from transfer_lab.extract import Extractor, extract_sharded, gather_parts, part_bounds
 from transfer_lab.networks import load_backbone
 from transfer_lab.specs import NetworkSpec
 
@@ -138,6 +143,30 @@ def write_photos(folder: Path, n: int, size: tuple[int, int], threads: int) -> l
         return list(pool.map(one, range(n)))
 
 
+def parts_identical(extractor: Extractor, images: np.ndarray, parts: int, shard_size: int,
+                    batch_size: int) -> tuple[bool, float, float]:
+    """One-part and N-part extraction of ``images`` into pickles, as the workflow makes them:
+    (pickles byte-identical, one-part seconds, N-part seconds added up)."""
+    labels = np.zeros(len(images), np.int64)
+    meta = {"device": extractor.device.type, "precision": extractor.precision}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        whole = extract_sharded(extractor, images, tmp / "whole", shard_size, batch_size).features
+        one_seconds = time.perf_counter() - start
+        write_bottleneck(tmp / "one.p", Bottleneck(whole, labels, ["x"], meta))
+        paths, records, seconds = [], [], 0.0
+        for k, (lo, hi) in enumerate(part_bounds(len(images), parts, shard_size)):
+            start = time.perf_counter()
+            features = extract_sharded(extractor, images[lo:hi], tmp / f"part-{k}", shard_size, batch_size).features
+            seconds += time.perf_counter() - start
+            paths.append(tmp / f"part-{k}.npy")
+            np.save(paths[-1], features)
+            records.append({"part": k, "parts": parts, "rows": [lo, hi], **meta, "meta": meta})
+        write_bottleneck(tmp / "gathered.p", Bottleneck(gather_parts(paths, records, len(images)), labels, ["x"], meta))
+        return (tmp / "one.p").read_bytes() == (tmp / "gathered.p").read_bytes(), one_seconds, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50")
@@ -157,6 +186,8 @@ def main() -> None:
     parser.add_argument("--photo-size", default="500x375", help="width x height of the generated JPEGs")
     parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="extract.decode")
     parser.add_argument("--naive-n", type=int, default=None, help="images for the naive baseline (default: n; 0: skip)")
+    parser.add_argument("--parts", type=int, default=1, help="also check N-part extraction against one part")
+    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard, for --parts")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -193,6 +224,10 @@ def main() -> None:
         print(f"ratio files/bare    {files / bare:.2f}")
     if naive_n:
         print(f"ratio end2end/naive {e2e / base:.2f}")
+    if args.parts > 1:
+        same, one, split = parts_identical(extractor, images, args.parts, args.shard_size, args.batch_size)
+        print(f"parts {args.parts} (shards of {args.shard_size}): {one:.1f} s in one part, {split:.1f} s in "
+              f"{args.parts} parts added up; gathered pickle identical to the one-part run: {'yes' if same else 'NO'}")
     if dev.type == "cuda":
         flops = flops_per_image(spec, extractor.prep.p.crop)
         peak = next((v for k, v in BF16_PEAK.items() if k in name), None)

@@ -434,6 +434,33 @@ def test_truncated_pickle(tmp_path):
     )
 
 
+def test_more_extraction_parts_than_the_split_has_shards():
+    """The row's message as the extract_part job raises it (its run: test_resume.py)."""
+    from transfer_lab.extract import part_bounds
+
+    raises_exactly(ValueError, "extract.parts: 5 for split train of digits, which has 50 images, 4 shard(s) of "
+                   "extract.shard_size 16: each part needs a shard of its own. Set extract.parts to at most 4 for "
+                   "this split, or a smaller extract.shard_size.", part_bounds, 50, 5, 16, "split train of digits")
+
+
+def test_parts_of_one_split_computed_differently(tmp_path):
+    from transfer_lab.extract import gather_parts
+
+    paths = [tmp_path / "part-0-of-2.npy", tmp_path / "part-1-of-2.npy"]
+    for path in paths:
+        np.save(path, np.zeros((6, 4), np.float32))
+    records = [{"part": k, "parts": 2, "rows": [6 * k, 6 * k + 6], "device": "cuda", "precision": "fp32",
+                "meta": {}} for k in range(2)]
+    records[1]["precision"] = "bf16"
+    raises_exactly(ValueError, f"{paths[1]}: computed with precision 'bf16', part 0 with 'fp32'; parts of one split "
+                   "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device and "
+                   "extract.precision) and rerun", gather_parts, paths, records, 12)
+    records[1].update(precision="fp32", rows=[7, 12])
+    raises_exactly(ValueError, f"{paths[1]}: rows 7..12, expected to start at 6; the parts were made with different "
+                   "extract.shard_size or datasets: delete the split's results/parts/ folder and rerun",
+                   gather_parts, paths, records, 12)
+
+
 def test_config_naming_a_dataset_folder_that_does_not_exist(tmp_path):
     missing = tmp_path / "nowhere"
     raises_exactly(

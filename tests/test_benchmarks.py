@@ -10,17 +10,18 @@ from conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_throughput_benchmark_prints_its_ratios():
+def test_throughput_benchmark_prints_its_ratios_and_the_parts_check():
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/extract_throughput.py"), "--arch", "resnet18",
          "--input-size", "64", "--n", "128", "--batch-size", "32", "--device", "cpu", "--threads", "2",
-         "--workers", "0", "--files", "8", "--photo-size", "96x72"],
+         "--workers", "0", "--files", "8", "--photo-size", "96x72", "--parts", "3", "--shard-size", "32"],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
     for label in ("bare forward", "end to end", "from files", "naive baseline"):
         assert float(re.search(rf"{label}\s+([\d.]+) img/s", out).group(1)) > 0, out
     for ratio in ("end2end/bare", "files/bare", "end2end/naive"):
         assert float(re.search(rf"ratio {ratio}\s+([\d.]+)", out).group(1)) > 0, out
+    assert "parts 3 (shards of 32):" in out and "identical to the one-part run: yes" in out, out
 
 
 def test_head_benchmark_prints_times_ratio_and_accuracy_difference():

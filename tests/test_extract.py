@@ -119,3 +119,85 @@ def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):
     a = extract_features(backbone, images[:20], batch_size=8, device="cpu").features
     b = extract_features(backbone, np.array(expected_images[:20]), batch_size=8, device="cpu").features
     assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("n, parts, shard_size, expected", [
+    (23, 1, 5, [(0, 23)]),
+    (23, 2, 5, [(0, 10), (10, 23)]),  # 5 shards: 2 and 3
+    (23, 5, 5, [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]),
+    (100, 3, 10, [(0, 30), (30, 60), (60, 100)]),
+])
+def test_parts_are_cut_on_shard_boundaries_and_cover_the_split(n, parts, shard_size, expected):
+    from transfer_lab.extract import part_bounds
+
+    assert part_bounds(n, parts, shard_size) == expected
+
+
+def test_more_parts_than_shards_is_refused_naming_the_setting_and_the_split():
+    from transfer_lab.extract import part_bounds
+
+    with pytest.raises(ValueError) as err:
+        part_bounds(23, 6, 5, "split train of digits")
+    assert str(err.value).startswith("extract.parts: 6 for split train of digits, which has 23 images, 5 shard(s) "
+                                     "of extract.shard_size 5")
+    assert "at most 5" in str(err.value)
+
+
+def _records(bounds: list[tuple[int, int]], **fields) -> list[dict]:
+    """What extract_part jobs record beside their features (as JSON gives them back)."""
+    return [{"part": k, "parts": len(bounds), "rows": [lo, hi], "device": "cpu", "precision": "fp32",
+             "meta": {"network": "n"}, **fields} for k, (lo, hi) in enumerate(bounds)]
+
+
+@pytest.fixture(scope="module")
+def small_backbone():
+    return load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=32))
+
+
+def test_gathered_parts_are_the_one_part_features_byte_for_byte(small_backbone, tmp_path):
+    from transfer_lab.extract import Extractor, extract_sharded, gather_parts, part_bounds
+
+    images = np.random.default_rng(4).integers(0, 256, size=(23, 12, 12, 3), dtype=np.uint8)
+    extractor = Extractor(small_backbone, "cpu", "fp32")
+    whole = extract_sharded(extractor, images, tmp_path / "whole", shard_size=5, batch_size=4).features
+    bounds = part_bounds(len(images), 3, shard_size=5)
+    assert bounds == [(0, 5), (5, 15), (15, 23)]
+    paths = []
+    for k, (lo, hi) in enumerate(bounds):  # as the extract_part jobs compute them
+        paths.append(tmp_path / f"part-{k}.npy")
+        np.save(paths[-1], extract_sharded(extractor, images[lo:hi], tmp_path / f"p{k}", 5, 4).features)
+    gathered = gather_parts(paths, _records(bounds), len(images))
+    assert gathered.dtype == np.float32 and gathered.tobytes() == whole.tobytes()
+
+
+def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_the_split(tmp_path):
+    from transfer_lab.extract import gather_parts
+
+    bounds = [(0, 5), (5, 12)]
+    paths = [tmp_path / "part-0.npy", tmp_path / "part-1.npy"]
+    for path, (lo, hi) in zip(paths, bounds, strict=True):
+        np.save(path, np.ones((hi - lo, 4), np.float32))
+    assert gather_parts(paths, _records(bounds), 12).shape == (12, 4)
+    bad = _records(bounds)
+    bad[1]["precision"] = "bf16"
+    with pytest.raises(ValueError, match="part-1.npy: computed with precision 'bf16', part 0 with 'fp32'"):
+        gather_parts(paths, bad, 12)
+    bad = _records([(0, 5), (6, 12)])  # made with another shard size
+    with pytest.raises(ValueError, match="rows 6..12, expected to start at 5"):
+        gather_parts(paths, bad, 12)
+    with pytest.raises(ValueError, match="the parts cover 12 rows, the split has 13 images"):
+        gather_parts(paths, _records(bounds), 13)
+    with pytest.raises(ValueError, match="part 1 of 2, expected part 0 of 2"):
+        gather_parts(paths[::-1], _records(bounds)[::-1], 12)
+    np.save(paths[1], np.ones((7, 4), np.float64))
+    with pytest.raises(ValueError, match="part-1.npy: float64 \\(7, 4\\), expected float32 \\(7, 4\\)"):
+        gather_parts(paths, _records(bounds), 12)
+
+
+def test_parts_are_one_number_or_per_split():
+    from transfer_lab.specs import ExtractSettings
+
+    assert ExtractSettings().parts_for("train") == 1
+    assert ExtractSettings(parts=4).parts_for("test") == 4
+    per_split = ExtractSettings(parts={"train": 8})
+    assert (per_split.parts_for("train"), per_split.parts_for("validation")) == (8, 1)

@@ -176,6 +176,15 @@ def test_preparation_threads_rerun_nothing(workdir):
     assert plan(workdir) == {}
 
 
+def test_extraction_parts_rerun_that_split_and_what_follows(workdir):
+    """Row: `extract.parts`."""
+    reconfigure(workdir, lambda c: c["extract"].update(parts=1))  # the default, said
+    assert plan(workdir) == {}
+    reconfigure(workdir, lambda c: c["extract"].update(parts={"train": 2}))
+    assert plan(workdir) == {"extract_part": 8, "extract_features": 4, "train_head": 8, "compare": 1, "predict": 1,
+                             "export_model": 1, "export": 1}
+
+
 def test_a_dataset_split_override_reruns_that_dataset(workdir):
     """Row: a dataset's `split` settings."""
     reconfigure(workdir, lambda c: c["datasets"]["few"]["split"].update(train_per_class=12))
@@ -316,6 +325,7 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "`extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`":
         test_how_extraction_computes_reruns_nothing,
     "`prepare.threads`": test_preparation_threads_rerun_nothing,
+    "`extract.parts`": test_extraction_parts_rerun_that_split_and_what_follows,
     "a file under a dataset's `root` (added, removed, rewritten)": test_a_file_under_a_dataset_root_reprepares_that_dataset,
     "an image a `csv` table lists, wherever it lies, rewritten":
         "test_own_files.py::test_csv_and_hf_datasets_through_preparation_and_extraction",

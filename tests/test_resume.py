@@ -76,3 +76,39 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     reference = extract_sharded(extractor, images, tmp_path / "reference", shard_size=32, batch_size=16)
     assert features.tobytes() == reference.features.tobytes()
     assert rerun.jobs["compare"] == 1
+
+
+def test_a_split_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_the_one_part_features(tmp_path):
+    """extract.parts: a part that finished is kept when the run stops (here: it was the only
+    target), too many parts for the split fail in the part job with a message naming the
+    setting and lose nothing, and the gathered pickle holds the features of a one-part run."""
+    workdir = copy_workflow(tmp_path / "wd")
+    network = {**NETWORK, "input_size": 32}
+    config = {**CONFIG, "networks": {"lite0": network}, "extract": {**CONFIG["extract"], "shard_size": 16}}
+    write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 3}}})
+    train = "results/bottleneck/lite0_digits_bottleneck_features_train.p"
+    first = snakemake(workdir, "results/parts/lite0_digits_train/part-1-of-3.npy")
+    assert first.jobs == {"prepare_dataset": 1, "extract_part": 1}
+    kept = (workdir / "results/parts/lite0_digits_train/part-1-of-3.npy").read_bytes()
+
+    # 50 training images are 4 shards of 16: 5 parts cannot each have one.
+    write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 5}}})
+    failed = snakemake(workdir, train, check=False)
+    assert failed.returncode != 0
+    log = next((workdir / "results/logs/extract_part").glob("lite0_digits_train_part-*-of-5.log")).read_text()
+    assert ("ValueError: extract.parts: 5 for split train of digits, which has 50 images, 4 shard(s) of "
+            "extract.shard_size 16: each part needs a shard of its own. Set extract.parts to at most 4") in log, log
+    assert (workdir / "results/parts/lite0_digits_train/part-1-of-3.npy").read_bytes() == kept
+
+    write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 3}}})
+    rerun = snakemake(workdir, train)
+    assert rerun.jobs == {"extract_part": 2, "extract_features": 1}  # part 1 was kept
+    features = read_bottleneck(workdir / train).features
+    images, _ = load_prepared(workdir / "results/datasets/digits.npz").subset("train")
+    extractor = Extractor(load_backbone(NetworkSpec(**network)), "cpu", "fp32")
+    reference = extract_sharded(extractor, images, tmp_path / "reference", shard_size=16, batch_size=16)
+    assert features.tobytes() == reference.features.tobytes()
+    assert list((workdir / "results/parts/lite0_digits_train").glob("*.npy")) == []  # temp: gone once gathered
+    # The shard size, which cut the parts, reruns nothing, as without parts (README).
+    write_config(workdir, {**config, "extract": {**config["extract"], "shard_size": 8, "parts": {"train": 3}}})
+    assert snakemake(workdir, train, "-n").jobs == {}

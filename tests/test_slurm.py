@@ -29,8 +29,12 @@ SMALL = {
     "heads": {"linear": {"kind": "linear", "epochs": 20}},
     "extract": {"batch_size": 256, "threads": 1},
 }
-SLURM_JOBS = {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}
-GPU_RULES = {"extract_features", "finetune"}
+# On SLURM the training split is extracted in 3 parts (extract.parts), gathered by its
+# extract_features job; the local reference run extracts it in one.
+# Shards of one batch: the parts batch the images exactly as the one-part local run does.
+PARTS = {"extract": {**SMALL["extract"], "shard_size": 256, "parts": {"train": 3}}}
+SLURM_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 3, "train_head": 1, "compare": 1}
+GPU_RULES = {"extract_features", "extract_part", "finetune"}
 
 
 def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
@@ -179,7 +183,7 @@ def rule_of(comment: str) -> str:
 @pytest.mark.integration
 def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
     on_slurm = copy_workflow(tmp_path / "slurm")
-    write_config(on_slurm, SMALL)
+    write_config(on_slurm, {**SMALL, **PARTS})
     local = copy_workflow(tmp_path / "local")
     write_config(local, SMALL)
     # The local reference runs while the SLURM run mostly waits on the queue.
@@ -203,8 +207,11 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
         assert job.get("TresPerJob") == ("gres:gpu:1" if rule in GPU_RULES else None), (rule, job)
     # profiles/default allows as many GPU jobs at once as this machine has GPUs (one on CI), yet
     # extraction jobs ran at the same time on the cluster: gpu is a local-scope resource.
-    extract = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]) == "extract_features"]
+    extract = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]).startswith("extract_")]
     assert any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(extract) for s2, e2 in extract[i + 1:]), extract
+    # The three parts of the training split, each its own sbatch job with its own GPU, overlapped.
+    parts = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]) == "extract_part"]
+    assert len(parts) == 3 and max(s for s, _ in parts) < min(e for _, e in parts), parts
     # The plugin's per-job logs (kept by the CI profile) name the same job ids.
     logs = {p.stem for p in (on_slurm / ".snakemake/slurm_logs").rglob("*.log")}
     assert logs == {j["JobId"] for j in jobs}

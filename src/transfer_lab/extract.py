@@ -463,3 +463,74 @@ def extract_sharded(
                 np.save(f, out[lo:hi])
     return ExtractionResult(out, seconds, _rate(computed, seconds), str(extractor.device), extractor.precision,
                             computed)
+
+
+# --- one split in several jobs (extract.parts) ---
+
+
+def part_bounds(n: int, parts: int, shard_size: int, what: str = "the split") -> list[tuple[int, int]]:
+    """The rows [lo, hi) of each of ``parts`` jobs extracting one split of ``n`` images.
+
+    Parts are cut on shard boundaries, and the shards shared out as evenly as they go: every
+    batch then holds the images it holds in a one-part run (shards are batched alone), so
+    the gathered features are the one-part run's, byte for byte. ``what`` names the split
+    in the error: a part with no shard of its own would be an empty job.
+    """
+    if parts < 1:
+        raise ValueError(f"extract.parts must be at least 1, got {parts}")
+    shards = -(-n // shard_size)
+    if parts > shards:
+        raise ValueError(
+            f"extract.parts: {parts} for {what}, which has {n} images, {shards} shard(s) of "
+            f"extract.shard_size {shard_size}: each part needs a shard of its own. Set extract.parts "
+            f"to at most {shards} for this split, or a smaller extract.shard_size."
+        )
+    cuts = [k * shards // parts * shard_size for k in range(parts)] + [n]
+    return [(cuts[k], min(n, cuts[k + 1])) for k in range(parts)]
+
+
+def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) -> np.ndarray:
+    """One split's features from its parts' ``.npy`` files, in order, checked first.
+
+    ``records`` are the parts' JSON records (``part``, ``parts``, ``rows``, ``device``,
+    ``precision``, ``meta``). Refused, naming the part: parts of another count, rows that do
+    not tile ``0..n`` in order (a part made with another shard size or split size), or parts
+    computed on different device types or precisions (the features would not be one run's).
+    Each part is read through a memory map and copied into place, so host memory holds the
+    result and the page cache, not a second copy.
+    """
+    if len(paths) != len(records):
+        raise ValueError(f"{len(paths)} part files but {len(records)} records")
+    first = records[0]
+    expected = 0
+    for k, (path, rec) in enumerate(zip(paths, records, strict=True)):
+        if rec["part"] != k or rec["parts"] != len(records):
+            raise ValueError(f"{path}: part {rec['part']} of {rec['parts']}, expected part {k} of {len(records)}")
+        for key in ("device", "precision", "meta"):
+            if rec[key] != first[key]:
+                raise ValueError(
+                    f"{path}: computed with {key} {rec[key]!r}, part 0 with {first[key]!r}; parts of one split "
+                    "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device "
+                    "and extract.precision) and rerun"
+                )
+        lo, hi = rec["rows"]
+        if lo != expected or hi < lo:
+            raise ValueError(
+                f"{path}: rows {lo}..{hi}, expected to start at {expected}; the parts were made with "
+                "different extract.shard_size or datasets: delete the split's results/parts/ folder and rerun"
+            )
+        expected = hi
+    if expected != n:
+        raise ValueError(f"the parts cover {expected} rows, the split has {n} images; delete the split's "
+                         "results/parts/ folder and rerun")
+    out = None
+    for path, rec in zip(paths, records, strict=True):
+        part = np.load(path, mmap_mode="r", allow_pickle=False)
+        lo, hi = rec["rows"]
+        if out is None:
+            out = np.empty((n, part.shape[1] if part.ndim == 2 else 0), dtype=np.float32)
+        if part.dtype != np.float32 or part.shape != (hi - lo, out.shape[1]):
+            raise ValueError(f"{path}: {part.dtype} {part.shape}, expected float32 {(hi - lo, out.shape[1])}")
+        out[lo:hi] = part
+        del part
+    return out

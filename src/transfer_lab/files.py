@@ -118,8 +118,12 @@ def loads_pickle(data: bytes, source: str) -> Any:
     ``source`` names the file (or archive member) in every error. Python 2 pickles
     (the CIFAR batches, old course files) load with latin1 decoding.
     """
+    return _load_restricted(io.BytesIO(data), source)
+
+
+def _load_restricted(f: IO[bytes], source: str) -> Any:
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), source).load()
+        return _RestrictedUnpickler(f, source).load()
     except UnsafePickleError:
         raise
     except Exception as err:  # truncated or not a pickle at all
@@ -133,10 +137,13 @@ def load_pickle(path: str | os.PathLike) -> Any:
     """Load a data pickle file through :func:`loads_pickle`."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    return loads_pickle(data, str(path))
+    # Unpickled from the file, not from its bytes read first: a big array is then read
+    # straight into its own buffer, and the file's bytes are never held beside it.
+    with f:
+        return _load_restricted(f, str(path))
 
 
 @contextlib.contextmanager

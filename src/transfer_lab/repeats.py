@@ -22,7 +22,7 @@ import numpy as np
 
 from .bottleneck import Bottleneck
 from .evaluation import combine_repeats
-from .heads import train_head
+from .heads import standardisation, standardise_in_place, train_head
 
 
 def shot_indices(labels: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, dict[int, int]]:
@@ -61,6 +61,7 @@ def train_repeats(
     repeats: int,
     shots: int | None = None,
     device: str = "auto",
+    consume: bool = False,
 ) -> tuple[dict, dict]:
     """Train the head ``repeats`` times with seeds ``cfg["seed"] + r``; with ``shots``, each
     on its own subset of that many training images per class (drawn with the same seed).
@@ -69,14 +70,31 @@ def train_repeats(
     dict for all runs (:func:`transfer_lab.evaluation.combine_repeats`), with ``shots``.
     On a subset, logreg is not refitted on train + validation: the point of the subset is
     how few labelled images the head learned from.
+    On the full training set the splits are standardised once for every run; ``consume``
+    lets that happen in the caller's own arrays (which then change), so that training
+    holds the features once, not twice (the train_head job, which reads them only for this).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     seeds = [cfg["seed"] + r for r in range(repeats)]
+    standardised = None
+    if shots is None and cfg["kind"] != "knn":
+        # Every run standardises with the full training split's statistics: done once, in
+        # place, so the features are held once (a subset has its own, so copies are made).
+        standardised = standardisation(train.features)
+
+        def standardise(b: Bottleneck | None) -> Bottleneck | None:
+            if b is None:
+                return None
+            features = standardise_in_place(b.features if consume else b.features.copy(), *standardised)
+            return Bottleneck(features, b.labels, b.class_names, b.meta)
+
+        train, validation, test = standardise(train), standardise(validation), standardise(test)
     fits, head_file = [], None
     for seed in seeds:
         subset = train if shots is None else shot_subset(train, shots, seed)
-        run_file, metrics = train_head({**cfg, "seed": seed}, subset, validation, test, device, refit=shots is None)
+        run_file, metrics = train_head({**cfg, "seed": seed}, subset, validation, test, device, refit=shots is None,
+                                       standardised=standardised)
         logging.info("seed %d: %d training images, accuracy %s, %.1f s", seed, len(subset.labels),
                      {k: round(v, 4) for k, v in metrics["accuracy"].items()}, metrics["train_seconds"])
         head_file = head_file or run_file

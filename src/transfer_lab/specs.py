@@ -207,10 +207,15 @@ class ExtractSettings:
     compile: bool | str = False  # false | true | max-autotune
     cuda_graph: bool = False  # CUDA only: preprocessing + network of a full batch in one graph
     decode: str = "auto"  # auto | cpu | gpu: where a file dataset's JPEGs are decoded
+    parts: int | Mapping[str, int] = 1  # jobs per split: one number, or per split name (others 1)
 
     @classmethod
     def from_config(cls, section: Mapping) -> ExtractSettings:
         return cls(**section)
+
+    def parts_for(self, split: str) -> int:
+        """How many jobs extract ``split`` (1: extract_features alone, as without parts)."""
+        return self.parts.get(split, 1) if isinstance(self.parts, Mapping) else self.parts
 
 
 def check_network(name: str, spec: NetworkSpec) -> None:

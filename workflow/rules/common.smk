@@ -22,7 +22,7 @@ try:
     from transfer_lab.files import check_output_cache
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
-    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, NetworkSpec, largest_resize
+    from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, ExtractSettings, NetworkSpec, largest_resize
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -188,8 +188,40 @@ def backbone_inputs(network):
     return inputs
 
 
+def extract_parts(split):
+    """extract.parts for one split: a number for every split, or per split (others 1)."""
+    return ExtractSettings.from_config(config["extract"]).parts_for(split)
+
+
+def part_file(wildcards, part, ext):
+    parts = extract_parts(wildcards.split)
+    name = f"{wildcards.network}_{wildcards.dataset}_{wildcards.split}"
+    return f"results/parts/{name}/part-{part}-of-{parts}.{ext}"
+
+
 def extract_inputs(wildcards):
+    """The images and the weights: what a job that runs the network on a dataset reads."""
     return {"dataset": f"results/datasets/{wildcards.dataset}.npz", **backbone_inputs(wildcards.network)}
+
+
+def extract_features_inputs(wildcards):
+    """One part: the images and the weights, as the job computes them. Several: the
+    images (labels, class names) and the parts' files, which the job gathers."""
+    parts = extract_parts(wildcards.split)
+    if parts == 1:
+        return extract_inputs(wildcards)
+    return {
+        "dataset": f"results/datasets/{wildcards.dataset}.npz",
+        "parts": [part_file(wildcards, k, "npy") for k in range(parts)],
+        "records": [part_file(wildcards, k, "json") for k in range(parts)],
+    }
+
+
+def part_params(wildcards):
+    """Which part of which split a job computes. Not the shard size that cuts the rows: like
+    the batch size, it changes how features are computed, not their values (the gather
+    checks that the parts it is given tile the split)."""
+    return {"split": wildcards.split, "part": int(wildcards.part), "parts": int(wildcards.parts)}
 
 
 def network_params(wildcards):

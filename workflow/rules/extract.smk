@@ -20,7 +20,7 @@ rule fetch_weights:
 
 rule extract_features:
     input:
-        unpack(extract_inputs),
+        unpack(extract_features_inputs),
     output:
         features=bottleneck("{network}", "{dataset}", "{split}"),
         metrics="results/extract/{network}_{dataset}_{split}.json",
@@ -35,5 +35,36 @@ rule extract_features:
         network=network_params,
         code=code("extract_features"),
         versions=VERSIONS,
+    script:
+        "../scripts/extract_features.py"
+
+
+# extract.parts > 1: one job per part of a split, each on its own GPU; extract_features
+# gathers their files into the pickle (docs/extraction.md, "One split on several GPUs").
+rule extract_part:
+    input:
+        unpack(extract_inputs),
+    output:
+        # temp: removed once gathered (the pickle holds the same features); kept if the
+        # gather fails, and a killed run keeps the parts that finished.
+        features=temp("results/parts/{network}_{dataset}_{split}/part-{part}-of-{parts}.npy"),
+        record=temp("results/parts/{network}_{dataset}_{split}/part-{part}-of-{parts}.json"),
+    log:
+        "results/logs/extract_part/{network}_{dataset}_{split}_part-{part}-of-{parts}.log",
+    wildcard_constraints:
+        part="[0-9]+",
+        parts="[0-9]+",
+    # Cached too: a second checkout would otherwise compute every part again to gather
+    # what the cache already holds.
+    cache: CACHE_MODE
+    threads: config["extract"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        names=cache_key,
+        network=network_params,
+        code=code("extract_features"),
+        versions=VERSIONS,
+        part=part_params,
     script:
         "../scripts/extract_features.py"

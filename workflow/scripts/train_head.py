@@ -19,8 +19,9 @@ with log_to(snakemake.log[0]):
     logging.info("training head %s (%s) on %s/%s%s, %d repeat(s): %s", w.head, cfg["kind"], w.network, w.dataset,
                  f", {p.shots} images per class" if p.shots else "", p.repeats,
                  {k: b.features.shape for k, b in splits.items()})
+    # consume: the features are standardised in place, held once (read only for this).
     head_file, metrics = train_repeats(cfg, splits["train"], splits["validation"], splits.get("test"), p.repeats,
-                                       p.shots)
+                                       p.shots, consume=True)
     chosen = {k: metrics[k] for k in ("best_epoch", "C", "k") if k in metrics}
     logging.info("first repeat: accuracy %s, %s; %.1f s in all", metrics["accuracy"], chosen,
                  metrics["train_seconds"])
