@@ -232,7 +232,7 @@ def test_photos_stored_at_the_networks_largest_resize_give_nearly_the_original_f
 
     def stored(size: int) -> torch.Tensor:
         spec = DatasetSpec("imagefolder", str(tmp_path / "photos"), network_resize=size)
-        images = imagefolder.SOURCE.read(spec).images
+        images = np.asarray(imagefolder.SOURCE.read(spec).images)  # decoded as preparation stores them
         assert images.shape == (len(files), size, size, 3)
         return torch.from_numpy(images)
 

@@ -209,9 +209,12 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
     # extraction jobs ran at the same time on the cluster: gpu is a local-scope resource.
     extract = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]).startswith("extract_")]
     assert any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(extract) for s2, e2 in extract[i + 1:]), extract
-    # The three parts of the training split, each its own sbatch job with its own GPU, overlapped.
+    # The three parts of the training split, each its own sbatch job with its own GPU, ran at
+    # the same time (how many at once is SLURM's call: the other splits' jobs compete for the
+    # node's two CPUs, so all three together is not guaranteed).
     parts = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]) == "extract_part"]
-    assert len(parts) == 3 and max(s for s, _ in parts) < min(e for _, e in parts), parts
+    assert len(parts) == 3 and any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(parts)
+                                   for s2, e2 in parts[i + 1:]), parts
     # The plugin's per-job logs (kept by the CI profile) name the same job ids.
     logs = {p.stem for p in (on_slurm / ".snakemake/slurm_logs").rglob("*.log")}
     assert logs == {j["JobId"] for j in jobs}
