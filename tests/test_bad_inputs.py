@@ -446,13 +446,13 @@ def test_more_extraction_parts_than_the_split_has_shards():
 def test_parts_of_one_split_computed_differently(tmp_path):
     from transfer_lab.extract import gather_parts
 
-    paths = [tmp_path / "part-0-of-2.npy", tmp_path / "part-1-of-2.npy"]
+    paths = [tmp_path / "part-1-of-2.npy", tmp_path / "part-2-of-2.npy"]
     for path in paths:
         np.save(path, np.zeros((6, 4), np.float32))
     records = [{"part": k, "parts": 2, "rows": [6 * k, 6 * k + 6], "device": "cuda", "precision": "fp32",
                 "meta": {}} for k in range(2)]
     records[1]["precision"] = "bf16"
-    raises_exactly(ValueError, f"{paths[1]}: computed with precision 'bf16', part 0 with 'fp32'; parts of one split "
+    raises_exactly(ValueError, f"{paths[1]}: computed with precision 'bf16', part 1 with 'fp32'; parts of one split "
                    "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device and "
                    "extract.precision) and rerun", gather_parts, paths, records, 12)
     records[1].update(precision="fp32", rows=[7, 12])

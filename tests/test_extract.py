@@ -164,7 +164,7 @@ def test_gathered_parts_are_the_one_part_features_byte_for_byte(small_backbone, 
     assert bounds == [(0, 5), (5, 15), (15, 23)]
     paths = []
     for k, (lo, hi) in enumerate(bounds):  # as the extract_part jobs compute them
-        paths.append(tmp_path / f"part-{k}.npy")
+        paths.append(tmp_path / f"part-{k + 1}.npy")
         np.save(paths[-1], extract_sharded(extractor, images[lo:hi], tmp_path / f"p{k}", 5, 4).features)
     gathered = gather_parts(paths, _records(bounds), len(images))
     assert gathered.dtype == np.float32 and gathered.tobytes() == whole.tobytes()
@@ -174,23 +174,23 @@ def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_th
     from transfer_lab.extract import gather_parts
 
     bounds = [(0, 5), (5, 12)]
-    paths = [tmp_path / "part-0.npy", tmp_path / "part-1.npy"]
+    paths = [tmp_path / "part-1.npy", tmp_path / "part-2.npy"]
     for path, (lo, hi) in zip(paths, bounds, strict=True):
         np.save(path, np.ones((hi - lo, 4), np.float32))
     assert gather_parts(paths, _records(bounds), 12).shape == (12, 4)
     bad = _records(bounds)
     bad[1]["precision"] = "bf16"
-    with pytest.raises(ValueError, match="part-1.npy: computed with precision 'bf16', part 0 with 'fp32'"):
+    with pytest.raises(ValueError, match="part-2.npy: computed with precision 'bf16', part 1 with 'fp32'"):
         gather_parts(paths, bad, 12)
     bad = _records([(0, 5), (6, 12)])  # made with another shard size
     with pytest.raises(ValueError, match="rows 6..12, expected to start at 5"):
         gather_parts(paths, bad, 12)
     with pytest.raises(ValueError, match="the parts cover 12 rows, the split has 13 images"):
         gather_parts(paths, _records(bounds), 13)
-    with pytest.raises(ValueError, match="part 1 of 2, expected part 0 of 2"):
+    with pytest.raises(ValueError, match="part 2 of 2, expected part 1 of 2"):
         gather_parts(paths[::-1], _records(bounds)[::-1], 12)
     np.save(paths[1], np.ones((7, 4), np.float64))
-    with pytest.raises(ValueError, match="part-1.npy: float64 \\(7, 4\\), expected float32 \\(7, 4\\)"):
+    with pytest.raises(ValueError, match="part-2.npy: float64 \\(7, 4\\), expected float32 \\(7, 4\\)"):
         gather_parts(paths, _records(bounds), 12)
 
 

@@ -505,11 +505,13 @@ def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) ->
     expected = 0
     for k, (path, rec) in enumerate(zip(paths, records, strict=True)):
         if rec["part"] != k or rec["parts"] != len(records):
-            raise ValueError(f"{path}: part {rec['part']} of {rec['parts']}, expected part {k} of {len(records)}")
+            # Parts are numbered from 1 in file names and messages, from 0 in records.
+            raise ValueError(f"{path}: part {rec['part'] + 1} of {rec['parts']}, expected part {k + 1} of "
+                             f"{len(records)}")
         for key in ("device", "precision", "meta"):
             if rec[key] != first[key]:
                 raise ValueError(
-                    f"{path}: computed with {key} {rec[key]!r}, part 0 with {first[key]!r}; parts of one split "
+                    f"{path}: computed with {key} {rec[key]!r}, part 1 with {first[key]!r}; parts of one split "
                     "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device "
                     "and extract.precision) and rerun"
                 )

@@ -212,16 +212,17 @@ def extract_features_inputs(wildcards):
         return extract_inputs(wildcards)
     return {
         "dataset": f"results/datasets/{wildcards.dataset}.npz",
-        "parts": [part_file(wildcards, k, "npy") for k in range(parts)],
-        "records": [part_file(wildcards, k, "json") for k in range(parts)],
+        "parts": [part_file(wildcards, k, "npy") for k in range(1, parts + 1)],
+        "records": [part_file(wildcards, k, "json") for k in range(1, parts + 1)],
     }
 
 
 def part_params(wildcards):
-    """Which part of which split a job computes. Not the shard size that cuts the rows: like
+    """Which part of which split a job computes (its index from 0; files are numbered from 1,
+    as prepare_part's are). Not the shard size that cuts the rows: like
     the batch size, it changes how features are computed, not their values (the gather
     checks that the parts it is given tile the split)."""
-    return {"split": wildcards.split, "part": int(wildcards.part), "parts": int(wildcards.parts)}
+    return {"split": wildcards.split, "part": int(wildcards.part) - 1, "parts": int(wildcards.parts)}
 
 
 def network_params(wildcards):

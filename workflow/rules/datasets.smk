@@ -48,8 +48,8 @@ rule prepare_part:
         "results/logs/prepare_part/{dataset}/part-{part}-of-{parts}.log",
     wildcard_constraints:
         dataset=alternatives(DATASETS),
-        part=r"\d+",
-        parts=r"\d+",
+        part="[1-9][0-9]*",
+        parts="[1-9][0-9]*",
     # Cached too: a second checkout would otherwise decode every part again to gather
     # what the cache already holds (the cache then keeps the parts beside the dataset).
     cache: CACHE_MODE

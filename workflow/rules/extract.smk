@@ -52,8 +52,8 @@ rule extract_part:
     log:
         "results/logs/extract_part/{network}_{dataset}_{split}_part-{part}-of-{parts}.log",
     wildcard_constraints:
-        part="[0-9]+",
-        parts="[0-9]+",
+        part="[1-9][0-9]*",
+        parts="[1-9][0-9]*",
     # Cached too: a second checkout would otherwise compute every part again to gather
     # what the cache already holds.
     cache: CACHE_MODE

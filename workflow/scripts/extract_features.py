@@ -77,7 +77,7 @@ with log_to(snakemake.log[0]) as log:
         part, parts = params.part["part"], params.part["parts"]
         settings = ExtractSettings.from_config(snakemake.config["extract"])
         rows = part_bounds(len(images), parts, settings.shard_size, f"split {w.split} of {w.dataset}")[part]
-        meta, result, settings, _ = compute(images, rows, shard_root / f"part-{part}-of-{parts}")
+        meta, result, settings, _ = compute(images, rows, shard_root / f"part-{part + 1}-of-{parts}")
         with atomic_write(snakemake.output.features) as f:
             np.save(f, result.features)
         record = {"part": part, "parts": parts, "rows": list(rows), "n_computed": result.n_computed,
@@ -85,7 +85,7 @@ with log_to(snakemake.log[0]) as log:
                   "batch_size": settings.batch_size, "meta": meta}
         with atomic_write(snakemake.output.record, "w") as f:
             json.dump(record, f, indent=2)
-        shutil.rmtree(shard_root / f"part-{part}-of-{parts}", ignore_errors=True)
+        shutil.rmtree(shard_root / f"part-{part + 1}-of-{parts}", ignore_errors=True)
     elif "parts" in snakemake.input.keys():
         records = [json.loads(Path(p).read_text()) for p in snakemake.input.records]
         logging.info("gathering %d parts of %d %s images of %s", len(records), len(images), w.split, w.dataset)
