@@ -20,9 +20,9 @@ and the ratios end2end/bare (target >= 0.9 on CPU, >= 0.95 on a GPU), files/bare
 the fraction of the card's dense bf16 peak reached end to end, from the FLOPs of one image
 counted by torch.utils.flop_counter.FlopCounterMode.
 
-With --parts N (N > 1): the same images extracted as one part and as N parts (cut by
---shard-size, as extract.parts cuts a split), each written as a bottleneck pickle, and
-whether the gathered pickle is byte-identical to the one-part run's.
+With --parts N (N > 1): the same images extracted as one part and as N parts (cut on
+batches, as extract.parts cuts a split; each run in shards of --shard-size), each written
+as a bottleneck pickle, and whether the gathered pickle is byte-identical to the one-part run's.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def parts_identical(extractor: Extractor, images: np.ndarray, parts: int, shard_
         one_seconds = time.perf_counter() - start
         write_bottleneck(tmp / "one.p", Bottleneck(whole, labels, ["x"], meta))
         paths, records, seconds = [], [], 0.0
-        for k, (lo, hi) in enumerate(part_bounds(len(images), parts, shard_size)):
+        for k, (lo, hi) in enumerate(part_bounds(len(images), parts, batch_size)):
             start = time.perf_counter()
             features = extract_sharded(extractor, images[lo:hi], tmp / f"part-{k}", shard_size, batch_size).features
             seconds += time.perf_counter() - start
@@ -226,8 +226,9 @@ def main() -> None:
         print(f"ratio end2end/naive {e2e / base:.2f}")
     if args.parts > 1:
         same, one, split = parts_identical(extractor, images, args.parts, args.shard_size, args.batch_size)
-        print(f"parts {args.parts} (shards of {args.shard_size}): {one:.1f} s in one part, {split:.1f} s in "
-              f"{args.parts} parts added up; gathered pickle identical to the one-part run: {'yes' if same else 'NO'}")
+        print(f"parts {args.parts} (cut on batches of {args.batch_size}, shards of {args.shard_size}): {one:.1f} s "
+              f"in one part, {split:.1f} s in {args.parts} parts added up; gathered pickle identical to the one-part "
+              f"run: {'yes' if same else 'NO'}")
     if dev.type == "cuda":
         flops = flops_per_image(spec, extractor.prep.p.crop)
         peak = next((v for k, v in BF16_PEAK.items() if k in name), None)

@@ -434,13 +434,13 @@ def test_truncated_pickle(tmp_path):
     )
 
 
-def test_more_extraction_parts_than_the_split_has_shards():
+def test_more_extraction_parts_than_the_split_has_images():
     """The row's message as the extract_part job raises it (its run: test_resume.py)."""
     from transfer_lab.extract import part_bounds
 
-    raises_exactly(ValueError, "extract.parts: 5 for split train of digits, which has 50 images, 4 shard(s) of "
-                   "extract.shard_size 16: each part needs a shard of its own. Set extract.parts to at most 4 for "
-                   "this split, or a smaller extract.shard_size.", part_bounds, 50, 5, 16, "split train of digits")
+    raises_exactly(ValueError, "extract.parts: 60 for split train of digits, which has 50 image(s): each part needs "
+                   "at least one. Set extract.parts to at most 50 for this split.", part_bounds, 50, 60, 16,
+                   "split train of digits")
 
 
 def test_parts_of_one_split_computed_differently(tmp_path):
@@ -457,7 +457,7 @@ def test_parts_of_one_split_computed_differently(tmp_path):
                    "extract.precision) and rerun", gather_parts, paths, records, 12)
     records[1].update(precision="fp32", rows=[7, 12])
     raises_exactly(ValueError, f"{paths[1]}: rows 7..12, expected to start at 6; the parts were made with different "
-                   "extract.shard_size or datasets: delete the split's results/parts/ folder and rerun",
+                   "extract.batch_size or datasets: delete the split's results/parts/ folder and rerun",
                    gather_parts, paths, records, 12)
 
 

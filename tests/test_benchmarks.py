@@ -21,7 +21,20 @@ def test_throughput_benchmark_prints_its_ratios_and_the_parts_check():
         assert float(re.search(rf"{label}\s+([\d.]+) img/s", out).group(1)) > 0, out
     for ratio in ("end2end/bare", "files/bare", "end2end/naive"):
         assert float(re.search(rf"ratio {ratio}\s+([\d.]+)", out).group(1)) > 0, out
-    assert "parts 3 (shards of 32):" in out and "identical to the one-part run: yes" in out, out
+    assert "parts 3 (cut on batches of 32, shards of 32):" in out and "identical to the one-part run: yes" in out, out
+
+
+def test_resume_benchmark_kills_reruns_and_compares_the_features():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/resume_after_kill.py"), "--arch", "resnet18", "--input-size", "64",
+         "--n", "96", "--batch-size", "16", "--shard-seconds", "0.5", "--kill-at", "0.6"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    assert float(re.search(r"uninterrupted\s+([\d.]+) s wall", out).group(1)) > 0, out
+    for shards in ("10000", "auto"):
+        line = re.search(rf"shard_size {shards}\s+killed at .*rerun/uninterrupted ([\d.]+); features identical: "
+                         r"(\w+)", out)
+        assert line and float(line.group(1)) > 0 and line.group(2) == "yes", out
 
 
 def test_head_benchmark_prints_times_ratio_and_accuracy_difference():

@@ -8,7 +8,7 @@ from PIL import Image, ImageOps
 from sklearn.datasets import load_sample_image
 
 from transfer_lab.decode import decode_device, orient
-from transfer_lab.extract import Extractor, extract_sharded
+from transfer_lab.extract import Extractor, extract_sharded, shard_name
 from transfer_lab.networks import load_backbone
 from transfer_lab.sources.base import DatasetError
 from transfer_lab.specs import NetworkSpec
@@ -135,10 +135,10 @@ def test_the_batched_decode_path_gives_the_host_decoders_pixels(backbone, tmp_pa
 def test_file_datasets_extract_in_resumable_shards(backbone, tmp_path):
     paths = np.array([save(Image.fromarray(a), tmp_path / f"{k}.jpg") for k, a in enumerate(small() * 2)])
     extractor = Extractor(backbone, "cpu", "fp32")
-    whole = extract_sharded(extractor, paths, tmp_path / "s", shard_size=4, batch_size=3)
-    (tmp_path / "s" / "cpu-fp32" / "shard-00001.npy").unlink()  # killed before the last shard
-    resumed = extract_sharded(extractor, paths, tmp_path / "s", shard_size=4, batch_size=3)
-    assert resumed.n_computed == 2 and resumed.features.tobytes() == whole.features.tobytes()
+    whole = extract_sharded(extractor, paths, tmp_path / "s", shard_size=3, batch_size=3)  # 6 files: 2 shards
+    (tmp_path / "s" / "cpu-fp32" / shard_name(3, 6)).unlink()  # killed before the last shard
+    resumed = extract_sharded(extractor, paths, tmp_path / "s", shard_size=3, batch_size=3)
+    assert resumed.n_computed == 3 and resumed.features.tobytes() == whole.features.tobytes()
 
 
 def test_out_of_memory_halves_a_batch_of_files(backbone, tmp_path, monkeypatch):

@@ -51,55 +51,126 @@ def test_empty_split_gives_empty_features(backbone):
     assert result.features.shape == (0, 1280)
 
 
+def _shards(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 def test_sharded_extraction_resumes_from_saved_shards(backbone, tmp_path):
-    from transfer_lab.extract import Extractor, extract_sharded
+    from transfer_lab.extract import Extractor, extract_sharded, shard_name
 
     images = np.random.default_rng(3).integers(0, 256, size=(23, 12, 12, 3), dtype=np.uint8)
     extractor = Extractor(backbone, "cpu", "fp32")
+    # 5 images a shard, rounded up to whole batches of 4: 8.
     whole = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
     shards = tmp_path / "a" / "cpu-fp32"  # the device type and precision they were computed at
-    assert sorted(p.name for p in shards.iterdir()) == [f"shard-{k:05d}.npy" for k in range(5)]
+    assert _shards(shards) == [shard_name(0, 8), shard_name(8, 16), shard_name(16, 23)]
     assert whole.n_computed == 23
     # A killed run leaves some shards: the rerun computes only the others, same features.
-    for k in (1, 3, 4):
-        (shards / f"shard-{k:05d}.npy").unlink()
+    (shards / shard_name(8, 16)).unlink()
+    (shards / shard_name(16, 23)).unlink()
     resumed = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
-    assert resumed.n_computed == 5 + 5 + 3
+    assert resumed.n_computed == 8 + 7
     assert resumed.features.tobytes() == whole.features.tobytes()
     # A shard of the wrong shape is recomputed, not trusted.
-    np.save(shards / "shard-00002.npy", np.zeros((2, 1280), dtype=np.float32))
+    np.save(shards / shard_name(8, 16), np.zeros((2, 1280), dtype=np.float32))
     repaired = extract_sharded(extractor, images, tmp_path / "a", shard_size=5, batch_size=4)
-    assert repaired.n_computed == 5 and repaired.features.tobytes() == whole.features.tobytes()
+    assert repaired.n_computed == 8 and repaired.features.tobytes() == whole.features.tobytes()
+
+
+def test_a_rerun_with_another_shard_size_reuses_the_shards_and_fills_the_gaps(backbone, tmp_path):
+    """Shards are named by their rows: a rerun that would cut other shards (another
+    extract.shard_size, or auto's measured speed) computes only the rows none covers, and
+    the batches stay where a one-shard run puts them, so the features are the same bytes."""
+    from transfer_lab.extract import Extractor, extract_sharded, shard_name
+
+    images = np.random.default_rng(7).integers(0, 256, size=(30, 12, 12, 3), dtype=np.uint8)
+    extractor = Extractor(backbone, "cpu", "fp32")
+    one = extract_sharded(extractor, images, tmp_path / "one", shard_size=30, batch_size=4)
+    assert _shards(tmp_path / "one" / "cpu-fp32") == [shard_name(0, 30)]
+    shards = tmp_path / "b" / "cpu-fp32"
+    extract_sharded(extractor, images, tmp_path / "b", shard_size=4, batch_size=4)
+    for lo in (4, 16, 20):  # a kill, and shards lost in between
+        (shards / shard_name(lo, lo + 4)).unlink()
+    resumed = extract_sharded(extractor, images, tmp_path / "b", shard_size=12, batch_size=4)
+    assert resumed.n_computed == 12
+    assert shard_name(16, 24) in _shards(shards)  # one gap, one shard of two batches
+    assert resumed.features.tobytes() == one.features.tobytes()
+    # A shard whose rows overlap another's is not trusted: removed, its rows recomputed.
+    np.save(shards / shard_name(2, 6), np.zeros((4, 1280), dtype=np.float32))
+    again = extract_sharded(extractor, images, tmp_path / "b", batch_size=4)
+    assert again.n_computed == 0 and shard_name(2, 6) not in _shards(shards)
+    assert again.features.tobytes() == one.features.tobytes()
+
+
+@pytest.mark.parametrize("shard_size, rate, expected", [
+    (5, None, 2),  # 5 images: two batches of 4
+    (8, 123.0, 2),  # a given size ignores the speed
+    (None, None, 1),  # auto: the first shard is one batch, which measures the speed
+    (None, float("nan"), 1),
+    (None, 10.0, 150),  # 60 s at 10 images/s: 600 images, 150 batches of 4
+    (None, 0.01, 1),  # slower than a batch a minute: one batch
+    (None, 1e9, 512 * 2**20 // (4 * 1280 * 4)),  # as fast as it gets: the features' memory bound
+])
+def test_shards_are_whole_batches_of_about_a_minute_of_work(shard_size, rate, expected):
+    from transfer_lab.extract import shard_batches
+
+    assert shard_batches(4, 1280, shard_size, rate) == expected
+
+
+def test_auto_shards_follow_the_measured_speed(backbone, tmp_path, monkeypatch):
+    """With extract.shard_size auto, the first shard is one batch; the next ones hold about
+    SHARD_SECONDS of work at the speed measured on the shard before (a clock that ticks
+    one second per batch here, so the test does not depend on this machine's speed)."""
+    from transfer_lab import extract as ex
+
+    images = np.random.default_rng(8).integers(0, 256, size=(40, 12, 12, 3), dtype=np.uint8)
+    extractor = ex.Extractor(backbone, "cpu", "fp32")
+    clock = {"t": 0.0}
+    real_run = extractor.run
+
+    def run(rows, batch_size, bar=None):
+        clock["t"] += -(-len(rows) // batch_size)  # one second a batch
+        return real_run(rows, batch_size, bar)
+
+    monkeypatch.setattr(extractor, "run", run)
+    monkeypatch.setattr(ex.time, "perf_counter", lambda: clock["t"])
+    result = ex.extract_sharded(extractor, images, tmp_path, batch_size=4, shard_seconds=3)
+    # 1 batch (1 s: 4 images/s), then 3 s of work: 3 batches, and so on; the last is short.
+    assert _shards(tmp_path / "cpu-fp32") == [ex.shard_name(lo, hi) for lo, hi in
+                                               [(0, 4), (4, 16), (16, 28), (28, 40)]]
+    assert result.n_computed == 40 and result.seconds == 10
+    reference = ex.extract_features(backbone, images, batch_size=4, device="cpu")
+    assert result.features.tobytes() == reference.features.tobytes()
 
 
 def test_a_resumed_job_at_another_precision_reuses_no_shard(backbone, tmp_path):
     """A job killed on a GPU node (bf16 shards) and resumed on a CPU node (fp32) starts over."""
-    from transfer_lab.extract import Extractor, extract_sharded
+    from transfer_lab.extract import Extractor, extract_sharded, shard_name
 
     images = np.random.default_rng(5).integers(0, 256, size=(12, 12, 12, 3), dtype=np.uint8)
-    bf16 = extract_sharded(Extractor(backbone, "cpu", "bf16"), images, tmp_path, shard_size=5, batch_size=4)
-    (tmp_path / "cpu-bf16" / "shard-00002.npy").unlink()  # killed before its last shard
-    fp32 = extract_sharded(Extractor(backbone, "cpu", "fp32"), images, tmp_path, shard_size=5, batch_size=4)
+    bf16 = extract_sharded(Extractor(backbone, "cpu", "bf16"), images, tmp_path, shard_size=4, batch_size=4)
+    (tmp_path / "cpu-bf16" / shard_name(8, 12)).unlink()  # killed before its last shard
+    fp32 = extract_sharded(Extractor(backbone, "cpu", "fp32"), images, tmp_path, shard_size=4, batch_size=4)
     assert fp32.n_computed == 12 and fp32.precision == "fp32"
-    reference = extract_sharded(Extractor(backbone, "cpu", "fp32"), images, tmp_path / "b", shard_size=5,
+    reference = extract_sharded(Extractor(backbone, "cpu", "fp32"), images, tmp_path / "b", shard_size=4,
                                 batch_size=4)
     assert fp32.features.tobytes() == reference.features.tobytes() != bf16.features.tobytes()
 
 
 def test_a_truncated_shard_is_recomputed_with_one_warning(backbone, tmp_path, caplog):
-    from transfer_lab.extract import Extractor, extract_sharded
+    from transfer_lab.extract import Extractor, extract_sharded, shard_name
 
     images = np.random.default_rng(4).integers(0, 256, size=(12, 12, 12, 3), dtype=np.uint8)
     extractor = Extractor(backbone, "cpu", "fp32")
-    whole = extract_sharded(extractor, images, tmp_path, shard_size=5, batch_size=4)
-    shard = tmp_path / "cpu-fp32" / "shard-00001.npy"
+    whole = extract_sharded(extractor, images, tmp_path, shard_size=4, batch_size=4)
+    shard = tmp_path / "cpu-fp32" / shard_name(4, 8)
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # cut short, as by a full disk
     with caplog.at_level(logging.WARNING):
-        repaired = extract_sharded(extractor, images, tmp_path, shard_size=5, batch_size=4)
-    assert repaired.n_computed == 5 and repaired.features.tobytes() == whole.features.tobytes()
+        repaired = extract_sharded(extractor, images, tmp_path, shard_size=4, batch_size=4)
+    assert repaired.n_computed == 4 and repaired.features.tobytes() == whole.features.tobytes()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(f"{shard}: unreadable shard (ValueError"), warnings
-    assert np.load(shard).tobytes() == whole.features[5:10].tobytes()  # rewritten whole
+    assert np.load(shard).tobytes() == whole.features[4:8].tobytes()  # rewritten whole
 
 
 def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):
@@ -121,26 +192,30 @@ def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):
     assert a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("n, parts, shard_size, expected", [
+@pytest.mark.parametrize("n, parts, batch_size, expected", [
     (23, 1, 5, [(0, 23)]),
-    (23, 2, 5, [(0, 10), (10, 23)]),  # 5 shards: 2 and 3
+    (23, 2, 5, [(0, 10), (10, 23)]),  # 5 batches: 2 and 3
     (23, 5, 5, [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]),
     (100, 3, 10, [(0, 30), (30, 60), (60, 100)]),
+    # The issue's case: 1,600 images in 3 parts at batch 256 (7 batches: 2, 2, 3), whatever the shards.
+    (1600, 3, 256, [(0, 512), (512, 1024), (1024, 1600)]),
+    # Fewer batches than parts: the first parts take one batch each, the last compute nothing.
+    (23, 6, 5, [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23), (23, 23)]),
+    (3, 3, 256, [(0, 3), (3, 3), (3, 3)]),
 ])
-def test_parts_are_cut_on_shard_boundaries_and_cover_the_split(n, parts, shard_size, expected):
+def test_parts_are_cut_on_batch_boundaries_and_cover_the_split(n, parts, batch_size, expected):
     from transfer_lab.extract import part_bounds
 
-    assert part_bounds(n, parts, shard_size) == expected
+    assert part_bounds(n, parts, batch_size) == expected
 
 
-def test_more_parts_than_shards_is_refused_naming_the_setting_and_the_split():
+def test_more_parts_than_images_is_refused_naming_the_setting_and_the_split():
     from transfer_lab.extract import part_bounds
 
     with pytest.raises(ValueError) as err:
-        part_bounds(23, 6, 5, "split train of digits")
-    assert str(err.value).startswith("extract.parts: 6 for split train of digits, which has 23 images, 5 shard(s) "
-                                     "of extract.shard_size 5")
-    assert "at most 5" in str(err.value)
+        part_bounds(5, 6, 256, "split train of digits")
+    assert str(err.value) == ("extract.parts: 6 for split train of digits, which has 5 image(s): each part needs "
+                              "at least one. Set extract.parts to at most 5 for this split.")
 
 
 def _records(bounds: list[tuple[int, int]], **fields) -> list[dict]:
@@ -159,15 +234,31 @@ def test_gathered_parts_are_the_one_part_features_byte_for_byte(small_backbone, 
 
     images = np.random.default_rng(4).integers(0, 256, size=(23, 12, 12, 3), dtype=np.uint8)
     extractor = Extractor(small_backbone, "cpu", "fp32")
-    whole = extract_sharded(extractor, images, tmp_path / "whole", shard_size=5, batch_size=4).features
-    bounds = part_bounds(len(images), 3, shard_size=5)
-    assert bounds == [(0, 5), (5, 15), (15, 23)]
+    whole = extract_sharded(extractor, images, tmp_path / "whole", batch_size=4).features
+    bounds = part_bounds(len(images), 3, batch_size=4)
+    assert bounds == [(0, 8), (8, 16), (16, 23)]
     paths = []
-    for k, (lo, hi) in enumerate(bounds):  # as the extract_part jobs compute them
+    for k, (lo, hi) in enumerate(bounds):  # as the extract_part jobs compute them, in shards of their own
         paths.append(tmp_path / f"part-{k + 1}.npy")
-        np.save(paths[-1], extract_sharded(extractor, images[lo:hi], tmp_path / f"p{k}", 5, 4).features)
+        np.save(paths[-1], extract_sharded(extractor, images[lo:hi], tmp_path / f"p{k}", 4, 4).features)
     gathered = gather_parts(paths, _records(bounds), len(images))
     assert gathered.dtype == np.float32 and gathered.tobytes() == whole.tobytes()
+
+
+def test_empty_parts_are_gathered_as_nothing(tmp_path):
+    """A split of fewer batches than parts: the empty parts' jobs wrote (0, 0) arrays and
+    records without a device, precision or meta; the gather skips them."""
+    from transfer_lab.extract import gather_parts
+
+    bounds = [(0, 4), (4, 6), (6, 6)]
+    records = _records(bounds)
+    records[2].update(device=None, precision=None, meta=None)
+    paths = [tmp_path / f"part-{k}.npy" for k in (1, 2, 3)]
+    np.save(paths[0], np.ones((4, 3), np.float32))
+    np.save(paths[1], np.full((2, 3), 2, np.float32))
+    np.save(paths[2], np.empty((0, 0), np.float32))
+    gathered = gather_parts(paths, records, 6)
+    assert gathered.tolist() == [[1.0] * 3] * 4 + [[2.0] * 3] * 2
 
 
 def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_the_split(tmp_path):
@@ -182,7 +273,7 @@ def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_th
     bad[1]["precision"] = "bf16"
     with pytest.raises(ValueError, match="part-2.npy: computed with precision 'bf16', part 1 with 'fp32'"):
         gather_parts(paths, bad, 12)
-    bad = _records([(0, 5), (6, 12)])  # made with another shard size
+    bad = _records([(0, 5), (6, 12)])  # made with another batch size
     with pytest.raises(ValueError, match="rows 6..12, expected to start at 5"):
         gather_parts(paths, bad, 12)
     with pytest.raises(ValueError, match="the parts cover 12 rows, the split has 13 images"):

@@ -337,8 +337,8 @@ def test_killed_at_any_point_the_rerun_gives_the_uninterrupted_results(uninterru
     assert not (results / "datasets/digits.npz").exists()
 
     # 2. Extracting: one shard of a split written, the second being written.
-    held = _killed_at(workdir, "*/shard-00001.npy")
-    assert all((p.parent / "shard-00000.npy").is_file() for p in held)
+    held = _killed_at(workdir, "*/rows-0000000256-*.npy")  # shards of 256 images (extract.shard_size)
+    assert all(list(p.parent.glob("rows-0000000000-0000000256.npy")) for p in held)
     assert not list(results.glob("bottleneck/*.p"))
 
     # 3. Gathering: the train split's bottleneck pickle being written.
@@ -351,7 +351,7 @@ def test_killed_at_any_point_the_rerun_gives_the_uninterrupted_results(uninterru
 
     snakemake(workdir, "--rerun-incomplete")
     log = (results / "logs/extract_features/lite0_digits_train.log").read_text()
-    resumed = re.search(r"resuming: (\d+) of (\d+) shards already extracted", log)
+    resumed = re.search(r"resuming: (\d+) of (\d+) images already extracted", log)
     assert resumed and resumed[1] == resumed[2], log  # the kill in step 3 lost no shard
     assert not list(results.rglob(".*.tmp-*")), list(results.rglob(".*.tmp-*"))
     assert not (results / "shards").exists() or not list((results / "shards").rglob("*.npy"))

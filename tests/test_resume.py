@@ -44,7 +44,7 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             for folder in shards.glob("*/*/*") if shards.exists() else []:  # job/definition/device-precision
-                if len(list(folder.glob("shard-*.npy"))) >= 2:
+                if len(list(folder.glob("rows-*.npy"))) >= 2:
                     killed_in = folder
                     break
         except FileNotFoundError:  # a finished job removed its shard folder while it was listed
@@ -56,15 +56,16 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     proc.wait()
     assert killed_in is not None, "extraction finished before two shards were seen"
     split_name = killed_in.parent.parent.name.rsplit("_", 1)[1]
-    survivors = sorted(p.name for p in killed_in.glob("shard-*.npy"))
-    survived_images = sum(len(np.load(p)) for p in killed_in.glob("shard-*.npy"))
+    survivors = sorted(p.name for p in killed_in.glob("rows-*.npy"))
+    survived_images = sum(len(np.load(p)) for p in killed_in.glob("rows-*.npy"))
     target = workdir / f"results/bottleneck/lite0_digits_bottleneck_features_{split_name}.p"
     assert not target.exists()  # nothing half-done looks done
 
     snakemake(workdir, "--unlock")
     rerun = snakemake(workdir)
     log = (workdir / f"results/logs/extract_features/lite0_digits_{split_name}.log").read_text()
-    assert f"resuming: {len(survivors)} of " in log, log
+    assert f"resuming: {survived_images} of {metrics_n(workdir, split_name)} images already extracted, in " \
+           f"{len(survivors)} shard(s)" in log, log
     metrics = json.loads((workdir / f"results/extract/lite0_digits_{split_name}.json").read_text())
     assert metrics["n_computed"] == metrics["n_images"] - survived_images  # only the rest was computed
     assert not (workdir / "results/shards" / killed_in.parent.parent.name).exists()  # cleaned up once gathered
@@ -78,10 +79,15 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     assert rerun.jobs["compare"] == 1
 
 
+def metrics_n(workdir, split: str) -> int:
+    return json.loads((workdir / f"results/extract/lite0_digits_{split}.json").read_text())["n_images"]
+
+
 def test_a_split_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_the_one_part_features(tmp_path):
     """extract.parts: a part that finished is kept when the run stops (here: it was the only
-    target), too many parts for the split fail in the part job with a message naming the
-    setting and lose nothing, and the gathered pickle holds the features of a one-part run."""
+    target), more parts than images fail in the part job with a message naming the setting
+    and lose nothing, the gathered pickle holds the features of a one-part run, and a split
+    of fewer batches than parts runs with empty last parts, saying so."""
     workdir = copy_workflow(tmp_path / "wd")
     network = {**NETWORK, "input_size": 32}
     config = {**CONFIG, "networks": {"lite0": network}, "extract": {**CONFIG["extract"], "shard_size": 16}}
@@ -91,13 +97,13 @@ def test_a_split_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_the_
     assert first.jobs == {"prepare_dataset": 1, "extract_part": 1}
     kept = (workdir / "results/parts/lite0_digits_train/part-1-of-3.npy").read_bytes()
 
-    # 50 training images are 4 shards of 16: 5 parts cannot each have one.
-    write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 5}}})
+    # 50 training images: 51 parts cannot each have one.
+    write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 51}}})
     failed = snakemake(workdir, train, check=False)
     assert failed.returncode != 0
-    log = next((workdir / "results/logs/extract_part").glob("lite0_digits_train_part-*-of-5.log")).read_text()
-    assert ("ValueError: extract.parts: 5 for split train of digits, which has 50 images, 4 shard(s) of "
-            "extract.shard_size 16: each part needs a shard of its own. Set extract.parts to at most 4") in log, log
+    log = next((workdir / "results/logs/extract_part").glob("lite0_digits_train_part-*-of-51.log")).read_text()
+    assert ("ValueError: extract.parts: 51 for split train of digits, which has 50 image(s): each part needs at "
+            "least one. Set extract.parts to at most 50 for this split.") in log, log
     assert (workdir / "results/parts/lite0_digits_train/part-1-of-3.npy").read_bytes() == kept
 
     write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 3}}})
@@ -106,9 +112,23 @@ def test_a_split_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_the_
     features = read_bottleneck(workdir / train).features
     images, _ = load_prepared(workdir / "results/datasets/digits.npz").subset("train")
     extractor = Extractor(load_backbone(NetworkSpec(**network)), "cpu", "fp32")
-    reference = extract_sharded(extractor, images, tmp_path / "reference", shard_size=16, batch_size=16)
+    reference = extract_sharded(extractor, images, tmp_path / "reference", batch_size=16)
     assert features.tobytes() == reference.features.tobytes()
     assert list((workdir / "results/parts/lite0_digits_train").glob("*.npy")) == []  # temp: gone once gathered
-    # The shard size, which cut the parts, reruns nothing, as without parts (README).
+    # The shard size reruns nothing, as without parts (README).
     write_config(workdir, {**config, "extract": {**config["extract"], "shard_size": 8, "parts": {"train": 3}}})
     assert snakemake(workdir, train, "-n").jobs == {}
+
+    # 50 images are 4 batches of 16: of 5 parts, the first 4 take one batch each and the
+    # last computes nothing (without loading the network), and the logs say so.
+    write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 5}}})
+    five = snakemake(workdir, train)
+    assert five.jobs == {"extract_part": 5, "extract_features": 1}
+    assert read_bottleneck(workdir / train).features.tobytes() == reference.features.tobytes()
+    logs = workdir / "results/logs/extract_part"
+    last = (logs / "lite0_digits_train_part-5-of-5.log").read_text()
+    assert "part 5 of 5: no rows to compute" in last and "extracting" not in last, last
+    assert ("split train of digits: 50 images are 4 batch(es) of extract.batch_size 16, and parts are cut on "
+            "batches: 4 of the 5 parts compute them, the others nothing") in last, last
+    assert "extracting 16 train images of digits (rows 16..32 of 50)" in (
+        logs / "lite0_digits_train_part-2-of-5.log").read_text()

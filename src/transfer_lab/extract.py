@@ -418,49 +418,124 @@ def _read_shard(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     return shard
 
 
+# Shards sized by work: a kill loses at most about this much computing (plus the batch in
+# flight), whatever the device; a shard file costs a few milliseconds to write.
+SHARD_SECONDS = 60.0
+# ... but a shard's features wait on the device until the shard ends: at most this many bytes
+# of them (on an H200, ResNet-50's 2,048-d features: 65,536 images, about 4 s of work).
+SHARD_BYTES = 512 * 2**20
+
+
+def shard_name(lo: int, hi: int) -> str:
+    """A shard's file name says its rows, so a rerun finds them whatever size it would choose."""
+    return f"rows-{lo:010d}-{hi:010d}.npy"
+
+
+def _saved_shards(shard_dir: Path, n: int, feature_dim: int, out: np.ndarray) -> list[tuple[int, int]]:
+    """Load the usable shards under ``shard_dir`` into ``out``; their row ranges, sorted.
+
+    A file whose rows overlap an earlier one's, fall outside the split, or that cannot be
+    read is removed (after a warning) and its rows computed again.
+    """
+    found = []
+    for path in sorted(shard_dir.glob("rows-*-*.npy")):
+        try:
+            lo, hi = (int(x) for x in path.stem.split("-")[1:3])
+        except ValueError:
+            continue
+        found.append((lo, hi, path))
+    kept: list[tuple[int, int]] = []
+    for lo, hi, path in sorted(found):
+        shard = None
+        if 0 <= lo < hi <= n and (not kept or lo >= kept[-1][1]):
+            shard = _read_shard(path, (hi - lo, feature_dim))
+        else:
+            logging.warning("%s: rows %d..%d do not fit a split of %d images beside the other shards; "
+                            "recomputing them", path, lo, hi, n)
+        if shard is None:
+            path.unlink(missing_ok=True)
+            continue
+        out[lo:hi] = shard
+        kept.append((lo, hi))
+    return kept
+
+
+def _gaps(done: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The row ranges of ``0..n`` that no shard in ``done`` (sorted, disjoint) covers."""
+    gaps, at = [], 0
+    for lo, hi in done + [(n, n)]:
+        if lo > at:
+            gaps.append((at, lo))
+        at = max(at, hi)
+    return gaps
+
+
+def shard_batches(batch_size: int, feature_dim: int, shard_size: int | None, rate: float | None,
+                  seconds: float = SHARD_SECONDS) -> int:
+    """How many whole batches the next shard holds.
+
+    ``shard_size`` (extract.shard_size): enough batches to hold that many images. ``None``
+    (``auto``): about ``seconds`` of work at ``rate``, the images/s of the shard before
+    (the first shard is one batch, which measures it), and no more features than
+    :data:`SHARD_BYTES`. A shard is always whole batches, so shards never decide which
+    images share a batch.
+    """
+    if shard_size is not None:
+        return max(1, -(-shard_size // batch_size))
+    if rate is None or not np.isfinite(rate):
+        return 1
+    cap = max(1, SHARD_BYTES // (4 * max(1, feature_dim) * batch_size))
+    return int(min(cap, max(1, seconds * rate // batch_size)))
+
+
 def extract_sharded(
     extractor: Extractor,
     images: np.ndarray,
     shard_dir: str | os.PathLike,
-    shard_size: int,
+    shard_size: int | None = None,
     batch_size: int = 256,
     progress: IO[str] | None = None,
+    shard_seconds: float = SHARD_SECONDS,
 ) -> ExtractionResult:
-    """Extract in shards of ``shard_size`` images, each saved atomically under ``shard_dir``.
+    """Extract in shards of whole batches, each saved atomically under ``shard_dir`` as soon
+    as it is done (``rows-LO-HI.npy``).
 
     Shards already there are loaded, not recomputed: a job killed mid-way loses at most
-    the shard in flight. ``shard_dir`` must be specific to the network, code and shard
-    size (the caller puts a fingerprint of them in its name); the shards themselves go
-    into a folder named for the device type and precision this extractor computes at, so
-    a job resumed on another kind of node (fp32 on a CPU after bf16 on a GPU) never
-    stitches two precisions into one result.
+    the shard in flight, about ``shard_seconds`` of work when ``shard_size`` is None (the
+    default, ``extract.shard_size: auto``), else ``shard_size`` images rounded up to whole
+    batches. Batches are cut every ``batch_size`` rows from the first row whatever the
+    shards are, so how the rows fall into shards (their size, a resume, the measured speed)
+    never changes which images share a batch, nor any feature. ``shard_dir`` must be
+    specific to the network, code and batch size (the caller puts a fingerprint of them in
+    its name); the shards themselves go into a folder named for the device type and
+    precision this extractor computes at, so a job resumed on another kind of node (fp32
+    on a CPU after bf16 on a GPU) never stitches two precisions into one result.
     """
     from .decode import is_file_list
 
     shard_dir = Path(shard_dir) / extractor.shard_tag(files=is_file_list(images))
     shard_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
-    bounds = [(lo, min(n, lo + shard_size)) for lo in range(0, n, shard_size)]
-    paths = [shard_dir / f"shard-{k:05d}.npy" for k in range(len(bounds))]
-    done = {k for k, path in enumerate(paths) if path.is_file()}
-    if done:
-        logging.info("resuming: %d of %d shards already extracted in %s", len(done), len(paths), shard_dir)
     out = np.empty((n, extractor.feature_dim), dtype=np.float32)
-    seconds, computed = 0.0, 0
-    with _progress(n, progress, initial=sum(hi - lo for k, (lo, hi) in enumerate(bounds) if k in done)) as bar:
-        for k, ((lo, hi), path) in enumerate(zip(bounds, paths, strict=True)):
-            if k in done:
-                shard = _read_shard(path, (hi - lo, extractor.feature_dim))
-                if shard is not None:
-                    out[lo:hi] = shard
-                    continue
-                bar.update(lo - hi)  # counted as done above; computed again below
-            start = time.perf_counter()
-            out[lo:hi] = extractor.run(images[lo:hi], batch_size, bar)
-            seconds += time.perf_counter() - start
-            computed += hi - lo
-            with atomic_write(path) as f:
-                np.save(f, out[lo:hi])
+    done = _saved_shards(shard_dir, n, extractor.feature_dim, out)
+    resumed = sum(hi - lo for lo, hi in done)
+    if done:
+        logging.info("resuming: %d of %d images already extracted, in %d shard(s) in %s", resumed, n, len(done),
+                     shard_dir)
+    seconds, computed, rate = 0.0, 0, None
+    with _progress(n, progress, initial=resumed) as bar:
+        for lo, hi in _gaps(done, n):
+            while lo < hi:
+                end = min(hi, lo + batch_size * shard_batches(batch_size, extractor.feature_dim, shard_size, rate,
+                                                              shard_seconds))
+                start = time.perf_counter()
+                out[lo:end] = extractor.run(images[lo:end], batch_size, bar)
+                took = time.perf_counter() - start
+                seconds, computed = seconds + took, computed + end - lo
+                rate = (end - lo) / took if took > 0 else None
+                with atomic_write(shard_dir / shard_name(lo, end)) as f:
+                    np.save(f, out[lo:end])
+                lo = end
     return ExtractionResult(out, seconds, _rate(computed, seconds), str(extractor.device), extractor.precision,
                             computed)
 
@@ -468,25 +543,27 @@ def extract_sharded(
 # --- one split in several jobs (extract.parts) ---
 
 
-def part_bounds(n: int, parts: int, shard_size: int, what: str = "the split") -> list[tuple[int, int]]:
+def part_bounds(n: int, parts: int, batch_size: int, what: str = "the split") -> list[tuple[int, int]]:
     """The rows [lo, hi) of each of ``parts`` jobs extracting one split of ``n`` images.
 
-    Parts are cut on shard boundaries, and the shards shared out as evenly as they go: every
-    batch then holds the images it holds in a one-part run (shards are batched alone), so
-    the gathered features are the one-part run's, byte for byte. ``what`` names the split
-    in the error: a part with no shard of its own would be an empty job.
+    Parts are cut on batch boundaries (every ``batch_size`` rows from the first), the
+    batches shared out as evenly as they go: every batch then holds the images it holds in
+    a one-part run, so the gathered features are the one-part run's, byte for byte. A
+    split of fewer batches than parts leaves the last parts empty (``lo == hi``: jobs
+    with nothing to compute); only a split with fewer images than parts is refused, with
+    ``what`` naming it.
     """
     if parts < 1:
         raise ValueError(f"extract.parts must be at least 1, got {parts}")
-    shards = -(-n // shard_size)
-    if parts > shards:
+    if n < parts:
         raise ValueError(
-            f"extract.parts: {parts} for {what}, which has {n} images, {shards} shard(s) of "
-            f"extract.shard_size {shard_size}: each part needs a shard of its own. Set extract.parts "
-            f"to at most {shards} for this split, or a smaller extract.shard_size."
+            f"extract.parts: {parts} for {what}, which has {n} image(s): each part needs at least one. "
+            f"Set extract.parts to at most {max(1, n)} for this split."
         )
-    cuts = [k * shards // parts * shard_size for k in range(parts)] + [n]
-    return [(cuts[k], min(n, cuts[k + 1])) for k in range(parts)]
+    batches = -(-n // batch_size)
+    first_batch = [k * batches // parts if batches >= parts else min(k, batches) for k in range(parts)]
+    cuts = [min(n, b * batch_size) for b in first_batch] + [n]
+    return [(cuts[k], cuts[k + 1]) for k in range(parts)]
 
 
 def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) -> np.ndarray:
@@ -494,14 +571,15 @@ def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) ->
 
     ``records`` are the parts' JSON records (``part``, ``parts``, ``rows``, ``device``,
     ``precision``, ``meta``). Refused, naming the part: parts of another count, rows that do
-    not tile ``0..n`` in order (a part made with another shard size or split size), or parts
+    not tile ``0..n`` in order (a part made with another batch size or split size), or parts
     computed on different device types or precisions (the features would not be one run's).
+    An empty part (a split of fewer batches than parts) computed nothing and is skipped.
     Each part is read through a memory map and copied into place, so host memory holds the
     result and the page cache, not a second copy.
     """
     if len(paths) != len(records):
         raise ValueError(f"{len(paths)} part files but {len(records)} records")
-    first = records[0]
+    first = records[0]  # never empty: parts are filled from the first
     expected = 0
     for k, (path, rec) in enumerate(zip(paths, records, strict=True)):
         if rec["part"] != k or rec["parts"] != len(records):
@@ -509,7 +587,7 @@ def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) ->
             raise ValueError(f"{path}: part {rec['part'] + 1} of {rec['parts']}, expected part {k + 1} of "
                              f"{len(records)}")
         for key in ("device", "precision", "meta"):
-            if rec[key] != first[key]:
+            if rec["rows"][0] < rec["rows"][1] and rec[key] != first[key]:
                 raise ValueError(
                     f"{path}: computed with {key} {rec[key]!r}, part 1 with {first[key]!r}; parts of one split "
                     "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device "
@@ -519,7 +597,7 @@ def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) ->
         if lo != expected or hi < lo:
             raise ValueError(
                 f"{path}: rows {lo}..{hi}, expected to start at {expected}; the parts were made with "
-                "different extract.shard_size or datasets: delete the split's results/parts/ folder and rerun"
+                "different extract.batch_size or datasets: delete the split's results/parts/ folder and rerun"
             )
         expected = hi
     if expected != n:
@@ -527,8 +605,10 @@ def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) ->
                          "results/parts/ folder and rerun")
     out = None
     for path, rec in zip(paths, records, strict=True):
-        part = np.load(path, mmap_mode="r", allow_pickle=False)
         lo, hi = rec["rows"]
+        if lo == hi:
+            continue
+        part = np.load(path, mmap_mode="r", allow_pickle=False)
         if out is None:
             out = np.empty((n, part.shape[1] if part.ndim == 2 else 0), dtype=np.float32)
         if part.dtype != np.float32 or part.shape != (hi - lo, out.shape[1]):

@@ -203,7 +203,7 @@ class ExtractSettings:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 4
-    shard_size: int = 10000
+    shard_size: int | str = "auto"  # images per shard, or auto: about a minute of work (extract.SHARD_SECONDS)
     compile: bool | str = False  # false | true | max-autotune
     cuda_graph: bool = False  # CUDA only: preprocessing + network of a full batch in one graph
     decode: str = "auto"  # auto | cpu | gpu: where a file dataset's JPEGs are decoded
@@ -212,6 +212,11 @@ class ExtractSettings:
     @classmethod
     def from_config(cls, section: Mapping) -> ExtractSettings:
         return cls(**section)
+
+    @property
+    def shard_images(self) -> int | None:
+        """``shard_size`` as :func:`transfer_lab.extract.extract_sharded` takes it: None for auto."""
+        return None if self.shard_size == "auto" else int(self.shard_size)
 
     def parts_for(self, split: str) -> int:
         """How many jobs extract ``split`` (1: extract_features alone, as without parts)."""

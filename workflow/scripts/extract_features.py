@@ -2,7 +2,7 @@
 pickle + throughput JSON.
 
 With extract.parts 1, extract_features computes the split itself. With more, each
-extract_part job computes its share of the split's rows (cut on shard boundaries, see
+extract_part job computes its share of the split's rows (cut on batch boundaries, see
 transfer_lab.extract.part_bounds) into a .npy file and a JSON record, and extract_features,
 given those as inputs, gathers them into the same pickle a one-part run writes.
 Features are computed in shards kept under results/shards/ until the job's output is
@@ -41,11 +41,12 @@ def compute(images, rows, shard_root):
     lo, hi = rows
     logging.info("extracting %d %s images of %s (rows %d..%d of %d) on %s (%s)", hi - lo, w.split, w.dataset,
                  lo, hi, len(images), extractor.device, extractor.precision)
-    # Shards are reused only by a job with the same network, code, versions and shard size
-    # (extract_sharded keeps them apart by device type and precision too).
-    definition = repr((spec, params.code, params.versions, settings.shard_size))
+    # Shards are reused only by a job with the same network, code, versions and batch size
+    # (extract_sharded keeps them apart by device type and precision too). Not the shard
+    # size: shards are named by their rows, and any size gives the same features.
+    definition = repr((spec, params.code, params.versions, settings.batch_size))
     shard_dir = shard_root / hashlib.sha256(definition.encode()).hexdigest()[:12]
-    result = extract_sharded(extractor, images[lo:hi], shard_dir, settings.shard_size, settings.batch_size,
+    result = extract_sharded(extractor, images[lo:hi], shard_dir, settings.shard_images, settings.batch_size,
                              progress=log)
     logging.info("%.1f s, %.1f images/s on %s (%s)", result.seconds, result.images_per_second,
                  result.device, result.precision)
@@ -76,13 +77,25 @@ with log_to(snakemake.log[0]) as log:
     if snakemake.rule == "extract_part":
         part, parts = params.part["part"], params.part["parts"]
         settings = ExtractSettings.from_config(snakemake.config["extract"])
-        rows = part_bounds(len(images), parts, settings.shard_size, f"split {w.split} of {w.dataset}")[part]
-        meta, result, settings, _ = compute(images, rows, shard_root / f"part-{part + 1}-of-{parts}")
+        bounds = part_bounds(len(images), parts, settings.batch_size, f"split {w.split} of {w.dataset}")
+        rows = bounds[part]
+        used = sum(lo < hi for lo, hi in bounds)
+        if used < parts:
+            logging.warning("split %s of %s: %d images are %d batch(es) of extract.batch_size %d, and parts are cut "
+                            "on batches: %d of the %d parts compute them, the others nothing", w.split, w.dataset,
+                            len(images), used, settings.batch_size, used, parts)
+        if rows[0] == rows[1]:
+            logging.info("part %d of %d: no rows to compute", part + 1, parts)
+            features = np.empty((0, 0), dtype=np.float32)
+            record = {"n_computed": 0, "seconds": 0.0, "device": None, "precision": None, "meta": None}
+        else:
+            meta, result, settings, _ = compute(images, rows, shard_root / f"part-{part + 1}-of-{parts}")
+            features = result.features
+            record = {"n_computed": result.n_computed, "seconds": result.seconds, "device": result.device,
+                      "precision": result.precision, "meta": meta}
         with atomic_write(snakemake.output.features) as f:
-            np.save(f, result.features)
-        record = {"part": part, "parts": parts, "rows": list(rows), "n_computed": result.n_computed,
-                  "seconds": result.seconds, "device": result.device, "precision": result.precision,
-                  "batch_size": settings.batch_size, "meta": meta}
+            np.save(f, features)
+        record = {"part": part, "parts": parts, "rows": list(rows), **record, "batch_size": settings.batch_size}
         with atomic_write(snakemake.output.record, "w") as f:
             json.dump(record, f, indent=2)
         shutil.rmtree(shard_root / f"part-{part + 1}-of-{parts}", ignore_errors=True)
