@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from near_ties import knn_reference
 
 from transfer_lab.bottleneck import Bottleneck
 from transfer_lab.heads import build_head, load_head, save_head, train_head
-from transfer_lab.knn import KNNHead, capped, check_k, knn_votes, neighbour_counts
+from transfer_lab.knn import KNNHead, capped, check_k, knn_votes, nearest, neighbour_counts
 
 T = 0.07
 
@@ -132,3 +133,45 @@ def test_knn_head_file_round_trips_and_gives_the_votes_through_a_softmax(digits_
     np.testing.assert_allclose(torch.softmax(program.module()(torch.from_numpy(test.features[:1])), 1).numpy(),
                                expected[:1], atol=1e-5)
     assert isinstance(build_head(loaded["config"], 1280, 10), KNNHead)
+
+
+def _half_vectors(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors of 8 floats with four entries +-0.5 and the rest 0: every product and
+    every sum of a cosine similarity between two is exact in float32, in any order, so
+    similarities in {-1, -0.75, ..., 1} tie exactly, on every machine, in both precisions."""
+    rows = np.zeros((n, 8), np.float32)
+    for row in rows:
+        row[rng.choice(8, size=4, replace=False)] = rng.choice([-0.5, 0.5], size=4)
+    return rows
+
+
+def test_equal_similarities_go_to_the_earlier_training_image_whatever_k_chunks_or_device():
+    """torch.topk leaves the order of equal values open (on the CPU it differs with k; on a
+    GPU it differs again): the probe orders equal similarities by training index, as the
+    reference's stable sort does, so a vote depends on neither k, nor chunks, nor device."""
+    rng = np.random.default_rng(0)
+    train, queries = _half_vectors(40, rng), _half_vectors(25, rng)
+    train[20:] = train[:20]  # and every image twice, under another label
+    labels = rng.integers(0, 4, size=40)
+    labels[20:] = (labels[:20] + 1) % 4
+    similarity = queries.astype(np.float64) @ train.T.astype(np.float64)
+    assert np.array_equal(similarity, queries @ train.T)  # exact in float32 too
+    bank = torch.from_numpy(train)
+    args = (torch.from_numpy(labels), 4)
+    ks = list(range(1, 41))
+    together = knn_votes(torch.from_numpy(queries), bank, *args, ks, T)
+    chunked = knn_votes(torch.from_numpy(queries), bank, *args, ks, T, chunk_elements=3 * 40)
+    ranked = -np.sort(-similarity, axis=1)
+    crossing = sum(int((ranked[:, k - 1] == ranked[:, k]).sum()) for k in ks[:-1])
+    assert crossing > 500  # ties across the k-th place, for most queries at most k
+    for k in ks:
+        np.testing.assert_allclose(together[k].numpy(), knn_reference(similarity, labels, 4, k, T), rtol=1e-6,
+                                   atol=1e-7, err_msg=f"k={k}")
+        assert torch.equal(knn_votes(torch.from_numpy(queries), bank, *args, [k], T)[k], together[k]), k
+        assert torch.equal(chunked[k], together[k]), k
+    # nearest() itself: the order of NumPy's stable argsort, for every k.
+    sim = torch.from_numpy(queries @ train.T)
+    for k in (1, 7, 20, 39, 40):
+        top, index = nearest(sim.clone(), k)
+        np.testing.assert_array_equal(index.numpy(), np.argsort(-similarity, axis=1, kind="stable")[:, :k])
+        assert torch.equal(top, sim.gather(1, index))
