@@ -17,7 +17,7 @@ from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
 from transfer_lab.heads import load_head
 from transfer_lab.images import NoImagesError, find_images
-from transfer_lab.predict import PredictError, load_predictor, resolve_storage
+from transfer_lab.predict import PredictError, Predictor, load_predictor, predict_files, resolve_storage
 from transfer_lab.preprocess import Storage
 
 
@@ -38,6 +38,32 @@ def test_an_older_heads_photos_were_stored_at_the_config_networks_largest_resize
     assert resolve_storage({"dataset": "photos"}, config, "head.pt") == Storage(342, "crop")
     config["datasets"]["photos"]["image_size"] = 128
     assert resolve_storage({"dataset": "photos"}, config, "head.pt") == Storage(128, "crop")
+
+
+def test_equal_probabilities_are_ranked_in_class_order_whatever_top_k(tmp_path):
+    """A kNN head's vote can tie two classes and gives 0 to every class no neighbour voted
+    for. torch.topk leaves ties in any order (here it put class 900 before 7 at top_k 2, and
+    another zero class at each top_k), so predict ranks equal probabilities in class order:
+    its class is evaluation's argmax, and the runners-up do not change with top_k."""
+    from types import SimpleNamespace
+
+    probabilities = torch.zeros(1000)
+    probabilities[[7, 900]] = 0.4
+    probabilities[500] = 0.2
+    model = SimpleNamespace(storage=lambda image: image,
+                            classify=lambda batch: probabilities.expand(len(batch), -1).clone())
+    names = [f"c{i}" for i in range(1000)]
+    predictor = Predictor(model, names, Storage(8, "squash"), {}, "knn.pt", "knn", torch.device("cpu"))
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path in paths:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    ranked = ["c7", "c900", "c500", "c0", "c1", "c2", "c3"]
+    for top_k in range(1, 8):
+        for row in predict_files(predictor, paths, top_k):
+            assert row["predicted"] == names[int(probabilities.argmax())] == "c7"
+            assert [row[f"class_{i}"] for i in range(1, top_k + 1)] == ranked[:top_k]
+            assert [row[f"probability_{i}"] for i in range(1, top_k + 1)] == pytest.approx(
+                [0.4, 0.4, 0.2, 0, 0, 0, 0][:top_k])
 
 
 def test_find_images_folders_globs_and_plain_paths(tmp_path):
