@@ -69,10 +69,14 @@ def test_knn_benchmark_prints_times_ratio_and_agreement_with_numpy():
     for label in ("knn", "numpy"):
         assert float(re.search(rf"^{label}\s+([\d.]+) s", out, flags=re.M).group(1)) > 0, out
     assert float(re.search(r"ratio numpy/knn time\s+([\d.]+)x", out).group(1)) > 0, out
-    # The same rule: the same class for every test image, at every k.
-    agreement = re.findall(r"^k=(\d+)\s.*predictions agree ([\d.]+)%", out, flags=re.M)
-    assert [k for k, _ in agreement] == ["10", "20", "100", "200"], out
-    assert all(float(a) == 100.0 for _, a in agreement), out
+    # The same rule: the same class for every test image clear of a near-tie, at every k,
+    # and those are nearly all of the 500 (480 to 499 measured). At a near-tie the two
+    # libraries' float32 rounding may let in another neighbour, or pick another class.
+    agreement = re.findall(r"^k=(\d+)\s.*predictions agree ([\d.]+)% \(clear of a near-tie: (\d+) images, "
+                           r"agree ([\d.]+)%\)", out, flags=re.M)
+    assert [k for k, *_ in agreement] == ["10", "20", "100", "200"], out
+    for _, _, clear, among_clear in agreement:
+        assert int(clear) >= 450 and float(among_clear) == 100.0, out
 
 
 def test_prepare_benchmark_prints_rates_ratios_and_memory():

@@ -45,6 +45,39 @@ def check_k(k: int | Sequence[int], n_train: int, key: str) -> None:
                          f"({n_train} images); use values of at most {n_train}")
 
 
+def nearest(similarity: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest similarities of each row, most similar first, and their columns.
+
+    Equal similarities (a training image stored twice, say) are ordered by column, the
+    earlier training image first, as NumPy's stable argsort orders them: ``torch.topk``
+    leaves the order of ties open, and it differs between devices and between values of k,
+    so a vote would otherwise depend on which k was asked for with it, or where it ran.
+    """
+    n = similarity.shape[1]
+    top, index = similarity.topk(min(k + 1, n), dim=1)
+    # A tie across the k-th place: topk chose among the equal similarities as it pleased.
+    # Export traces the general case (it cannot branch on the values).
+    crossing = k < n and (torch.compiler.is_compiling() or bool((top[:, k] == top[:, k - 1]).any()))
+    top, index = top[:, :k], index[:, :k]
+    if crossing:
+        index = _earliest_at_the_edge(similarity, top[:, k - 1:], index)
+    # Inside the k: equal similarities by column (a stable sort by similarity of the column order).
+    index, order = index.sort(dim=1)
+    top, order = top.gather(1, order).sort(dim=1, descending=True, stable=True)
+    return top, index.gather(1, order)
+
+
+def _earliest_at_the_edge(similarity: torch.Tensor, edge: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``index`` (each row's k nearest columns, most similar first) with the places at the
+    k-th similarity ``edge`` given to the earliest columns that have it."""
+    n, k = similarity.shape[1], index.shape[1]
+    above = (similarity > edge).sum(1, keepdim=True)  # the places taken by larger similarities
+    columns = torch.arange(n, 0, -1, device=similarity.device, dtype=torch.int32)  # earlier = larger
+    earliest = torch.where(similarity == edge, columns, 0).topk(k, dim=1).indices  # the tied, earliest first
+    place = torch.arange(k, device=index.device)
+    return torch.where(place < above, index, earliest.gather(1, (place - above).clamp(min=0)))
+
+
 def knn_votes(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -65,7 +98,7 @@ def knn_votes(
     rows = max(1, chunk_elements // max(1, len(bank)))
     out: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for chunk in F.normalize(queries.to(bank.device, bank.dtype), dim=1).split(rows):
-        top, index = (chunk @ bank.T).topk(ks[-1], dim=1)  # sorted, most similar first
+        top, index = nearest(chunk @ bank.T, ks[-1])
         weights = (top / temperature).exp_()
         labels = bank_labels[index]
         for k in ks:

@@ -216,7 +216,10 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
             if not stored:
                 continue
             probs = model.classify(torch.stack(stored)).cpu()
-            values, indices = probs.topk(top_k, dim=1)
+            # Equal probabilities (a kNN head gives 0 to every class no neighbour voted for)
+            # in class order, the first of equal ones first, as evaluation's argmax takes
+            # it: topk leaves their order open, and it changes with top_k and the device.
+            values, indices = (t[:, :top_k] for t in probs.sort(dim=1, descending=True, stable=True))
             for row, p, v, i in zip(good, probs, values.tolist(), indices.tolist(), strict=True):
                 row["predicted"], row["probability"] = predictor.class_names[i[0]], v[0]
                 row["probabilities"] = p.numpy()  # all classes, for callers; not written out
