@@ -1,6 +1,7 @@
 # The two commands of the README. Both create the virtual environment on first use.
 #   make run    # the quickstart grid: snakemake --cores $(CORES) on config.yaml
 #   make test   # the test suite
+#   make readme # the quickstart grid, then the README's quickstart block rewritten from its results
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 4
@@ -11,7 +12,7 @@ TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint report clean
+.PHONY: run test lint report readme clean
 
 # torch==2.14.1 and torchvision==0.29.1 are pinned in pyproject.toml.
 $(STAMP): pyproject.toml
@@ -35,6 +36,13 @@ lint: $(STAMP)
 report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
+
+# The README's quickstart block (between its quickstart markers: split sizes, the table, every
+# number in its prose) from this run's results; tests/test_quickstart.py fails when they differ.
+# `$(BIN)/python tools/quickstart_readme.py --check` compares without writing.
+readme: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/python tools/quickstart_readme.py
 
 clean:
 	rm -rf results .snakemake
