@@ -60,7 +60,11 @@ def test_quickstart_grid(quickstart):
     assert f"{best.network} ({best['head']})" in verdict, verdict
     summary = pd.read_csv(workdir / "results/summary.csv")
     assert sorted(summary["network"]) == networks
-    assert sorted(summary["mean_rank"]) == [1.0, 2.0, 3.0, 4.0]
+    # Ranked by test accuracy, ties sharing the mean rank (two chosen heads may get the same
+    # number of the 359 images right on another CPU): the ranks add up to 1 + 2 + 3 + 4 and
+    # follow the accuracies.
+    assert summary["mean_rank"].sum() == 10.0
+    assert summary["mean_rank"].tolist() == summary["digits"].rank(ascending=False, method="average").tolist()
     assert not (workdir / "results/label_efficiency.csv").exists()  # shots are off in the quickstart
 
 
