@@ -28,13 +28,13 @@ from torch import nn
 
 from .config import FINETUNED
 from .devices import resolve_device
+from .errors import DatasetError
 from .finetune import is_finetuned, load_finetuned
 from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
 from .preprocess import DevicePreprocess, Storage, StorageResize, storage_for
 from .sources import dataset_spec
-from .sources.base import DatasetError
 from .specs import NetworkSpec, largest_resize
 
 

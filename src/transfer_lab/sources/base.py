@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import DatasetError  # here too for source plugins, which import it from this module
 from ..files import load_pickle, loads_pickle
 from ..images import open_image
 from ..storage import draft_size, to_storage
@@ -27,10 +28,6 @@ from ..storage import draft_size, to_storage
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 5000
-
-
-class DatasetError(ValueError):
-    """A dataset on disk is missing, incomplete or corrupt; the message says which file and what was expected."""
 
 
 @dataclass
