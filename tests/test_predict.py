@@ -233,3 +233,43 @@ def test_exported_model_reproduces_predict_in_a_fresh_process(built, tmp_path):
     for p, npy in zip(paths, arrays, strict=True):
         got = np.array(result["probabilities"][str(npy)])
         assert np.abs(got - expected[str(p)]).max() <= 1e-4, p
+
+
+@pytest.mark.integration
+def test_a_digits_head_at_an_image_size_of_its_own_predicts_new_images_as_training_saw_them(tmp_path):
+    """digits with image_size 16: preparation stores the 8x8 digits at 16 (as every other source
+    honours image_size), the head records 16, and predict takes an 8x8 digit file through the
+    same 16-pixel storage step: its probabilities are those evaluation gave the stored image."""
+    from sklearn.datasets import load_digits
+
+    from transfer_lab.datasets import SplitSpec, plan_dataset
+    from transfer_lab.predict import predict_files
+    from transfer_lab.sources import dataset_spec
+
+    workdir = copy_workflow(tmp_path / "wd")
+    entry = {"source": "digits", "image_size": 16, "split": {"train_per_class": 10}}
+    config = {**TINY, "datasets": {"digits": entry}}
+    write_config(workdir, config)
+    snakemake(workdir, "results/heads/lite0_digits_linear.pt")
+    # The 8x8 originals of the first training images: the sklearn rows preparation kept, in its order.
+    plan = plan_dataset(dataset_spec({"source": "digits"}), SplitSpec(**{**TINY["split"], **entry["split"]}))
+    grey = np.rint(load_digits().images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    originals = grey[plan.rows[plan.split == 0][:N_TRAIN_IMAGES]]
+    (workdir / "new").mkdir()
+    paths = [workdir / "new" / f"digit_{i}.png" for i in range(N_TRAIN_IMAGES)]
+    for path, original in zip(paths, originals, strict=True):
+        Image.fromarray(original).save(path)  # grey, 8x8: as a user's scan might come
+    predictor = load_predictor(workdir / "results/heads/lite0_digits_linear.pt")
+    head, head_file = load_head(workdir / "results/heads/lite0_digits_linear.pt")
+    train = read_bottleneck(workdir / "results/bottleneck/lite0_digits_bottleneck_features_train.p")
+    with torch.no_grad():
+        evaluated = torch.softmax(head((torch.from_numpy(train.features) - head_file["mean"]) / head_file["std"]), 1)
+    for i, row in enumerate(predict_files(predictor, paths)):
+        assert row["error"] == "" and np.abs(row["probabilities"] - evaluated[i].numpy()).max() < 1e-4, row["path"]
+    # Because the images were stored at the size the head records, and predict's storage step is preparation's.
+    prepared = load_prepared(workdir / "results/datasets/digits.npz")
+    assert prepared.images.shape[1:] == (16, 16, 3) and prepared.meta["storage_size"] == 16
+    assert predictor.storage == Storage(16, "squash")
+    for original, image in zip(originals, prepared.subset("train")[0], strict=False):
+        rgb = torch.from_numpy(np.repeat(original[..., None], 3, axis=-1))
+        assert torch.equal(predictor.model.storage(rgb), torch.from_numpy(image))
