@@ -564,6 +564,7 @@ def test_check_dataset_accepts_fixtures(gtsrb, cifar, tmp_path):
         ("imagefolder", None, {}, "root", "required"),
         ("cifar10", "empty", {"crop_roi": True}, "crop_roi", "gtsrb"),
         ("gtsrb", "empty", {"download": True}, "download", "cifar10"),
+        ("imagefolder", "empty", {"store": "files", "image_size": 64}, "image_size", "would change nothing"),
     ],
 )
 def test_check_dataset_refusals(tmp_path, source, root, extra, key, expected):
@@ -624,6 +625,9 @@ def test_photos_are_stored_at_the_networks_largest_resize_and_tiny_images_at_the
         assert not follows_networks(spec(name)) and storage_size(spec(name, network_resize=342)) == size
     with pytest.raises(ValueError, match="no network is given: set the dataset's image_size"):
         storage_size(DatasetSpec("imagefolder", "photos"))
+    # Kept as their files, photos store nothing: no storage size, nothing that follows the networks.
+    for name in ("imagefolder", "csv"):
+        assert not follows_networks(spec(name, store="files")) and storage_size(spec(name, store="files")) is None
 
 
 def test_documented_datasets_table_is_what_the_registry_renders():

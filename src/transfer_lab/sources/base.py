@@ -58,7 +58,8 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     store: str = "pixels"  # or "files": the prepared dataset holds the original files' paths
     # The largest resize of the configured networks (specs.largest_resize): the storage size of
-    # a source that follows the networks (Source.image_size None) when image_size is None.
+    # a source that follows the networks (Source.image_size None) when image_size is None and
+    # the images are stored as pixels.
     network_resize: int | None = None
 
 
@@ -126,7 +127,7 @@ class LazyImages:
     """
 
     items: Sequence[Any]
-    size: int
+    size: int | None  # None: kept as their files (store: files), never decoded at preparation
     fit: str
     opener: Callable[..., Any] = open_image
     boxes: Sequence[tuple[int, int, int, int]] | None = None
@@ -155,6 +156,9 @@ class LazyImages:
         """Image ``i`` as uint8 (size, size, 3); ``draft``: JPEGs decoded at a reduced scale
         (``storage.draft_size``)."""
         item = self.items[i]
+        if self.size is None:
+            raise ValueError(f"{self.where(i)}: a dataset kept as its files (store: files) has no storage size to "
+                             "decode its images to; extraction decodes the files")
         image = self.opener(item, draft_size(self.size)) if draft and self.drafts else self.opener(item)
         if self.boxes is not None:
             left, top, right, bottom = self.boxes[i]
