@@ -423,6 +423,52 @@ def test_nan_or_infinite_features(tmp_path, bad):
     )
 
 
+def _tiny_backbone(*layers: torch.nn.Module):
+    """A backbone on 4x4 inputs (pixels / 255, nothing else): what it computes is the layers' own doing."""
+    from transfer_lab.networks import Backbone
+    from transfer_lab.preprocess import Preprocess
+
+    model = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(48, 2)).eval()
+    return Backbone(model, Preprocess(4, 4, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), 2)
+
+
+def test_nan_or_infinite_features_at_extraction():
+    """fp32 says why (the weights, else the network's own arithmetic); fp16 and bf16 suggest fp32."""
+    from transfer_lab.extract import Extractor
+
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    images[1] = 255  # white: 48 inputs of 1.0
+    nan_weights = _tiny_backbone()
+    with torch.no_grad():
+        nan_weights.model[1].weight[0, 5] = float("nan")
+    raises_exactly(
+        FloatingPointError,
+        "non-finite features from fp32 extraction: NaN or infinite values for 3 of 3 images, and the network's "
+        "weights hold NaN or infinite values (1 of 2 tensors: 1.weight): the weights file is damaged or was "
+        "saved from a training that diverged; use another checkpoint",
+        Extractor(nan_weights, "cpu", "fp32").run, images, 2,
+    )
+    negative_variance = _tiny_backbone(torch.nn.BatchNorm2d(3))
+    negative_variance.model[0].running_var.fill_(-1.0)
+    raises_exactly(
+        FloatingPointError,
+        "non-finite features from fp32 extraction: NaN or infinite values for 3 of 3 images, though the network's "
+        "weights are finite: a layer went beyond float32's range, or took the square root of a negative "
+        "batch-norm running_var; check that the weights file belongs to this network (its arch) and is not damaged",
+        Extractor(negative_variance, "cpu", "fp32").run, images, 2,
+    )
+    large = _tiny_backbone()
+    with torch.no_grad():
+        large.model[1].weight.fill_(3000.0)  # the white image: 144,000, beyond fp16's 65,504
+    raises_exactly(
+        FloatingPointError,
+        "non-finite features from fp16 extraction: NaN or infinite values for 1 of 3 images; half precision "
+        "overflows or rounds away what fp32 keeps: try extract.precision: fp32",
+        Extractor(large, "cpu", "fp16").run, images, 2,
+    )
+    assert np.isfinite(Extractor(large, "cpu", "fp32").run(images, 2)).all()
+
+
 def test_truncated_pickle(tmp_path):
     root = fixtures.write_traffic_pickle(tmp_path)
     path = root / "test.p"

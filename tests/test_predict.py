@@ -19,7 +19,7 @@ from transfer_lab.datasets import load_prepared
 from transfer_lab.heads import load_head
 from transfer_lab.images import NoImagesError, find_images
 from transfer_lab.predict import PredictError, Predictor, load_predictor, predict_files, resolve_storage
-from transfer_lab.preprocess import Storage
+from transfer_lab.preprocess import AS_FILES, Storage
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
@@ -65,6 +65,28 @@ def test_equal_probabilities_are_ranked_in_class_order_whatever_top_k(tmp_path):
             assert [row[f"class_{i}"] for i in range(1, top_k + 1)] == ranked[:top_k]
             assert [row[f"probability_{i}"] for i in range(1, top_k + 1)] == pytest.approx(
                 [0.4, 0.4, 0.2, 0, 0, 0, 0][:top_k])
+
+
+def test_the_weights_transform_inside_an_exported_graph_is_extractions_number_for_number():
+    """A dataset kept as its files has no storage step: predict and export apply the weights'
+    transform to each image as it comes, with the resize matrices computed in the graph from its
+    size (DevicePreprocess.traced_matrices). They are extraction's matrices (DevicePreprocess.matrices),
+    bit for bit, for any size and aspect, a centre crop offset of a half included."""
+    from transfer_lab.preprocess import DevicePreprocess, Preprocess
+
+    stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    for p in (Preprocess(36, 32, "bicubic", *stats), Preprocess(256, 224, "bilinear", *stats),
+              Preprocess(342, 299, "bilinear", *stats), Preprocess(72, 64, "nearest", *stats)):
+        prep = DevicePreprocess(p)
+        for height, width in ((37, 53), (53, 37), (40, 100), (299, 299), (500, 375), (8, 8), (2, 3), (1000, 999)):
+            for eager, traced in zip(prep.matrices(height, width, torch.device("cpu")),
+                                     prep.traced_matrices(height, width, torch.device("cpu")), strict=True):
+                assert eager.dtype == traced.dtype and torch.equal(eager, traced), (p, height, width)
+    image = torch.randint(0, 256, (1, 53, 37, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(prep(image), prep(image, traced=True))
+    assert resolve_storage({"dataset": "raw", "store": "files"}, None, "head.pt") == AS_FILES
+    config = {"datasets": {"raw": {"source": "imagefolder", "root": "photos", "store": "files"}}, "networks": {}}
+    assert resolve_storage({"dataset": "raw"}, config, "head.pt") == AS_FILES  # an older head: from the config
 
 
 def test_find_images_folders_globs_and_plain_paths(tmp_path):
@@ -273,3 +295,109 @@ def test_exported_model_reproduces_predict_in_a_fresh_process(built, tmp_path):
     for p, npy in zip(paths, arrays, strict=True):
         got = np.array(result["probabilities"][str(npy)])
         assert np.abs(got - expected[str(p)]).max() <= 1e-4, p
+
+
+@pytest.mark.integration
+def test_a_digits_head_at_an_image_size_of_its_own_predicts_new_images_as_training_saw_them(tmp_path):
+    """digits with image_size 16: preparation stores the 8x8 digits at 16 (as every other source
+    honours image_size), the head records 16, and predict takes an 8x8 digit file through the
+    same 16-pixel storage step: its probabilities are those evaluation gave the stored image."""
+    from sklearn.datasets import load_digits
+
+    from transfer_lab.datasets import SplitSpec, plan_dataset
+    from transfer_lab.predict import predict_files
+    from transfer_lab.sources import dataset_spec
+
+    workdir = copy_workflow(tmp_path / "wd")
+    entry = {"source": "digits", "image_size": 16, "split": {"train_per_class": 10}}
+    config = {**TINY, "datasets": {"digits": entry}}
+    write_config(workdir, config)
+    snakemake(workdir, "results/heads/lite0_digits_linear.pt")
+    # The 8x8 originals of the first training images: the sklearn rows preparation kept, in its order.
+    plan = plan_dataset(dataset_spec({"source": "digits"}), SplitSpec(**{**TINY["split"], **entry["split"]}))
+    grey = np.rint(load_digits().images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    originals = grey[plan.rows[plan.split == 0][:N_TRAIN_IMAGES]]
+    (workdir / "new").mkdir()
+    paths = [workdir / "new" / f"digit_{i}.png" for i in range(N_TRAIN_IMAGES)]
+    for path, original in zip(paths, originals, strict=True):
+        Image.fromarray(original).save(path)  # grey, 8x8: as a user's scan might come
+    predictor = load_predictor(workdir / "results/heads/lite0_digits_linear.pt")
+    head, head_file = load_head(workdir / "results/heads/lite0_digits_linear.pt")
+    train = read_bottleneck(workdir / "results/bottleneck/lite0_digits_bottleneck_features_train.p")
+    with torch.no_grad():
+        evaluated = torch.softmax(head((torch.from_numpy(train.features) - head_file["mean"]) / head_file["std"]), 1)
+    for i, row in enumerate(predict_files(predictor, paths)):
+        assert row["error"] == "" and np.abs(row["probabilities"] - evaluated[i].numpy()).max() < 1e-4, row["path"]
+    # Because the images were stored at the size the head records, and predict's storage step is preparation's.
+    prepared = load_prepared(workdir / "results/datasets/digits.npz")
+    assert prepared.images.shape[1:] == (16, 16, 3) and prepared.meta["storage_size"] == 16
+    assert predictor.storage == Storage(16, "squash")
+    for original, image in zip(originals, prepared.subset("train")[0], strict=False):
+        rgb = torch.from_numpy(np.repeat(original[..., None], 3, axis=-1))
+        assert torch.equal(predictor.model.storage(rgb), torch.from_numpy(image))
+
+
+def _textured_folder(root: Path) -> Path:
+    """Two classes of 8 textured images (a flat colour would look the same through any resize)
+    in the sizes, formats and modes of photos: RGB, grey and CMYK JPEGs, PNG, BMP."""
+    rng = np.random.default_rng(7)
+    kinds = [(".jpg", "RGB", (80, 60)), (".png", "RGB", (48, 96)), (".jpg", "L", (64, 64)), (".png", "RGB", (100, 40)),
+             (".jpg", "CMYK", (70, 90)), (".bmp", "RGB", (50, 50)), (".jpg", "RGB", (66, 77)), (".png", "L", (90, 72))]
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i, (ext, mode, (width, height)) in enumerate(kinds):
+            coarse = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+            image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC).convert(mode)
+            image.save(root / name / f"{i}{ext}", **({"quality": 90} if ext == ".jpg" else {}))
+    return root
+
+
+@pytest.mark.integration
+def test_a_head_on_a_dataset_kept_as_files_predicts_as_extraction_decoded_them(tmp_path):
+    """store: files has no storage step: extraction decodes each file and applies the network's
+    own resize, crop and normalisation. predict (the rule, the library) and the exported file do
+    the same, so a training file gets the probabilities evaluation gave it."""
+    from transfer_lab.export import load_exported
+    from transfer_lab.predict import predict_files
+
+    workdir = copy_workflow(tmp_path / "wd")
+    root = _textured_folder(tmp_path / "photos")
+    config = {
+        # lite0 pretrained (random weights hardly tell one image from another) resizes to 36; the
+        # other network makes the largest resize 54, which a storage step would resize to first.
+        "networks": {**TINY["networks"], "large": {**TINY["networks"]["lite0"], "weights": "random", "input_size": 48}},
+        "datasets": {"photos": {"source": "imagefolder", "root": str(root), "store": "files"}},
+        "split": {"validation_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
+        "heads": {"linear": {"kind": "linear", "epochs": 5}},
+        "predict": {"network": "lite0", "images": str(root)},
+    }
+    write_config(workdir, config)
+    snakemake(workdir, "predict", "export")
+    prepared = load_prepared(workdir / "results/datasets/photos.npz")
+    head, head_file = load_head(workdir / "results/heads/lite0_photos_linear.pt")
+    expected = {}
+    for split in ("train", "validation", "test"):
+        features = read_bottleneck(workdir / f"results/bottleneck/lite0_photos_bottleneck_features_{split}.p").features
+        with torch.no_grad():
+            probs = torch.softmax(head((torch.from_numpy(features) - head_file["mean"]) / head_file["std"]), 1)
+        expected.update(zip(prepared.subset(split)[0], probs.numpy(), strict=True))
+    rows = _rows((workdir / "results/predictions/lite0_photos_linear.csv").read_text())
+    assert len(rows) == len(expected) == 16
+    for row in rows:
+        want = expected[str(Path(row["path"]).resolve())]
+        assert row["error"] == "" and row["predicted"] == head_file["class_names"][int(want.argmax())], row
+        assert abs(float(row["probability"]) - want.max()) < 1e-5, (row, want)
+    # The library (the storage step from the head file) and the exported program alike.
+    from transfer_lab.decode import read_raw
+
+    predictor = load_predictor(workdir / "results/heads/lite0_photos_linear.pt")
+    assert predictor.storage == AS_FILES and predictor.meta["store"] == "files"
+    paths = [Path(p) for p in expected]
+    for path, row in zip(paths, predict_files(predictor, paths), strict=True):
+        assert np.abs(row["probabilities"] - expected[str(path)]).max() < 1e-5, path
+    module, record = load_exported(workdir / "results/export/lite0_photos_linear.pt2")
+    assert record["storage"] == {"store": "files", "size": None, "fit": None}
+    with torch.no_grad():
+        for path in paths[:6]:  # decoded as extraction decodes them: the program takes pixels
+            image = read_raw(str(path), gpu_jpeg=False).pixels.permute(1, 2, 0).contiguous()
+            assert np.abs(module(image).numpy() - expected[str(path)]).max() < 1e-4, path

@@ -64,3 +64,54 @@ def test_an_unwritable_cache_folder_costs_only_the_parsing(library, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     assert code_hash(library, blocker) == code_hash(library, tmp_path / "cache")
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph (its modules in import order, the first repeated last), or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        if name in path:
+            return path[path.index(name):] + [name]
+        if name in done:
+            return None
+        path.append(name)
+        for imported in sorted(graph.get(name, ())):
+            found = visit(imported)
+            if found:
+                return found
+        path.pop()
+        done.add(name)
+        return None
+
+    return next((c for c in map(visit, sorted(graph)) if c), None)
+
+
+def test_the_library_has_no_import_cycle():
+    """No module of the library imports itself through others. Imports inside functions count
+    (such an import only hides a cycle until the function runs), and importing ``a.b.c`` runs
+    ``a`` and ``a.b`` first, as the code hash follows them (provenance.imported_modules)."""
+    from transfer_lab.provenance import PACKAGE, imported_modules, module_file
+
+    root = REPO / "src" / PACKAGE
+    names = [".".join([PACKAGE, *p.relative_to(root).with_suffix("").parts]).removesuffix(".__init__")
+             for p in root.rglob("*.py")]
+    assert module_file(PACKAGE) == root / "__init__.py"  # the library of this checkout
+    graph = {name: set(imported_modules(module_file(name), name)) - {name} for name in names}
+    assert {"transfer_lab.sources.base", "transfer_lab.storage"} <= graph["transfer_lab.datasets"]
+    assert _import_cycle(graph) is None, " -> ".join(_import_cycle(graph))
+    # The check finds a cycle where there is one.
+    assert _import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_dataset_errors_are_one_type_wherever_they_are_imported_from():
+    """DatasetError lives in transfer_lab.errors; the sources' base module (where plugins
+    import it from) re-exports it."""
+    from transfer_lab.errors import DatasetError
+    from transfer_lab.images import open_image
+    from transfer_lab.sources.base import DatasetError as FromBase
+
+    assert FromBase is DatasetError and issubclass(DatasetError, ValueError)
+    with pytest.raises(DatasetError, match="no such file"):
+        open_image(REPO / "no such image.png")

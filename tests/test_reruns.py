@@ -285,7 +285,8 @@ def test_a_file_under_a_dataset_root_reprepares_that_dataset(tmp_path):
 
 
 def test_networks_that_change_the_largest_resize_reprepare_the_photos_stored_at_it(tmp_path):
-    """Row: a network that changes the networks' largest resize."""
+    """Row: a network that changes the networks' largest resize (the same photos kept as their
+    files, store: files, store no pixels: they are not prepared again)."""
     from fixtures import write_imagefolder
 
     from transfer_lab.datasets import load_prepared
@@ -294,21 +295,25 @@ def test_networks_that_change_the_largest_resize_reprepare_the_photos_stored_at_
     root = write_imagefolder(tmp_path / "photos", classes=("cat", "dog"), per_class=4)
     config = {
         "networks": {"lite0": {**LITE0, "weights": "random"}},  # resizes to floor(32 / 0.875) = 36, then crops 32
-        "datasets": {"photos": {"source": "imagefolder", "root": str(root)}, "digits": {"source": "digits"}},
+        "datasets": {"photos": {"source": "imagefolder", "root": str(root)}, "digits": {"source": "digits"},
+                     "files": {"source": "imagefolder", "root": str(root), "store": "files"}},
         "heads": {"linear": {"kind": "linear", "epochs": 3}},
     }
-    prepared = ["results/datasets/photos.npz", "results/datasets/digits.npz"]
+    prepared = ["results/datasets/photos.npz", "results/datasets/digits.npz", "results/datasets/files.npz"]
     write_config(workdir, config)
-    assert snakemake(workdir, *prepared).jobs == {"prepare_dataset": 2}
+    assert snakemake(workdir, *prepared).jobs == {"prepare_dataset": 3}
     photos = load_prepared(workdir / prepared[0])
     assert photos.images.shape[1:] == (36, 36, 3) and photos.meta["storage_size"] == 36
+    files = load_prepared(workdir / prepared[2])
+    assert files.images is None and files.meta["store"] == "files" and "storage_size" not in files.meta
     config["networks"]["small"] = {**LITE0, "weights": "random", "input_size": 24}  # resizes to 27: less
     write_config(workdir, config)
     assert snakemake(workdir, "-n", *prepared).jobs == {}
     config["networks"]["small"]["input_size"] = 48  # resizes to 54: the photos (not the digits) are stored at it
     write_config(workdir, config)
     run = snakemake(workdir, "-n", *prepared)
-    assert run.jobs == {"prepare_dataset": 1} and "dataset=photos" in run.output and "dataset=digits" not in run.output
+    assert run.jobs == {"prepare_dataset": 1} and "dataset=photos" in run.output, run.output
+    assert "dataset=digits" not in run.output and "dataset=files" not in run.output
 
 
 ROWS = {  # the first column of the README's table -> its test, here or in another file

@@ -564,6 +564,7 @@ def test_check_dataset_accepts_fixtures(gtsrb, cifar, tmp_path):
         ("imagefolder", None, {}, "root", "required"),
         ("cifar10", "empty", {"crop_roi": True}, "crop_roi", "gtsrb"),
         ("gtsrb", "empty", {"download": True}, "download", "cifar10"),
+        ("imagefolder", "empty", {"store": "files", "image_size": 64}, "image_size", "would change nothing"),
     ],
 )
 def test_check_dataset_refusals(tmp_path, source, root, extra, key, expected):
@@ -587,6 +588,27 @@ def test_storage_fit_crops_only_photos_of_any_aspect():
     assert storage_size(spec("digits", image_size=16)) == 16
 
 
+def test_digits_honour_image_size_and_a_source_that_ignores_it_is_refused(monkeypatch):
+    """Preparation records the storage size and predict resizes new images to it, so every source
+    stores its images there: digits resize their 8x8 images to image_size as the others do."""
+    from transfer_lab.datasets import plan_dataset
+    from transfer_lab.sources.base import RawDataset, resize_all
+
+    split = SplitSpec(0.2, 0.2, 0)
+    native = sources.get("digits").read(spec("digits"))
+    assert native.images.shape[1:] == (8, 8, 3)
+    plan = plan_dataset(spec("digits", image_size=16), split)
+    assert plan.images.shape[1:] == (16, 16, 3) and sources.storage_size(spec("digits", image_size=16)) == 16
+    assert np.array_equal(plan.images, resize_all(native.images, 16))
+    ignoring = dataclasses.replace(sources.get("digits"), read=lambda s: RawDataset(
+        native.images, native.labels, native.class_names))
+    monkeypatch.setitem(sources._registry(), "digits", ignoring)
+    with pytest.raises(RuntimeError, match=r"^source 'digits' read 8x8 images, but the dataset's storage size is 16 "
+                                           r"\(its image_size 16\): a source must return its images at "):
+        plan_dataset(spec("digits", image_size=16), split)
+    assert plan_dataset(spec("digits"), split).images.shape[1:] == (8, 8, 3)
+
+
 def test_photos_are_stored_at_the_networks_largest_resize_and_tiny_images_at_their_own_size():
     from transfer_lab.sources import follows_networks, storage_size
 
@@ -603,6 +625,9 @@ def test_photos_are_stored_at_the_networks_largest_resize_and_tiny_images_at_the
         assert not follows_networks(spec(name)) and storage_size(spec(name, network_resize=342)) == size
     with pytest.raises(ValueError, match="no network is given: set the dataset's image_size"):
         storage_size(DatasetSpec("imagefolder", "photos"))
+    # Kept as their files, photos store nothing: no storage size, nothing that follows the networks.
+    for name in ("imagefolder", "csv"):
+        assert not follows_networks(spec(name, store="files")) and storage_size(spec(name, store="files")) is None
 
 
 def test_documented_datasets_table_is_what_the_registry_renders():

@@ -175,6 +175,8 @@ def plan_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> Plan:
     gets the same rows in the same order.
     """
     raw = sources.get(spec.source).read(spec)
+    if spec.store == "pixels":
+        _check_storage_size(spec, raw.images)
     split = assign_splits(
         raw.labels,
         raw.origin,
@@ -199,6 +201,20 @@ def plan_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> Plan:
     rows = np.flatnonzero(keep)
     rows = rows[np.argsort(split[rows], kind="stable")]
     return Plan(raw.images, rows, raw.labels[rows], split[rows], list(raw.class_names))
+
+
+def _check_storage_size(spec: DatasetSpec, images: np.ndarray | LazyImages) -> None:
+    """A source's images are at the dataset's storage size: preparation records that size, and
+    predict resizes new images to it. A source (a plugin, say) that keeps another size would
+    make the record false and predict resize to a size training never used: refused."""
+    size = sources.storage_size(spec)
+    if tuple(images.shape[1:3]) != (size, size):
+        height, width = images.shape[1:3]
+        why = f"its image_size {spec.image_size}" if spec.image_size is not None else "the source's storage size"
+        raise RuntimeError(
+            f"source {spec.source!r} read {height}x{width} images, but the dataset's storage size is {size} ({why}): "
+            "a source must return its images at sources.storage_size(spec) (base.resize_all resizes arrays)"
+        )
 
 
 def prepare_dataset(spec: DatasetSpec, split_spec: SplitSpec) -> PreparedDataset:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DatasetError
 from .images import as_rgb, decode_image
 from .preprocess import DevicePreprocess
-from .sources.base import DatasetError
 
 DECODES = ("auto", "cpu", "gpu")
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -45,7 +45,9 @@ def export_record(predictor: Predictor) -> dict:
             "note": "one image of any size, decoded and upright (EXIF applied); not normalised",
         },
         "output": {"dtype": "float32", "shape": [len(predictor.class_names)], "what": "softmax probabilities"},
-        "storage": {"size": predictor.storage.size, "fit": predictor.storage.fit},
+        # The storage step inside the graph; none for a dataset kept as its files (store: files).
+        "storage": {"store": "files" if predictor.storage.as_files else "pixels", "size": predictor.storage.size,
+                    "fit": predictor.storage.fit},
         "preprocess": {"resize": p.resize, "crop": p.crop, "interpolation": p.interpolation,
                        "mean": list(p.mean), "std": list(p.std)},
         "head": {"file": predictor.head_path, "kind": predictor.head_kind},

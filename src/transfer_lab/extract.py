@@ -177,10 +177,24 @@ class Extractor:
                     bar.update(end - start)
                 start = end
         out = features.cpu().numpy()
-        if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out).all(axis=1)).sum())
+        if bad:
+            # Pixels are uint8: the NaN or inf comes from the network, its weights or its arithmetic.
+            tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
+            broken = [name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()]
+            what = f"non-finite features from {self.precision} extraction: NaN or infinite values for {bad} of {n} images"
+            if broken:
+                raise FloatingPointError(
+                    f"{what}, and the network's weights hold NaN or infinite values ({len(broken)} of {len(tensors)} "
+                    f"tensors: {', '.join(broken[:3])}{', …' if len(broken) > 3 else ''}): the weights file is damaged "
+                    "or was saved from a training that diverged; use another checkpoint")
+            if self.precision != "fp32":
+                raise FloatingPointError(f"{what}; half precision overflows or rounds away what fp32 keeps: "
+                                         "try extract.precision: fp32")
             raise FloatingPointError(
-                f"non-finite features from {self.precision} extraction; try extract.precision: fp32"
-            )
+                f"{what}, though the network's weights are finite: a layer went beyond float32's range, or took the "
+                "square root of a negative batch-norm running_var; check that the weights file belongs to this "
+                "network (its arch) and is not damaged")
         return out
 
     def _graph(self, forward, batch: torch.Tensor, batch_size: int) -> _Graph | None:

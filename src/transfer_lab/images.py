@@ -14,6 +14,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .errors import DatasetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
 # Smaller images hold no picture worth classifying: a 1x1 file in a downloaded folder is
 # a placeholder or a web beacon. 8 is the side of the smallest real images here (digits).
@@ -82,9 +84,6 @@ def decode_image(data: bytes, where: str, draft: tuple[int, int] | None = None):
 def _decoded(source, where: str, remedy: str, draft: tuple[int, int] | None = None):
     """``source`` (a path, or a binary file object) opened and decoded, checked for size."""
     from PIL import Image
-
-    # The dataset readers import this module: importing theirs at the top would be circular.
-    from .sources.base import DatasetError
 
     image = None
     try:

@@ -505,13 +505,14 @@ def network_meta(network: str, dataset: str, spec: NetworkSpec, preprocess: Prep
                  versions: dict[str, str]) -> dict:
     """What a file made by a network from a prepared dataset records of both (the bottleneck
     pickle's ``meta``, a fine-tuned file's ``network_meta``): the network's spec, from which
-    ``predict`` rebuilds the backbone, how the images were stored, the split and
+    ``predict`` rebuilds the backbone, how the images were stored (or that they were kept as
+    files), the split and
     random-weights seeds, versions. ``arch`` to ``layer`` repeat the spec for people."""
     return {
         "network": network, "network_spec": spec.to_json(), "dataset": dataset,
         "arch": spec.arch, "weights": spec.weights, "input_size": preprocess.crop, "layer": spec.layer or "penultimate",
         "seed": prepared_meta.get("seed", -1), "init_seed": RANDOM_INIT_SEED,  # split seed; random weights' seed
-        **{k: prepared_meta[k] for k in ("storage_size", "storage_fit") if k in prepared_meta},
+        **{k: prepared_meta[k] for k in ("store", "storage_size", "storage_fit") if k in prepared_meta},
         **preprocess_meta(preprocess),
         **{f"version_{k}": v for k, v in versions.items()},
     }

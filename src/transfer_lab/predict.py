@@ -2,7 +2,9 @@
 
 One module, :class:`Classifier`, does every step a training image went through (the
 storage resize of preparation, the network's own resize/crop/normalisation, the frozen
-backbone, the head's standardisation and the head) and then a softmax; a fine-tuned
+backbone, the head's standardisation and the head) and then a softmax; for a dataset kept
+as its files (``store: files``) there was no storage resize, and there is none here: each
+file is decoded as extraction decodes it and goes straight to the network's resize. A fine-tuned
 network (rule finetune) is applied the same way, its own classifier as the head.
 ``predict`` runs it eagerly and ``export`` (:mod:`transfer_lab.export`) saves the very same module with
 ``torch.export``, so an exported file gives predict's probabilities, not an approximation.
@@ -27,14 +29,15 @@ import torch
 from torch import nn
 
 from .config import FINETUNED
+from .decode import read_raw
 from .devices import resolve_device
+from .errors import DatasetError
 from .finetune import is_finetuned, load_finetuned
 from .heads import load_head
 from .images import read_image
 from .networks import load_backbone
-from .preprocess import DevicePreprocess, Storage, StorageResize, storage_for
+from .preprocess import AS_FILES, DevicePreprocess, Storage, StorageResize, storage_for
 from .sources import dataset_spec
-from .sources.base import DatasetError
 from .specs import NetworkSpec, largest_resize
 
 
@@ -46,7 +49,8 @@ class Classifier(nn.Module):
     """Storage resize, the network's preprocessing, backbone, standardisation, head, softmax.
 
     ``forward`` takes one uint8 RGB (H, W, 3) image of any size and returns float32
-    probabilities (n_classes,); ``classify`` takes a batch already at the storage size.
+    probabilities (n_classes,); ``classify`` takes a batch already at the storage size (for
+    :data:`~transfer_lab.preprocess.AS_FILES`, a batch of decoded images of one size).
     """
 
     def __init__(self, backbone: nn.Module, preprocess: DevicePreprocess, head: nn.Module,
@@ -54,16 +58,20 @@ class Classifier(nn.Module):
         super().__init__()
         self.storage = StorageResize(storage)
         self.preprocess = preprocess
-        # The preprocessing matrices for the storage size, computed once, so an exported
-        # graph holds them as constants.
-        preprocess.matrices(storage.size, storage.size, torch.device("cpu"))
+        # Kept as files: images come in any size, and the resize matrices are computed in the
+        # graph from it (as DevicePreprocess.matrices computes them at extraction).
+        self.any_size = storage.as_files
+        if not self.any_size:
+            # The preprocessing matrices for the storage size, computed once, so an exported
+            # graph holds them as constants.
+            preprocess.matrices(storage.size, storage.size, torch.device("cpu"))
         self.backbone = backbone
         self.head = head
         self.register_buffer("mean", mean.detach().float().clone())
         self.register_buffer("std", std.detach().float().clone())
 
     def classify(self, stored: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(self.preprocess(stored)).float()
+        features = self.backbone(self.preprocess(stored, traced=self.any_size)).float()
         return torch.softmax(self.head((features - self.mean) / self.std), dim=1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -92,10 +100,13 @@ class Predictor:
 def resolve_storage(meta: dict, config: dict | None, where: str) -> Storage:
     """The storage step of the dataset a head was trained on.
 
-    From the head's network meta when it records it (``storage_size``/``storage_fit``),
-    else from the config's entry for that dataset (``image_size`` and source; for a photo
-    source without image_size, the largest resize of the config's networks).
+    From the head's network meta when it records it (``storage_size``/``storage_fit``, or
+    ``store: files``: none), else from the config's entry for that dataset (``image_size``,
+    source and store; for a photo source without image_size, the largest resize of the
+    config's networks).
     """
+    if meta.get("store") == "files":
+        return AS_FILES
     if meta.get("storage_size") is not None:
         return Storage(int(meta["storage_size"]), str(meta.get("storage_fit", "squash")))
     dataset = meta.get("dataset")
@@ -207,7 +218,7 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
                 row["path"] = path
                 rows.append(row)
                 try:
-                    image = torch.from_numpy(read_image(path)).to(dev)
+                    image = read_as_trained(path, predictor.storage).to(dev)
                 except (DatasetError, OSError, ValueError) as err:
                     row["error"] = str(err)
                     continue
@@ -215,7 +226,7 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
                 good.append(row)
             if not stored:
                 continue
-            probs = model.classify(torch.stack(stored)).cpu()
+            probs = _classify(model, stored).cpu()
             # Equal probabilities (a kNN head gives 0 to every class no neighbour voted for)
             # in class order, the first of equal ones first, as evaluation's argmax takes
             # it: topk leaves their order open, and it changes with top_k and the device.
@@ -226,6 +237,28 @@ def predict_files(predictor: Predictor, paths: Iterable[str | os.PathLike], top_
                 for rank, (cls, prob) in enumerate(zip(i, v, strict=True), start=1):
                     row[f"class_{rank}"], row[f"probability_{rank}"] = predictor.class_names[cls], prob
     return rows
+
+
+def read_as_trained(path: str | os.PathLike, storage: Storage) -> torch.Tensor:
+    """An image file as uint8 RGB (H, W, 3), upright, decoded as the training images were:
+    as preparation decodes (PIL), or for a dataset kept as its files as extraction decodes
+    them on the CPU (JPEGs by torchvision's decoder, :func:`transfer_lab.decode.read_raw`)."""
+    if storage.as_files:
+        return read_raw(str(path), gpu_jpeg=False).pixels.permute(1, 2, 0)
+    return torch.from_numpy(read_image(path))
+
+
+def _classify(model: Classifier, images: list[torch.Tensor]) -> torch.Tensor:
+    """Probabilities of ``images`` (after the storage step), in order: one batch per image size
+    (stored squares are all one size; files kept as they are come in many)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(k)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(images)
+    for members in groups.values():
+        for k, probs in zip(members, model.classify(torch.stack([images[k] for k in members])), strict=True):
+            out[k] = probs
+    return torch.stack(out)
 
 
 def to_csv(rows: list[dict], top_k: int) -> str:

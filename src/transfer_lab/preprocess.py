@@ -3,7 +3,10 @@
 Preparation stores every image once as a uint8 square (:func:`transfer_lab.storage.to_storage`, PIL bicubic);
 extraction and fine-tuning apply the weights' eval transform (:class:`Preprocess`) to
 batches of stored images on the device (:class:`DevicePreprocess`); predict and export
-repeat the storage step in torch on one image of any size (:class:`StorageResize`).
+repeat the storage step in torch on one image of any size (:class:`StorageResize`). A
+dataset kept as its files (``store: files``) has no storage step: extraction applies the
+eval transform to each decoded file, and so do predict and export
+(:meth:`DevicePreprocess.traced_matrices` for any size inside an exported graph).
 Both torch halves resample with Pillow's filters and 22-bit fixed-point weights, written
 once (:func:`resize_rows`), so a new image meets the network as a training image did.
 """
@@ -139,8 +142,29 @@ class DevicePreprocess(nn.Module):
             )
         return self._matrices[key]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        rows, cols = self.matrices(images.shape[1], images.shape[2], images.device)
+    def traced_matrices(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`matrices`, number for number, computed with torch operations from the sizes
+        (no Python arithmetic on them, no cache), so that ``torch.export`` keeps height and
+        width symbolic: the weights' transform of images of any size inside an exported graph."""
+        p = self.p
+        h = torch.full((), height, dtype=torch.float64, device=device)
+        w = torch.full((), width, dtype=torch.float64, device=device)
+        resize = torch.full((), p.resize, dtype=torch.float64, device=device)
+        # resized_size: the shorter side to resize, the longer int(resize * longer / shorter).
+        new_h = torch.where(h <= w, resize, torch.floor(resize * h / w))
+        new_w = torch.where(h <= w, torch.floor(resize * w / h), resize)
+        # The centre crop's offsets, round((new - crop) / 2): Python's round and torch's both
+        # round halves to even.
+        index = torch.arange(p.crop, dtype=torch.float64, device=device)
+        rows = resize_rows(height, index + torch.round((new_h - p.crop) / 2), h / new_h, p.interpolation)
+        cols = resize_rows(width, index + torch.round((new_w - p.crop) / 2), w / new_w, p.interpolation)
+        return rows.to(torch.float32), cols.T.to(torch.float32)
+
+    def forward(self, images: torch.Tensor, traced: bool = False) -> torch.Tensor:
+        """uint8 NHWC -> the network's normalised NCHW input; ``traced``: the resize matrices
+        from :meth:`traced_matrices` (the same numbers, for any size in an exported graph)."""
+        height, width = images.shape[1], images.shape[2]
+        rows, cols = (self.traced_matrices if traced else self.matrices)(height, width, images.device)
         with torch.autocast(images.device.type, enabled=False):  # exact, whatever the precision
             x = images.permute(0, 3, 1, 2).float()
             # Horizontal pass, then vertical, each rounded half up to uint8, as Pillow.
@@ -154,15 +178,25 @@ class DevicePreprocess(nn.Module):
 
 @dataclass(frozen=True)
 class Storage:
-    """The square storage size images were resized to at preparation, and how they were fit."""
+    """The square storage size images were resized to at preparation, and how they were fit;
+    :data:`AS_FILES` for a dataset kept as its original files (``store: files``), which has no
+    storage step: extraction took each decoded file straight to the network's own resize."""
 
-    size: int
-    fit: str  # one of storage.FITS
+    size: int | None
+    fit: str | None  # one of storage.FITS; None with size None
+
+    @property
+    def as_files(self) -> bool:
+        return self.size is None
+
+
+AS_FILES = Storage(None, None)
 
 
 def storage_for(spec: DatasetSpec) -> Storage:
-    """The storage step of a dataset (``image_size`` or its source's default, and its source's fit)."""
-    return Storage(storage_size(spec), storage_fit(spec))
+    """The storage step of a dataset (``image_size`` or its source's default, and its source's
+    fit); :data:`AS_FILES` for one kept as its files."""
+    return AS_FILES if spec.store == "files" else Storage(storage_size(spec), storage_fit(spec))
 
 
 class StorageResize(nn.Module):
@@ -172,13 +206,15 @@ class StorageResize(nn.Module):
     keeps the centre square (only the kept rows and columns are computed). Horizontal
     pass, then vertical, each rounded to uint8 levels as Pillow does. The weights are
     computed from the input's height and width inside the module, so an exported graph
-    takes any image size.
+    takes any image size. For :data:`AS_FILES` it passes the image on unchanged.
     """
 
     def __init__(self, storage: Storage):
         super().__init__()
-        check_fit(storage.fit)
-        self.size = int(storage.size)
+        self.as_files = storage.as_files  # no storage step: the image passes as it is
+        if not self.as_files:
+            check_fit(storage.fit)
+        self.size = None if self.as_files else int(storage.size)
         self.crop = storage.fit == "crop"
 
     def _axis(self, n: int, shorter: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -194,6 +230,8 @@ class StorageResize(nn.Module):
         return resize_rows(n, index, n_t / size, STORAGE_INTERPOLATION)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.as_files:
+            return image
         height, width = image.shape[0], image.shape[1]
         device = image.device
         shorter = torch.minimum(

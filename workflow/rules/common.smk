@@ -47,7 +47,8 @@ NETWORK_RESIZE = largest_resize(NETWORKS.values())
 
 def dataset_entry(dataset):
     """A dataset's config entry, with the networks' largest resize when its storage size
-    follows the networks (a photo source without image_size): what defines its storage."""
+    follows the networks (a photo source without image_size, stored as pixels: one kept as
+    its files stores nothing that depends on them): what defines its storage."""
     entry = DATASETS[dataset]
     follows = sources.follows_networks(sources.dataset_spec(entry))
     return {**entry, "network_resize": NETWORK_RESIZE} if follows else entry
@@ -385,7 +386,7 @@ def exported_model(wildcards):
 
 
 def storage_spec(dataset):
-    """What fixes a dataset's storage step (size and fit), and nothing else."""
+    """What fixes a dataset's storage step (size and fit; none when it is kept as its files), and nothing else."""
     entry = dataset_entry(dataset)
     resize = {"network_resize": entry["network_resize"]} if "network_resize" in entry else {}
-    return {"source": entry["source"], "image_size": entry.get("image_size"), **resize}
+    return {"source": entry["source"], "image_size": entry.get("image_size"), "store": entry["store"], **resize}

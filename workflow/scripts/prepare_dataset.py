@@ -21,9 +21,10 @@ with log_to(snakemake.log[0]):
         len(plan.rows), "as their files" if store == "files" else plan.images.shape[1:], len(plan.class_names),
         {name: int((plan.split == i).sum()) for i, name in enumerate(("train", "validation", "test"))},
     )
-    meta = {"dataset": dataset, "source": spec.source, "seed": split.seed,
-            # How images were stored: what a prediction on a new image must repeat.
-            "storage_size": storage_size(spec), "storage_fit": storage_fit(spec),
+    meta = {"dataset": dataset, "source": spec.source, "seed": split.seed, "store": store,
+            # How images were stored: what a prediction on a new image must repeat (nothing, for
+            # files: extraction decodes them and applies the network's own resize alone).
+            **({"storage_size": storage_size(spec), "storage_fit": storage_fit(spec)} if store == "pixels" else {}),
             **{f"version_{k}": v for k, v in snakemake.params.versions.items()}}
     if store == "files":
         write_files(plan, snakemake.output[0], meta, dataset)

@@ -109,13 +109,18 @@ def download_root(dataset: str) -> str:
 
 def follows_networks(spec: base.DatasetSpec) -> bool:
     """Whether the dataset is stored at the configured networks' largest resize: a photo
-    source (its ``image_size`` None) and no ``image_size`` of the dataset's own."""
-    return spec.image_size is None and get(spec.source).image_size is None
+    source (its ``image_size`` None) and no ``image_size`` of the dataset's own, stored as
+    pixels (``store: files`` stores no pixels: nothing of it depends on the networks)."""
+    return spec.store == "pixels" and spec.image_size is None and get(spec.source).image_size is None
 
 
-def storage_size(spec: base.DatasetSpec) -> int:
+def storage_size(spec: base.DatasetSpec) -> int | None:
     """The side of the stored square images: ``image_size``, else the source's own size, else
-    (photo sources) the largest resize of the configured networks, ``spec.network_resize``."""
+    (photo sources) the largest resize of the configured networks, ``spec.network_resize``.
+    None for a dataset kept as its files (``store: files``): nothing is stored, and extraction
+    takes each decoded file to the network's own resize."""
+    if spec.store == "files":
+        return None
     if spec.image_size is not None:
         return int(spec.image_size)
     own = get(spec.source).image_size
@@ -159,6 +164,12 @@ def check_dataset(name: str, spec: base.DatasetSpec, on_disk: bool = True) -> No
         raise ValueError(
             f"{where}.store: {_only(able)} can store their original files, not {spec.source!r} (its images are "
             "not whole files on disk); use store: pixels"
+        )
+    if spec.store == "files" and spec.image_size is not None:
+        raise ValueError(
+            f"{where}.image_size: a dataset with store: files stores no pixels (extraction decodes its files and "
+            "resizes them to each network's own input), so image_size would change nothing; remove it, or use "
+            "store: pixels"
         )
     if spec.download and source.fetch is None:
         fetched = [s.name for s in _registry().values() if s.fetch is not None]

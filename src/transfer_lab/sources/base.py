@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import DatasetError  # here too for source plugins, which import it from this module
 from ..files import load_pickle, loads_pickle
 from ..images import open_image
 from ..storage import draft_size, to_storage
@@ -27,10 +28,6 @@ from ..storage import draft_size, to_storage
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 5000
-
-
-class DatasetError(ValueError):
-    """A dataset on disk is missing, incomplete or corrupt; the message says which file and what was expected."""
 
 
 @dataclass
@@ -61,7 +58,8 @@ class DatasetSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     store: str = "pixels"  # or "files": the prepared dataset holds the original files' paths
     # The largest resize of the configured networks (specs.largest_resize): the storage size of
-    # a source that follows the networks (Source.image_size None) when image_size is None.
+    # a source that follows the networks (Source.image_size None) when image_size is None and
+    # the images are stored as pixels.
     network_resize: int | None = None
 
 
@@ -129,7 +127,7 @@ class LazyImages:
     """
 
     items: Sequence[Any]
-    size: int
+    size: int | None  # None: kept as their files (store: files), never decoded at preparation
     fit: str
     opener: Callable[..., Any] = open_image
     boxes: Sequence[tuple[int, int, int, int]] | None = None
@@ -158,6 +156,9 @@ class LazyImages:
         """Image ``i`` as uint8 (size, size, 3); ``draft``: JPEGs decoded at a reduced scale
         (``storage.draft_size``)."""
         item = self.items[i]
+        if self.size is None:
+            raise ValueError(f"{self.where(i)}: a dataset kept as its files (store: files) has no storage size to "
+                             "decode its images to; extraction decodes the files")
         image = self.opener(item, draft_size(self.size)) if draft and self.drafts else self.opener(item)
         if self.boxes is not None:
             left, top, right, bottom = self.boxes[i]
