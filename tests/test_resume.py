@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-extraction resumes: only the missing shards are computed."""
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import copy_workflow, snakemake, write_config
 
 from transfer_lab.bottleneck import read_bottleneck
@@ -27,6 +29,19 @@ CONFIG = {
     "heads": {"linear": {"kind": "linear", "epochs": 3}},
     "extract": {"batch_size": 16, "shard_size": 32, "threads": 2},
 }
+
+
+@contextlib.contextmanager
+def job_threads():
+    """The extraction jobs' thread count (extract.threads 2, --cores 2) in this process: on one
+    thread, a split's last, short batch comes out other last bits than on two or more (with
+    OMP_NUM_THREADS=1 exported, or on a one-core machine, the test process has one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(CONFIG["extract"]["threads"])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
@@ -74,7 +89,8 @@ def test_killed_extraction_resumes_with_only_the_missing_shards(tmp_path):
     # The same features as an uninterrupted extraction with the same shards and batches.
     images, _ = load_prepared(workdir / "results/datasets/digits.npz").subset(split_name)
     extractor = Extractor(load_backbone(NetworkSpec(**NETWORK)), "cpu", "fp32")
-    reference = extract_sharded(extractor, images, tmp_path / "reference", shard_size=32, batch_size=16)
+    with job_threads():
+        reference = extract_sharded(extractor, images, tmp_path / "reference", shard_size=32, batch_size=16)
     assert features.tobytes() == reference.features.tobytes()
     assert rerun.jobs["compare"] == 1
 
@@ -112,7 +128,8 @@ def test_a_split_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_the_
     features = read_bottleneck(workdir / train).features
     images, _ = load_prepared(workdir / "results/datasets/digits.npz").subset("train")
     extractor = Extractor(load_backbone(NetworkSpec(**network)), "cpu", "fp32")
-    reference = extract_sharded(extractor, images, tmp_path / "reference", batch_size=16)
+    with job_threads():
+        reference = extract_sharded(extractor, images, tmp_path / "reference", batch_size=16)
     assert features.tobytes() == reference.features.tobytes()
     assert list((workdir / "results/parts/lite0_digits_train").glob("*.npy")) == []  # temp: gone once gathered
     # The shard size reruns nothing, as without parts (README).
