@@ -70,18 +70,25 @@ def test_equal_probabilities_are_ranked_in_class_order_whatever_top_k(tmp_path):
 def test_the_weights_transform_inside_an_exported_graph_is_extractions_number_for_number():
     """A dataset kept as its files has no storage step: predict and export apply the weights'
     transform to each image as it comes, with the resize matrices computed in the graph from its
-    size (DevicePreprocess.traced_matrices). They are extraction's matrices (DevicePreprocess.matrices),
-    bit for bit, for any size and aspect, a centre crop offset of a half included."""
-    from transfer_lab.preprocess import DevicePreprocess, Preprocess
+    size (DevicePreprocess.traced_matrices, which extraction's DevicePreprocess.matrices caches).
+    They are the rows and columns that a centre crop keeps of the whole resize matrices
+    (resize_matrix, Pillow's, tested in test_preprocess.py), bit for bit, for any size and
+    aspect, a centre crop offset of a half included."""
+    from transfer_lab.preprocess import DevicePreprocess, Preprocess, resize_matrix, resized_size
 
     stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     for p in (Preprocess(36, 32, "bicubic", *stats), Preprocess(256, 224, "bilinear", *stats),
               Preprocess(342, 299, "bilinear", *stats), Preprocess(72, 64, "nearest", *stats)):
         prep = DevicePreprocess(p)
         for height, width in ((37, 53), (53, 37), (40, 100), (299, 299), (500, 375), (8, 8), (2, 3), (1000, 999)):
-            for eager, traced in zip(prep.matrices(height, width, torch.device("cpu")),
-                                     prep.traced_matrices(height, width, torch.device("cpu")), strict=True):
-                assert eager.dtype == traced.dtype and torch.equal(eager, traced), (p, height, width)
+            new_h, new_w = resized_size(height, width, p.resize)
+            top, left = int(round((new_h - p.crop) / 2.0)), int(round((new_w - p.crop) / 2.0))
+            whole = (resize_matrix(height, new_h, p.interpolation)[top:top + p.crop].float(),
+                     resize_matrix(width, new_w, p.interpolation)[left:left + p.crop].T.float())
+            for expected, cached, traced in zip(whole, prep.matrices(height, width, torch.device("cpu")),
+                                                prep.traced_matrices(height, width, torch.device("cpu")), strict=True):
+                assert torch.equal(expected, traced) and torch.equal(cached, traced), (p, height, width)
+                assert traced.dtype == torch.float32
     image = torch.randint(0, 256, (1, 53, 37, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(prep(image), prep(image, traced=True))
     assert resolve_storage({"dataset": "raw", "store": "files"}, None, "head.pt") == AS_FILES

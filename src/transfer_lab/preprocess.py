@@ -125,27 +125,25 @@ class DevicePreprocess(nn.Module):
         self._matrices: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def matrices(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The resize-and-crop matrices of ``height`` x ``width`` images (:meth:`traced_matrices`,
+        computed on the CPU), checked and cached per size and device."""
         key = (height, width, str(device))
         if key not in self._matrices:
             if len(self._matrices) >= _MATRIX_CACHE:  # images from files come in many sizes: keep the recent ones
                 del self._matrices[next(iter(self._matrices))]
             new_h, new_w = resized_size(height, width, self.p.resize)
-            crop = self.p.crop
-            if crop > min(new_h, new_w):
-                raise ValueError(f"crop {crop} is larger than the resized image {new_h}x{new_w}")
-            top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-            rows = resize_matrix(height, new_h, self.p.interpolation)[top:top + crop]
-            cols = resize_matrix(width, new_w, self.p.interpolation)[left:left + crop]
-            self._matrices[key] = (
-                rows.to(device=device, dtype=torch.float32),
-                cols.T.to(device=device, dtype=torch.float32),
-            )
+            if self.p.crop > min(new_h, new_w):
+                raise ValueError(f"crop {self.p.crop} is larger than the resized image {new_h}x{new_w}")
+            rows, cols = self.traced_matrices(height, width, torch.device("cpu"))
+            self._matrices[key] = (rows.to(device), cols.to(device))
         return self._matrices[key]
 
     def traced_matrices(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`matrices`, number for number, computed with torch operations from the sizes
-        (no Python arithmetic on them, no cache), so that ``torch.export`` keeps height and
-        width symbolic: the weights' transform of images of any size inside an exported graph."""
+        """The (crop, height) row and (width, crop) column matrices of resize-then-centre-crop,
+        only the kept rows and columns, computed with torch operations from the sizes (no
+        Python arithmetic on them, no cache), so that ``torch.export`` keeps height and width
+        symbolic: the weights' transform of images of any size inside an exported graph, with
+        the very numbers extraction uses (:meth:`matrices` caches these)."""
         p = self.p
         h = torch.full((), height, dtype=torch.float64, device=device)
         w = torch.full((), width, dtype=torch.float64, device=device)
