@@ -81,7 +81,7 @@ def test_first_run_builds_every_artifact_in_the_contract_format(built):
         assert logs and all(log.stat().st_size > 0 for log in logs), rule
         # The job's time and peak memory: what a benchmark file says, for the rules that may be
         # cached between workflows (which Snakemake allows no benchmark file).
-        assert all(re.search(r"done in [\d.]+ s, peak memory \d+ MiB", log.read_text()) for log in logs), rule
+        assert all(re.search(r"time: total [\d.]+ s at [\d.]+, peak memory \d+ MiB", log.read_text()) for log in logs), rule
     assert list((workdir / "results/benchmarks/train_head").glob("*.tsv"))
     assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits_train.log").read_text()
 

@@ -153,19 +153,22 @@ def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
     The rule's log then holds the progress bar, the messages and, on failure, the
     traceback that Snakemake points the user to; on success its last line is the job's
     time and peak memory (what a benchmark file would say, for the rules that may be
-    cached between workflows and so can have none).
+    cached between workflows and so can have none). The job's time is split into phases
+    (:mod:`transfer_lab.timing`): at entry the ``start`` and ``imports`` lines, at exit
+    ``time: total <s> s at <epoch>, peak memory <MiB> MiB``, the process's start to now.
     """
     import logging
     import resource
-    import time
     import traceback
+
+    from . import timing
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as log:
         logging.basicConfig(
             stream=log, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
         )
-        start = time.perf_counter()
+        timing.begin()
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 yield log
@@ -173,7 +176,7 @@ def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
                 traceback.print_exc(file=log)
                 raise
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        logging.info("done in %.1f s, peak memory %.0f MiB", time.perf_counter() - start, peak)
+        timing.end(peak)
 
 
 def check_output_cache(folder: str | os.PathLike) -> None:

@@ -1,6 +1,9 @@
 """Rule compare: every classifier's metrics + extraction throughput -> table, summary across
 datasets, label-efficiency curves and figures."""
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import json
 import logging
 
@@ -31,7 +34,9 @@ with log_to(snakemake.log[0]):
     bootstrap = Bootstrap(settings["resamples"], settings["confidence"], settings["bootstrap_seed"])
     select_by = settings["select_by"]
     metrics = read_json(snakemake.input.heads) + read_json(snakemake.input.finetune)
-    table = comparison_table(metrics, read_json(snakemake.input.extract), snakemake.params.datasets, select_by,
+    extract = read_json(snakemake.input.extract)
+    timing.mark("load")
+    table = comparison_table(metrics, extract, snakemake.params.datasets, select_by,
                              bootstrap)
     summary = summary_table(table)
     write_summary(summary, table, out.summary_csv, out.summary_md)
@@ -50,3 +55,4 @@ with log_to(snakemake.log[0]):
             plot_label_efficiency(curve, dataset, png)
         logging.info("label efficiency: %d points\n%s", len(curve), curve.to_string())
     logging.info("%d rows\n%s\n%s", len(table), table.to_string(), summary.to_string())
+    timing.mark("work")

@@ -1,5 +1,8 @@
 """Rule export_model: a trained head + its backbone -> one torch.export file (.pt2)."""
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import logging
 
 from transfer_lab.export import export_model
@@ -17,6 +20,8 @@ with log_to(snakemake.log[0]):
         checkpoint_dir=WEIGHTS_DIR,  # where fetch_weights put input.checkpoint
         device="cpu",
     )
+    timing.mark("weights")  # the backbone and the head
     record = export_model(predictor, snakemake.output[0])
+    timing.mark("work")
     logging.info("exported %s: %d classes, storage %s, preprocessing %s", snakemake.output[0],
                  len(record["class_names"]), record["storage"], record["preprocess"])

@@ -1,5 +1,8 @@
 """Rule finetune: prepared images of one dataset -> fine-tuned network + metrics JSON."""
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import json
 import logging
 
@@ -21,12 +24,16 @@ with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     splits = {name: ds.subset(name) for name in params.splits}
+    timing.mark("load")
     backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
+    timing.mark("weights")
     device = claim_device(settings.device)
+    timing.mark("device")
     logging.info("fine-tuning %s (%s) on %s %s, %s; preprocessing: %s", w.network, spec.describe(), w.dataset,
                  {k: len(v[1]) for k, v in splits.items()}, cfg, backbone.preprocess.describe())
     finetuned, metrics = finetune(backbone, spec, cfg, splits, ds.class_names, device, params.network["precision"],
                                   progress=log)
+    timing.mark("work")
     logging.info("accuracy %s, best epoch %d, %.1f s on %s (%s)", metrics["accuracy"], metrics["best_epoch"],
                  metrics["train_seconds"], metrics["device"], metrics["precision"])
     # What predict and export need (as a head file's network_meta); seeds and versions, as

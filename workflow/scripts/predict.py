@@ -1,5 +1,8 @@
 """Rule predict: image files + a trained head -> results/predictions/<name>.csv (one row per image)."""
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import logging
 
 import torch
@@ -20,11 +23,13 @@ with log_to(snakemake.log[0]):
         checkpoint_dir=WEIGHTS_DIR,  # where fetch_weights put input.checkpoint
         device=snakemake.config["extract"]["device"],  # how to compute, not what: not a param
     )
+    timing.mark("weights")  # the backbone, the head and the device
     paths = find_images(p.images)
     logging.info("%d images, head %s (%s) on %s, storage %s, device %s", len(paths), snakemake.input.head,
                  predictor.head_kind, predictor.meta["network"], predictor.storage, predictor.device)
     top_k = max(1, min(p.top_k, len(predictor.class_names)))
     rows = predict_files(predictor, paths, top_k)
+    timing.mark("work")
     failed = [r for r in rows if r["error"]]
     for row in failed:
         logging.warning("%s", row["error"])

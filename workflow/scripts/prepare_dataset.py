@@ -2,6 +2,9 @@
 the original files' paths with store: files), decoded on the job's threads, or gathered from
 the part files of rule prepare_part (prepare.parts > 1)."""
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import logging
 
 from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, write_dataset, write_files
@@ -16,6 +19,7 @@ with log_to(snakemake.log[0]):
     logging.info("preparing %s from source %s (store: %s)", dataset, spec.source, store)
     check_dataset(dataset, spec)
     plan = plan_dataset(spec, split)
+    timing.mark("load")  # listing the source and assigning splits; the pixels are decoded below
     logging.info(
         "%d images %s, %d classes, splits %s",
         len(plan.rows), "as their files" if store == "files" else plan.images.shape[1:], len(plan.class_names),
@@ -35,4 +39,5 @@ with log_to(snakemake.log[0]):
         if parts:
             logging.info("gathering %d parts", len(parts))
         write_dataset(plan, snakemake.output[0], meta, snakemake.threads, meta["jpeg_draft"], parts)
+    timing.mark("work")
     logging.info("wrote %s", snakemake.output[0])

@@ -1,6 +1,9 @@
 """Rules train_head and train_shots: bottleneck pickles of one (network, dataset) -> head
 file (full training set only) + metrics JSON of every repeat."""
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import json
 import logging
 
@@ -14,6 +17,7 @@ from transfer_lab.repeats import train_repeats
 with log_to(snakemake.log[0]):
     w, cfg, p = snakemake.wildcards, snakemake.params.head, snakemake.params
     splits = {name: read_bottleneck(path) for name, path in snakemake.input.items()}
+    timing.mark("load")
     if cfg["kind"] == "knn" and p.shots is None:
         check_k(cfg["k"], len(splits["train"].labels), f"heads.{w.head}.k")
     logging.info("training head %s (%s) on %s/%s%s, %d repeat(s): %s", w.head, cfg["kind"], w.network, w.dataset,
@@ -22,6 +26,7 @@ with log_to(snakemake.log[0]):
     # consume: the features are standardised in place, held once (read only for this).
     head_file, metrics = train_repeats(cfg, splits["train"], splits["validation"], splits.get("test"), p.repeats,
                                        p.shots, consume=True)
+    timing.mark("work")
     chosen = {k: metrics[k] for k in ("best_epoch", "C", "k") if k in metrics}
     logging.info("first repeat: accuracy %s, %s; %.1f s in all", metrics["accuracy"], chosen,
                  metrics["train_seconds"])
