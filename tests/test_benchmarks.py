@@ -1,5 +1,6 @@
 """The benchmark runs (CI-sized, on the CPU) and prints its ratios; no timing is asserted."""
 
+import json
 import re
 import subprocess
 import sys
@@ -92,3 +93,32 @@ def test_prepare_benchmark_prints_rates_ratios_and_memory():
     assert re.search(r"^draft mode\s+(on|off)$", out, flags=re.M), out
     # The preparing process and its workers: far less than a GB for 48 small images.
     assert 0 < int(re.search(r"^peak RSS\s+(\d+) MB", out, flags=re.M).group(1)) < 1000, out
+
+
+def test_grid_benchmark_finds_every_job_and_its_phases_add_up(tmp_path):
+    """benchmarks/grid.py on its CI grid (one synthetic dataset, Lite0 at 32 px, logreg): about 45 s on 2 cores."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/grid.py"), "tiny", "--cores", "2", "--json", str(tmp_path / "grid.json")],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    run = json.loads((tmp_path / "grid.json").read_text())["runs"]["current"]
+    assert float(re.search(r"^wall ([\d.]+) s on 2 cores, (\d+) jobs", out, flags=re.M).group(1)) > 0, out
+    assert re.search(r"fixed costs as a share of the wall time ([\d.]+)", out), out
+    rules = run["rules"]
+    assert {rule: r["jobs"] for rule, r in rules.items()} == {
+        "prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}, rules
+    assert run["jobs"] == 6
+    for rule, r in rules.items():
+        # Every job announced left a log with its total; those whose script imports timing, phases.
+        assert r["logs"] == r["with_total"] == r["jobs"], (rule, r)
+        phases = [r[p] for p in ("start", "imports", "device", "weights", "compile", "load", "first batch", "work")]
+        assert all(p >= 0 for p in phases) and r["start"] > 0, (rule, r)
+        assert sum(phases) <= r["total"] + 0.002 * r["jobs"] and r["rest"] >= -0.002 * r["jobs"], (rule, r)
+        assert r["total"] <= run["wall"] * run["cores"], (rule, r)
+    assert rules["train_head"]["work"] > 0 and rules["compare"]["work"] > 0
+    assert rules["train_head"]["imports"] > 0 and rules["train_head"]["outside"] is not None
+    assert run["work"] == pytest.approx(sum(r["work"] for r in rules.values()))
+    fixed = sum(r["total"] - r["work"] for r in rules.values())
+    assert run["fixed"] == pytest.approx(fixed) and 0 < run["fixed_share"] <= 1
+    assert run["fixed_share"] == pytest.approx(fixed / 2 / run["wall"])
+    assert 0 <= run["no_job"] < run["wall"] and 0 <= run["extraction_work_coverage"] <= 1

@@ -46,7 +46,7 @@ def test_phases_parse_in_order_and_partition_the_total(job):
     phases = {phase: seconds for phase, seconds, _ in lines}
     assert all(s >= 0 for s in phases.values()), phases
     # Each phase starts where the previous one ended (to the millisecond the line rounds to).
-    for (_, _, prev_end), (phase, seconds, end) in zip(lines[:-2], lines[1:-1]):
+    for (_, _, prev_end), (phase, seconds, end) in zip(lines[:-2], lines[1:-1], strict=True):
         assert end - seconds == pytest.approx(prev_end, abs=0.002), phase
     # The phases and the rest add up to the total; the total is the process's life, seen from outside.
     rest = phases["total"] - sum(s for p, s in phases.items() if p != "total")
