@@ -195,7 +195,9 @@ def run_grid(source: Path, workdir: Path, config: dict, cores: int, extra: list[
     """Snakemake on ``config`` in a copy of the workflow at ``source``; the measured run."""
     copy_workflow(source, workdir)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(workdir / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    # The copied library first; what PYTHONPATH held already (a wheelhouse's --target folder) after it.
+    path = os.pathsep.join(filter(None, [str(workdir / "src"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor", *extra]
     began = time.time()
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
@@ -255,12 +257,14 @@ def summarise(run: dict, cores: int) -> dict:
     """The report's numbers from one run (see the module docstring for each definition)."""
     rules = {}
     fixed = work = 0.0
+    untimed = 0
     for rule in sorted(set(run["jobs"]) | set(run["logs"])):
         jobs = [j for j in run["logs"].get(rule, []) if j["total"] is not None]
         timed = [j for j in jobs if j["phases"]]
-        sums = {p: sum(j["phases"].get(p, 0.0) for j in timed) for p in PHASES}
+        # A log without phases (a baseline before transfer_lab.timing) has its total alone.
+        sums = {p: sum(j["phases"].get(p, 0.0) for j in timed) if timed else None for p in PHASES}
         total = sum(j["total"] for j in jobs)
-        rest = sum(j["total"] - sum(j["phases"].values()) for j in timed)
+        rest = sum(j["total"] - sum(j["phases"].values()) for j in timed) if timed else None
         bench = run["benchmarks"].get(rule, [])
         rules[rule] = {
             "jobs": run["jobs"].get(rule, 0), "logs": len(run["logs"].get(rule, [])), "timed": len(timed),
@@ -270,27 +274,34 @@ def summarise(run: dict, cores: int) -> dict:
             "work_coverage": union([i for j in timed for i in j["work_intervals"]]) / run["wall"],
         }
         fixed += sum(j["total"] - j["phases"].get("work", 0.0) for j in timed)
-        work += sums["work"]
+        work += sums["work"] or 0.0
+        untimed += len(jobs) - len(timed)
     extraction = [i for rule, js in run["logs"].items() if rule.startswith("extract") for j in js
                   for i in j["work_intervals"]]
     alive = [(j["end"] - j["total"], j["end"]) for js in run["logs"].values() for j in js if "end" in j]
+    timed = not untimed  # every log has its phases: the sums over jobs mean something
     return {
-        "wall": run["wall"], "cores": cores, "jobs": sum(run["jobs"].values()), "work": work,
-        "fixed": fixed, "fixed_share": fixed / cores / run["wall"],
-        "no_job": run["wall"] - union(alive),
+        "wall": run["wall"], "cores": cores, "jobs": sum(run["jobs"].values()), "untimed": untimed,
+        "work": work if timed else None, "fixed": fixed if timed else None,
+        "fixed_share": fixed / cores / run["wall"] if timed else None,
+        "no_job": run["wall"] - union(alive) if timed else None,
         "extraction_work_coverage": union(extraction) / run["wall"], "rules": rules,
     }
 
 
 def print_report(label: str, s: dict, gpu: bool) -> None:
     print(f"== {label}")
-    print(f"wall {s['wall']:.1f} s on {s['cores']} cores, {s['jobs']} jobs; work {s['work']:.1f} s summed over "
-          f"jobs; fixed costs {s['fixed']:.1f} s summed")
-    print(f"fixed costs as a share of the wall time {s['fixed_share']:.2f}   (sum of non-work time / cores / wall)")
-    what = "GPU computing (extraction work, union)" if gpu else "extraction work (union of its intervals)"
-    print(f"{what} {s['extraction_work_coverage']:.2f} of the wall time")
-    print(f"no job running {s['no_job']:.1f} s of the wall time   (Snakemake's start-up, planning, "
-          "scheduling between jobs)")
+    print(f"wall {s['wall']:.1f} s on {s['cores']} cores, {s['jobs']} jobs")
+    if s["untimed"]:
+        print(f"{s['untimed']} job logs without phases (a workflow before transfer_lab.timing): their total is "
+              "log_to's entry to exit, and no sums over phases are made")
+    else:
+        print(f"work {s['work']:.1f} s summed over jobs; fixed costs {s['fixed']:.1f} s summed")
+        print(f"fixed costs as a share of the wall time {s['fixed_share']:.2f}   (sum of non-work time / cores / wall)")
+        what = "GPU computing (extraction work, union)" if gpu else "extraction work (union of its intervals)"
+        print(f"{what} {s['extraction_work_coverage']:.2f} of the wall time")
+        print(f"no job running {s['no_job']:.1f} s of the wall time   (Snakemake's start-up, planning, "
+              "scheduling between jobs)")
     names = ("total", *PHASES, "rest", "outside")
     head = f"{'rule':<18} {'jobs':>4} {'logs':>4}  {'':<8}" + "".join(f"{n:>12}" for n in names) + f"{'cover':>7}"
     print(head)
@@ -300,7 +311,7 @@ def print_report(label: str, s: dict, gpu: bool) -> None:
             cells = "".join(f"{'':>12}" if r[k] is None else f"{r[k] / div:12.2f}" for k in names)
             count = (f"{r['jobs']:>4} {r['logs']:>4}" if kind == "sum s" else f"{'':>4} {'':>4}")
             cover = f"{r['work_coverage']:7.2f}" if kind == "sum s" else ""
-            print(f"{rule if kind == 'sum s' else '':<18} {count}  {kind:<8}{cells}{cover}")
+            print(f"{rule if kind == 'sum s' else '':<18} {count}  {kind:<8}{cells}{cover}".replace(" -0.00", "  0.00"))
 
 
 def main() -> None:
