@@ -18,7 +18,9 @@ and reports, per rule and for the whole run:
   Snakemake does around the script;
 - **work**: the sum of every job's ``work`` phase (the part that is not fixed cost);
 - **fixed costs as a share of the wall time** = (sum over jobs of ``total - work``) /
-  cores / wall: the fraction of the run's core-seconds (cores × wall) that jobs spent on
+  cores / wall (a job whose script marks no ``work`` phase contributes its marked phases
+  only; the rest of its time, **unsplit**, is reported beside, with the share it would give
+  counted as fixed): the fraction of the run's core-seconds (cores × wall) that jobs spent on
   anything but their work. It counts a job's non-work time once, whatever threads the job
   used, so it is the share of the wall time that would go if every job's fixed cost were
   zero and the jobs still filled every core;
@@ -261,6 +263,7 @@ def summarise(run: dict, cores: int) -> dict:
     rules = {}
     fixed = work = 0.0
     untimed = 0
+    unsplit_all = 0.0
     for rule in sorted(set(run["jobs"]) | set(run["logs"])):
         jobs = [j for j in run["logs"].get(rule, []) if j["total"] is not None]
         timed = [j for j in jobs if j["phases"]]
@@ -268,17 +271,21 @@ def summarise(run: dict, cores: int) -> dict:
         sums = {p: sum(j["phases"].get(p, 0.0) for j in timed) if timed else None for p in PHASES}
         total = sum(j["total"] for j in jobs)
         rest = sum(j["total"] - sum(j["phases"].values()) for j in timed) if timed else None
+        # A job whose script marks no `work` (its rule's script not instrumented yet): what
+        # follows its marked phases is not split into fixed cost and work.
+        unsplit = sum(j["total"] - sum(j["phases"].values()) for j in timed if "work" not in j["phases"])
         bench = run["benchmarks"].get(rule, [])
         rules[rule] = {
             "jobs": run["jobs"].get(rule, 0), "logs": len(run["logs"].get(rule, [])), "timed": len(timed),
-            "with_total": len(jobs), "total": total, **sums, "rest": rest,
+            "with_total": len(jobs), "total": total, **sums, "rest": rest, "unsplit": unsplit,
             "benchmark_s": sum(bench) if bench else None,
             "outside": sum(bench) - total if bench and len(bench) == len(jobs) else None,
             "work_coverage": union([i for j in timed for i in j["work_intervals"]]) / run["wall"],
         }
-        fixed += sum(j["total"] - j["phases"].get("work", 0.0) for j in timed)
+        fixed += sum(j["total"] - j["phases"].get("work", 0.0) for j in timed) - unsplit
         work += sums["work"] or 0.0
         untimed += len(jobs) - len(timed)
+        unsplit_all += unsplit
     extraction = [i for rule, js in run["logs"].items() if rule.startswith("extract") for j in js
                   for i in j["work_intervals"]]
     alive = [(j["end"] - j["total"], j["end"]) for js in run["logs"].values() for j in js if "end" in j]
@@ -287,6 +294,8 @@ def summarise(run: dict, cores: int) -> dict:
         "wall": run["wall"], "cores": cores, "jobs": sum(run["jobs"].values()), "untimed": untimed,
         "work": work if timed else None, "fixed": fixed if timed else None,
         "fixed_share": fixed / cores / run["wall"] if timed else None,
+        "unsplit": unsplit_all if timed else None,
+        "fixed_share_max": (fixed + unsplit_all) / cores / run["wall"] if timed else None,
         "no_job": run["wall"] - union(alive) if timed else None,
         "extraction_work_coverage": union(extraction) / run["wall"], "rules": rules,
     }
@@ -301,6 +310,10 @@ def print_report(label: str, s: dict, gpu: bool) -> None:
     else:
         print(f"work {s['work']:.1f} s summed over jobs; fixed costs {s['fixed']:.1f} s summed")
         print(f"fixed costs as a share of the wall time {s['fixed_share']:.2f}   (sum of non-work time / cores / wall)")
+        if s["unsplit"]:
+            print(f"  at least: {s['unsplit']:.1f} s of jobs whose script marks no work phase are not split into "
+                  f"fixed cost and work (rule {', '.join(r for r, v in s['rules'].items() if v['unsplit'])}); "
+                  f"counted as fixed, the share would be {s['fixed_share_max']:.2f}")
         what = "GPU computing (extraction work, union)" if gpu else "extraction work (union of its intervals)"
         print(f"{what} {s['extraction_work_coverage']:.2f} of the wall time")
         print(f"no job running {s['no_job']:.1f} s of the wall time   (Snakemake's start-up, planning, "

@@ -34,7 +34,9 @@ Phase names (one vocabulary for every rule, so a benchmark can add them up acros
 - ``total``: process start to log_to's exit (not a phase: the sum). Logged by log_to.
 
 Marks name the phase that just *ended*. A phase a job does not have is simply not logged;
-a name may repeat (the parser adds them up).
+a name may repeat (the parser adds them up). A script that imports this module late (through
+``transfer_lab.files``, after torch) has its imports counted in ``start``; one that marks no
+``work`` leaves its work in the rest, which a benchmark then cannot tell from fixed cost.
 """
 
 from __future__ import annotations
