@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -554,79 +555,108 @@ def extract_sharded(
                             computed)
 
 
-# --- one split in several jobs (extract.parts) ---
+# --- one dataset in several jobs (extract.parts) ---
+
+# A run of rows of one split: (split, lo, hi), rows [lo, hi) of that split.
+Segment = tuple[str, int, int]
 
 
-def part_bounds(n: int, parts: int, batch_size: int, what: str = "the split") -> list[tuple[int, int]]:
-    """The rows [lo, hi) of each of ``parts`` jobs extracting one split of ``n`` images.
+def dataset_batches(sizes: Mapping[str, int], batch_size: int) -> list[Segment]:
+    """Every batch a one-job extraction of the dataset computes, in order: each split's rows
+    cut every ``batch_size`` from its first (``sizes``: images per split, in the order the
+    job extracts them)."""
+    return [(split, lo, min(n, lo + batch_size)) for split, n in sizes.items() for lo in range(0, n, batch_size)]
 
-    Parts are cut on batch boundaries (every ``batch_size`` rows from the first), the
-    batches shared out as evenly as they go: every batch then holds the images it holds in
-    a one-part run, so the gathered features are the one-part run's, byte for byte. A
-    split of fewer batches than parts leaves the last parts empty (``lo == hi``: jobs
-    with nothing to compute); only a split with fewer images than parts is refused, with
-    ``what`` naming it.
+
+def part_bounds(sizes: Mapping[str, int], parts: int, batch_size: int, what: str = "the dataset") -> list[list[Segment]]:
+    """The rows each of ``parts`` jobs extracts from one dataset: per part, its segments.
+
+    Parts are cut between batches of :func:`dataset_batches`, shared out as evenly as they
+    go: every batch then holds the images it holds in a one-job run, so the gathered
+    features are that run's, byte for byte. A part's batches of one split make one
+    segment; a part may span splits. A dataset of fewer batches than parts leaves the last
+    parts empty (jobs with nothing to compute); only one with fewer images than parts is
+    refused, with ``what`` naming it.
     """
     if parts < 1:
         raise ValueError(f"extract.parts must be at least 1, got {parts}")
+    n = sum(sizes.values())
     if n < parts:
         raise ValueError(
             f"extract.parts: {parts} for {what}, which has {n} image(s): each part needs at least one. "
-            f"Set extract.parts to at most {max(1, n)} for this split."
+            f"Set extract.parts to at most {max(1, n)} for this dataset."
         )
-    batches = -(-n // batch_size)
-    first_batch = [k * batches // parts if batches >= parts else min(k, batches) for k in range(parts)]
-    cuts = [min(n, b * batch_size) for b in first_batch] + [n]
-    return [(cuts[k], cuts[k + 1]) for k in range(parts)]
+    batches = dataset_batches(sizes, batch_size)
+    cuts = [k * len(batches) // parts if len(batches) >= parts else min(k, len(batches)) for k in range(parts)]
+    bounds = []
+    for first, last in zip(cuts, cuts[1:] + [len(batches)], strict=True):
+        segments: list[Segment] = []
+        for split, lo, hi in batches[first:last]:
+            if segments and segments[-1][0] == split:
+                segments[-1] = (split, segments[-1][1], hi)
+            else:
+                segments.append((split, lo, hi))
+        bounds.append(segments)
+    return bounds
 
 
-def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) -> np.ndarray:
-    """One split's features from its parts' ``.npy`` files, in order, checked first.
+def gather_parts(paths: list[str | os.PathLike], records: list[dict], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Each split's features from the parts' ``.npy`` files, checked first.
 
-    ``records`` are the parts' JSON records (``part``, ``parts``, ``rows``, ``device``,
-    ``precision``, ``meta``). Refused, naming the part: parts of another count, rows that do
-    not tile ``0..n`` in order (a part made with another batch size or split size), or parts
-    computed on different device types or precisions (the features would not be one run's).
-    An empty part (a split of fewer batches than parts) computed nothing and is skipped.
-    Each part is read through a memory map and copied into place, so host memory holds the
+    ``records`` are the parts' JSON records (``part``, ``parts``, ``segments``, ``device``,
+    ``precision``, ``meta``); a part's file holds its segments' rows one after the other.
+    Refused, naming the part: parts of another count, segments that do not tile every
+    split in order (parts made with another batch size or dataset), or parts computed on
+    different device types or precisions (the features would not be one run's). An empty
+    part (a dataset of fewer batches than parts) computed nothing and is skipped. Each
+    part is read through a memory map and copied into place, so host memory holds the
     result and the page cache, not a second copy.
     """
     if len(paths) != len(records):
         raise ValueError(f"{len(paths)} part files but {len(records)} records")
     first = records[0]  # never empty: parts are filled from the first
-    expected = 0
+    expected = [(split, n) for split, n in sizes.items() if n > 0]
+    at_split, at_row = 0, 0
+    redo = "delete the dataset's results/parts/ folder and rerun"
     for k, (path, rec) in enumerate(zip(paths, records, strict=True)):
         if rec["part"] != k or rec["parts"] != len(records):
             # Parts are numbered from 1 in file names and messages, from 0 in records.
             raise ValueError(f"{path}: part {rec['part'] + 1} of {rec['parts']}, expected part {k + 1} of "
                              f"{len(records)}")
         for key in ("device", "precision", "meta"):
-            if rec["rows"][0] < rec["rows"][1] and rec[key] != first[key]:
+            if rec["segments"] and rec[key] != first[key]:
                 raise ValueError(
-                    f"{path}: computed with {key} {rec[key]!r}, part 1 with {first[key]!r}; parts of one split "
-                    "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device "
-                    "and extract.precision) and rerun"
+                    f"{path}: computed with {key} {rec[key]!r}, part 1 with {first[key]!r}; parts of one dataset "
+                    "must be computed alike. Delete the dataset's results/parts/ folder (or pin extract.device and "
+                    "extract.precision) and rerun"
                 )
-        lo, hi = rec["rows"]
-        if lo != expected or hi < lo:
-            raise ValueError(
-                f"{path}: rows {lo}..{hi}, expected to start at {expected}; the parts were made with "
-                "different extract.batch_size or datasets: delete the split's results/parts/ folder and rerun"
-            )
-        expected = hi
-    if expected != n:
-        raise ValueError(f"the parts cover {expected} rows, the split has {n} images; delete the split's "
-                         "results/parts/ folder and rerun")
-    out = None
+        for split, lo, hi in rec["segments"]:
+            if at_split < len(expected) and at_row == expected[at_split][1]:
+                at_split, at_row = at_split + 1, 0
+            want = expected[at_split][0] if at_split < len(expected) else None
+            if split != want or lo != at_row or not lo < hi <= sizes.get(split, 0):
+                where = f"split {want} from row {at_row}" if want else "nothing more"
+                raise ValueError(f"{path}: rows {lo}..{hi} of split {split}, expected {where}; the parts were made "
+                                 f"with different extract.batch_size or datasets: {redo}")
+            at_row = hi
+    covered = sum(n for _, n in expected[:at_split]) + at_row
+    if covered != sum(sizes.values()):
+        raise ValueError(f"the parts cover {covered} rows, the dataset has {sum(sizes.values())} images; {redo}")
+    out: dict[str, np.ndarray] = {}
+    dim = None
     for path, rec in zip(paths, records, strict=True):
-        lo, hi = rec["rows"]
-        if lo == hi:
+        if not rec["segments"]:
             continue
+        rows = sum(hi - lo for _, lo, hi in rec["segments"])
         part = np.load(path, mmap_mode="r", allow_pickle=False)
-        if out is None:
-            out = np.empty((n, part.shape[1] if part.ndim == 2 else 0), dtype=np.float32)
-        if part.dtype != np.float32 or part.shape != (hi - lo, out.shape[1]):
-            raise ValueError(f"{path}: {part.dtype} {part.shape}, expected float32 {(hi - lo, out.shape[1])}")
-        out[lo:hi] = part
+        dim = part.shape[1] if dim is None and part.ndim == 2 else dim
+        if part.dtype != np.float32 or part.shape != (rows, dim):
+            raise ValueError(f"{path}: {part.dtype} {part.shape}, expected float32 {(rows, dim)}")
+        offset = 0
+        for split, lo, hi in rec["segments"]:
+            if split not in out:
+                out[split] = np.empty((sizes[split], dim), dtype=np.float32)
+            out[split][lo:hi] = part[offset:offset + hi - lo]
+            offset += hi - lo
         del part
-    return out
+    return {split: out.get(split, np.empty((0, dim or 0), dtype=np.float32)) for split in sizes}
