@@ -115,7 +115,7 @@ def test_find_images_folders_globs_and_plain_paths(tmp_path):
 TINY = {
     "networks": {"lite0": {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32}},
     "datasets": {"digits": {"source": "digits"}},
-    "split": {"validation_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # no test split: one job less
+    "split": {"validation_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # no test split: less to extract
     "heads": {"linear": {"kind": "linear", "epochs": 20}},
     "extract": {"batch_size": 256},
 }
@@ -153,7 +153,8 @@ def _rows(text: str) -> list[dict]:
 @pytest.mark.integration
 def test_snakemake_predict_writes_one_row_per_image(built):
     workdir, run = built
-    assert run.jobs == {"extract_features": 2, "train_head": 1, "predict": 1, "export_model": 1, "export": 1}
+    assert run.jobs == {"extract_features_without_test": 1, "train_head": 1, "predict": 1, "export_model": 1,
+                        "export": 1}
     rows = _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())
     names = [Path(r["path"]).name for r in rows]
     assert names == sorted(names) and len(rows) == N_TRAIN_IMAGES + 3

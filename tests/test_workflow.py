@@ -53,7 +53,7 @@ def workdir(built, tmp_path):
 
 def test_first_run_builds_every_artifact_in_the_contract_format(built):
     workdir, first = built
-    assert first.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 2, "compare": 1}
+    assert first.jobs == {"prepare_dataset": 1, "extract_features": 1, "train_head": 2, "compare": 1}
     sizes = {}
     for split in SPLITS:
         b = read_bottleneck(pickle_path(workdir, "lite0", split))
@@ -83,7 +83,7 @@ def test_first_run_builds_every_artifact_in_the_contract_format(built):
         # cached between workflows (which Snakemake allows no benchmark file).
         assert all(re.search(r"done in [\d.]+ s, peak memory \d+ MiB", log.read_text()) for log in logs), rule
     assert list((workdir / "results/benchmarks/train_head").glob("*.tsv"))
-    assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits_train.log").read_text()
+    assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits.log").read_text()
 
 
 def test_report_builds_offline_with_the_comparison_on_its_first_page(workdir):

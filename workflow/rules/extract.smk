@@ -47,7 +47,7 @@ rule extract_features:
 if UNTESTED:
 
     # The same job for the datasets without a test split (test_fraction 0, and no official one).
-    use rule extract_features as extract_features_untested with:
+    use rule extract_features as extract_features_without_test with:
         output:
             **split_outputs(["train", "validation"]),
             metrics="results/extract/{network}_{dataset}.json",
