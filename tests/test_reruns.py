@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, copy_run, copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -82,10 +83,10 @@ def built(tmp_path_factory):
         record = json.loads(record.read_text())
         script = re.fullmatch(r"tmp\w+\.(\w+)\.py", record["script"])
         loaded.setdefault(script[1] if script else "snakemake", set()).update(record["modules"])
-        # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison need no torch.
-        if not script or script[1] in ("compare", "prepare_dataset"):
-            assert not record["torch"], record
     assert set(loaded) == {*RULES, "snakemake"}, loaded.keys()
+    # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison
+    # import no torch, heads no torchvision: each job keeps to its row of job_imports.RULES.
+    assert_job_imports(imports, __file__)
     return workdir, loaded
 
 
