@@ -4,7 +4,11 @@ files' (each row names its file); fetch_dataset, which no other test runs, runs 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from conftest import REPO, copy_workflow, snakemake, write_config
@@ -76,3 +80,21 @@ def test_fetch_dataset_imports_nothing_heavy(tmp_path):
     assert "could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in log, log
     assert "place it in" in log, log
     assert_job_imports(imports, __file__)
+
+
+def test_a_torchvision_network_imports_no_timm_on_any_path_that_builds_it():
+    """No run of the tests fine-tunes, predicts with or exports a torchvision network: what
+    those jobs import to build one (their modules, the backbone, an extractor) is checked here."""
+    code = textwrap.dedent("""
+        import sys
+        import transfer_lab.export, transfer_lab.finetune, transfer_lab.predict
+        from transfer_lab.extract import Extractor
+        from transfer_lab.networks import load_backbone
+        from transfer_lab.specs import NetworkSpec
+        Extractor(load_backbone(NetworkSpec(arch="resnet18", weights="random", input_size=32)), "cpu", "fp32")
+        print(sorted(m for m in ("torch", "torchvision", "timm") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[-2] == "['torch', 'torchvision']", out.stdout

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
@@ -123,8 +124,11 @@ def test_a_split_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_the_
     assert (workdir / "results/parts/lite0_digits_train/part-1-of-3.npy").read_bytes() == kept
 
     write_config(workdir, {**config, "extract": {**config["extract"], "parts": {"train": 3}}})
-    rerun = snakemake(workdir, train)
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    rerun = snakemake(workdir, train, hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert rerun.jobs == {"extract_part": 2, "extract_features": 1}  # part 1 was kept
+    assert_job_imports(imports, __file__)
     features = read_bottleneck(workdir / train).features
     images, _ = load_prepared(workdir / "results/datasets/digits.npz").subset("train")
     extractor = Extractor(load_backbone(NetworkSpec(**network)), "cpu", "fp32")
