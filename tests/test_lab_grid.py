@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, copy_workflow, snakemake
-from job_imports import assert_job_imports
 from fixtures import write_cifar10, write_traffic_pickle
+from job_imports import assert_job_imports
 
 from transfer_lab.bottleneck import read_bottleneck
 
