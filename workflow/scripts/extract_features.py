@@ -37,7 +37,8 @@ def compute(images, rows, shard_root):
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
     extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
-                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode)
+                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode,
+                          n_images=rows[1] - rows[0], compile_cache=settings.compile_cache)
     lo, hi = rows
     logging.info("extracting %d %s images of %s (rows %d..%d of %d) on %s (%s)", hi - lo, w.split, w.dataset,
                  lo, hi, len(images), extractor.device, extractor.precision)
@@ -118,6 +119,6 @@ with log_to(snakemake.log[0]) as log:
         # Where a file dataset's JPEGs were decoded (None: a dataset stored as pixels).
         decoded_on = decode_device(settings.decode, extractor.device).type if ds.files is not None else None
         write_metrics(meta, result.n_computed, result.seconds, result.images_per_second, result.device,
-                      result.precision, settings.batch_size, compile=settings.compile,
+                      result.precision, settings.batch_size, compile=extractor.compile,
                       cuda_graph=extractor.cuda_graph, decode=decoded_on)
         shutil.rmtree(shard_root, ignore_errors=True)
