@@ -1,7 +1,8 @@
 """Which heavy packages each rule's job may import: the table, and the check of a run's records.
 
-A job pays for every package it imports, at every start: torch about 1.3 s, torchvision 1.2 s
-more, timm 2 s more (and it imports torchvision), matplotlib 0.3 s, on the 2-core CI machine.
+A job pays for every package it imports, at every start (measured on the 2-core CI machine
+under load, warm file cache): torch 1.6-1.9 s, with torchvision 2.8-3.2 s, with timm (which
+imports torchvision) 4.0-4.2 s; matplotlib.pyplot 0.4-0.5 s, sklearn.model_selection 1.1-1.4 s.
 So preparation and the comparison import no torch, head jobs torch alone, and a job that
 builds a torchvision network imports no timm. ``RULES`` says so for every rule of the
 workflow (``tests/test_imports.py`` fails when a rule has no row), and names the test file
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# What the hook records; sklearn is recorded but allowed everywhere (the digits source and the
-# splits need it; it costs about 0.6 s), the others are the table's.
+# What the hook records; sklearn is recorded but allowed everywhere (the stratified split and
+# the digits source need it), the others are the table's.
 CHECKED = ("torch", "torchvision", "timm", "matplotlib")
 TORCHVISION = frozenset({"torch", "torchvision"})
 TIMM = frozenset({"torch", "torchvision", "timm"})  # timm imports torchvision itself
