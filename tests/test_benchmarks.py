@@ -92,3 +92,17 @@ def test_prepare_benchmark_prints_rates_ratios_and_memory():
     assert re.search(r"^draft mode\s+(on|off)$", out, flags=re.M), out
     # The preparing process and its workers: far less than a GB for 48 small images.
     assert 0 < int(re.search(r"^peak RSS\s+(\d+) MB", out, flags=re.M).group(1)) < 1000, out
+
+
+def test_compile_cache_benchmark_prints_cold_and_warm_compilation_with_the_caches_hits():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/compile_cache.py"), "--arch", "resnet18", "--input-size", "32",
+         "--n", "16", "--batch-size", "16", "--threads", "1", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    cold = re.search(r"cold .*compilation\s+([\d.]+) s .*FX graph cache (\d+) hit\(s\) (\d+) miss", out)
+    warm = re.search(r"warm .*compilation\s+([\d.]+) s .*FX graph cache (\d+) hit\(s\) (\d+) miss", out)
+    assert cold and warm, out
+    assert (int(cold.group(2)), int(cold.group(3))) == (0, 1) and int(warm.group(2)) >= 1, out  # an empty cache, then hits
+    assert float(re.search(r"compiled/eager ([\d.]+)", out).group(1)) > 0, out
+    assert re.search(r"pays for itself after: cold (never|[\d,]+ images), warm (never|[\d,]+ images)", out), out

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 from near_ties import assert_same_class
 from PIL import Image
 
@@ -140,7 +141,11 @@ def built(tmp_path_factory):
     write_config(workdir, TINY)
     snakemake(workdir, "results/datasets/digits.npz")
     _write_new_images(workdir / "new", load_prepared(workdir / "results/datasets/digits.npz"))
-    run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}")
+    imports = workdir.parent / "imports"
+    imports.mkdir()
+    run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}",
+                    hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
+    assert_job_imports(imports, __file__)  # extract_features_without_test: a dataset without a test split
     return workdir, run
 
 

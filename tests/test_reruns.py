@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, copy_run, copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -82,10 +83,10 @@ def built(tmp_path_factory):
         record = json.loads(record.read_text())
         script = re.fullmatch(r"tmp\w+\.(\w+)\.py", record["script"])
         loaded.setdefault(script[1] if script else "snakemake", set()).update(record["modules"])
-        # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison need no torch.
-        if not script or script[1] in ("compare", "prepare_dataset"):
-            assert not record["torch"], record
     assert set(loaded) == {*RULES, "snakemake"}, loaded.keys()
+    # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison
+    # import no torch, heads no torchvision: each job keeps to its row of job_imports.RULES.
+    assert_job_imports(imports, __file__)
     return workdir, loaded
 
 
@@ -161,11 +162,12 @@ def test_precision_reruns_every_extraction(workdir):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("batch_size", 64), ("threads", 2), ("shard_size", 100), ("compile", True), ("device", "cpu"),
-    ("cuda_graph", True), ("decode", "cpu"),
+    ("batch_size", 64), ("threads", 2), ("shard_size", 100), ("compile", True), ("compile", False),
+    ("compile_cache", "/shared/compile-cache"), ("device", "cpu"), ("cuda_graph", True), ("decode", "cpu"),
 ])
 def test_how_extraction_computes_reruns_nothing(workdir, key, value):
-    """Row: `extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`."""
+    """Row: `extract.batch_size`, `threads`, `shard_size`, `compile`, `compile_cache`, `cuda_graph`, `decode` or
+    `device`."""
     reconfigure(workdir, lambda c: c["extract"].update({key: value}))
     assert plan(workdir) == {}
 
@@ -332,7 +334,7 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "add a network": test_adding_a_network_runs_that_network_only,
     "a network's `arch`, `weights`, `input_size`, `layer` or `pool`": test_a_network_setting_reruns_that_network,
     "`extract.precision`": test_precision_reruns_every_extraction,
-    "`extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`":
+    "`extract.batch_size`, `threads`, `shard_size`, `compile`, `compile_cache`, `cuda_graph`, `decode` or `device`":
         test_how_extraction_computes_reruns_nothing,
     "`prepare.threads`": test_preparation_threads_rerun_nothing,
     "`extract.parts`": test_extraction_parts_rerun_extraction_and_what_follows,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.datasets import load_prepared
@@ -134,8 +135,11 @@ def test_a_dataset_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_th
     assert (workdir / "results/parts/lite0_digits/part-1-of-3.npy").read_bytes() == kept
 
     write_config(workdir, {**config, "extract": {**config["extract"], "parts": 3}})
-    rerun = snakemake(workdir, *pickles)
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    rerun = snakemake(workdir, *pickles, hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert rerun.jobs == {"extract_part": 2, "extract_features": 1}  # part 1 was kept
+    assert_job_imports(imports, __file__)
     reference = reference_features(workdir, network, tmp_path)
     for split, pickle in zip(SPLITS, pickles, strict=True):
         assert read_bottleneck(workdir / pickle).features.tobytes() == reference[split].tobytes(), split

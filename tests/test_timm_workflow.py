@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import copy_workflow, snakemake, write_config
 from fixtures import HF_REVISION, write_timm_hub_cache
+from job_imports import assert_job_imports
 
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.specs import NetworkSpec
@@ -38,8 +39,11 @@ def test_fetch_weights_feeds_extraction_finetuning_and_export_offline(tmp_path):
     write_timm_hub_cache(cache, VIT, seed=1)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
 
-    fetched = snakemake(workdir, WEIGHTS, env=env)
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    fetched = snakemake(workdir, WEIGHTS, env=env, hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert fetched.jobs == {"fetch_weights": 1}
+    assert_job_imports(imports, __file__, also={"fetch_weights"})  # timm allowed for its file
     assert "localrule fetch_weights:" in fetched.output  # on a cluster: the login node
     assert os.path.samefile(workdir / WEIGHTS, cache / f"models--timm--{VIT}/snapshots/{HF_REVISION}/model.safetensors")
     shutil.rmtree(cache)  # from here on only resources/weights/ holds the weights

@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 from conftest import copy_run, copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.compare import COLUMNS
@@ -113,8 +114,11 @@ def test_shots_plan_head_jobs_only_and_draw_the_curve_into_the_report(workdir):
     write_config(workdir, config)
     before = mtimes(workdir)
     assert snakemake(workdir, "-n").jobs == {"train_shots": 4, "compare": 1}
-    run = snakemake(workdir)
+    imports = workdir.parent / "imports"
+    imports.mkdir()
+    run = snakemake(workdir, hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert run.jobs == {"train_shots": 4, "compare": 1}, run.output
+    assert_job_imports(imports, __file__)  # torch alone, as train_head
     after = mtimes(workdir)
     upstream = [p for p in before if p.parts[1] in ("datasets", "bottleneck", "extract", "heads")]
     assert upstream and all(after[p] == before[p] for p in upstream)

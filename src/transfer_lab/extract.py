@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -51,14 +52,86 @@ class ExtractionResult:
     n_computed: int  # images computed in this run; the rest came from earlier shards
 
 
-COMPILE_MODES = (False, True, "max-autotune")
+COMPILE_MODES = (False, True, "max-autotune", "auto")
+log = logging.getLogger(__name__)
+
+# ``compile: auto`` compiles where benchmarks/compile_cache.py shows that compiling pays for
+# itself even with nothing in the compile cache (benchmarks/README.md has the numbers):
+# - CPU (2 cores, torch 2.14.1): never. Compiled runs at 0.37 of eager (resnet18 at 32 px) to
+#   2.5 (EfficientNet-Lite0 at 96 px), after 21-49 s of cold compilation (2-3 s warm): which
+#   way it goes depends on the network and the input size, so auto does not bet on it.
+# - CUDA: from 3 million images in a job. An H200 runs ResNet-50 bf16 at 18,621 images/s
+#   compiled against 13,289 eager, 22 us saved per image; a minute of cold compilation (an
+#   estimate: compile times are not measured on a GPU yet) is paid back after 2.8 million,
+#   and a job's last, smaller batch can cost a second compilation (a dynamic batch size).
+AUTO_COMPILE_MIN_IMAGES = {"cuda": 3_000_000}
+
+
+def auto_compile(device_type: str, n_images: int | None) -> tuple[bool, str]:
+    """What ``compile: auto`` does for a job of ``n_images`` on a device of this type, and why
+    (for the log): on only where the measurements say compiling pays for itself."""
+    threshold = AUTO_COMPILE_MIN_IMAGES.get(device_type)
+    if threshold is None:
+        return False, device_type
+    if n_images is None:
+        return False, f"{device_type}, the number of images not known"
+    if n_images < threshold:
+        return False, f"{device_type}, {n_images:,} images: under {threshold:,}"
+    return True, f"{device_type}, {n_images:,} images: at least {threshold:,}"
+
+
+def resolve_compile(setting: bool | str, device: torch.device | str, n_images: int | None = None) -> bool | str:
+    """The ``compile`` an Extractor uses: the setting itself, or for ``auto`` on or off by
+    :func:`auto_compile` (logged: ``compile: auto -> off (cpu)``)."""
+    if setting not in COMPILE_MODES:
+        raise ValueError(f"extract.compile must be one of {COMPILE_MODES}, not {setting!r}")
+    if setting != "auto":
+        return setting
+    on, why = auto_compile(torch.device(device).type, n_images)
+    log.info("compile: auto -> %s (%s)", "on" if on else "off", why)
+    return on
+
+
+def _folder_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_")
+
+
+def compile_cache_dir(setting: str | os.PathLike | None, device: torch.device | str) -> Path:
+    """Where compiled kernels of this torch and device are kept between jobs:
+    ``<base>/<torch version>-<device name>``, the base being ``extract.compile_cache`` when
+    set (a folder every node sees, on a cluster), else ``$TORCHINDUCTOR_CACHE_DIR`` when the
+    environment sets it (used as it is), else the user's cache folder
+    (``$XDG_CACHE_HOME/transfer-lab/compile``, by default under ``~/.cache``)."""
+    from .catalog import cache_dir
+
+    device = torch.device(device)
+    if setting is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    base = Path(setting).expanduser() if setting is not None else cache_dir() / "compile"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return base / _folder_name(f"{torch.__version__}-{name}")
+
+
+def use_compile_cache(folder: str | os.PathLike) -> Path:
+    """Make ``folder`` the compile cache of this process: torch inductor's FX graph and
+    AOTAutograd caches (on by default) and Triton's kernels (under it unless
+    ``$TRITON_CACHE_DIR`` says otherwise) are written there and read from there, so a second
+    job compiling the same network at the same shapes on the same device reuses them.
+    Call it before the first compilation: inductor reads the variable when it compiles."""
+    folder = Path(folder).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
 
 
 class Extractor:
     """A backbone on its device with its preprocessing and precision, ready for batches.
 
     ``compile``: ``True`` runs the network through ``torch.compile``, ``"max-autotune"``
-    with its autotuning of kernels too (minutes of compilation, for big datasets).
+    with its autotuning of kernels too (minutes of compilation, for big datasets), ``"auto"``
+    compiles where it pays for itself (:func:`auto_compile`: on CUDA, from ``n_images``, the
+    number of images the job computes). A compiling extractor keeps its kernels in
+    :func:`compile_cache_dir` of ``compile_cache`` (``extract.compile_cache``) for the next job.
     ``cuda_graph``: on CUDA, preprocessing and network of a full batch are captured once in
     a CUDA graph and replayed (one launch per batch instead of hundreds); the last, smaller
     batch runs eagerly. On CUDA, uint8 batches are staged in pinned buffers allocated once
@@ -69,10 +142,14 @@ class Extractor:
     """
 
     def __init__(self, backbone: Backbone, device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool | str = False, cuda_graph: bool = False, decode: str = "auto"):
+                 compile: bool | str = False, cuda_graph: bool = False, decode: str = "auto",
+                 n_images: int | None = None, compile_cache: str | os.PathLike | None = None):
         if compile not in COMPILE_MODES:
             raise ValueError(f"extract.compile must be one of {COMPILE_MODES}, not {compile!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        compile = resolve_compile(compile, self.device, n_images)
+        self.compile = compile
+        self.compile_cache = use_compile_cache(compile_cache_dir(compile_cache, self.device)) if compile else None
         self.precision = resolve_precision(precision, self.device)
         self.feature_dim = backbone.feature_dim
         self.prep = DevicePreprocess(backbone.preprocess).to(self.device)

@@ -204,7 +204,8 @@ class ExtractSettings:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 4
     shard_size: int | str = "auto"  # images per shard, or auto: about a minute of work (extract.SHARD_SECONDS)
-    compile: bool | str = False  # false | true | max-autotune
+    compile: bool | str = "auto"  # false | true | max-autotune | auto (extract.auto_compile: off on the CPU)
+    compile_cache: str | None = None  # the compile cache's base folder; None: the user's cache (extract.compile_cache_dir)
     cuda_graph: bool = False  # CUDA only: preprocessing + network of a full batch in one graph
     decode: str = "auto"  # auto | cpu | gpu: where a file dataset's JPEGs are decoded
     parts: int = 1  # jobs per (network, dataset): the dataset's batches shared out among them

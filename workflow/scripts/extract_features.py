@@ -32,15 +32,17 @@ from transfer_lab.networks import load_backbone, network_meta
 from transfer_lab.specs import WEIGHTS_DIR, ExtractSettings, NetworkSpec
 
 
-def load_extractor(settings):
-    """The network on its device, once for every split the job computes; and its pickles' meta."""
+def load_extractor(settings, n_images: int):
+    """The network on its device, once for every split the job computes (``n_images`` in
+    all: whether ``compile: auto`` compiles); and its pickles' meta."""
     spec = NetworkSpec(**params.network["spec"])
     torch.set_num_threads(snakemake.threads)
     backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
     extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
-                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode)
+                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode,
+                          n_images=n_images, compile_cache=settings.compile_cache)
     meta = {
         **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
         "device": extractor.device.type, "precision": extractor.precision, "feature_dim": backbone.feature_dim,
@@ -60,7 +62,7 @@ def shard_dir(spec, settings, where: Path) -> Path:
 def compute(segments, settings, shard_root):
     """Features of each (split, lo, hi) segment, one network load for all; per segment its
     ExtractionResult, and the extractor and meta."""
-    spec, extractor, meta = load_extractor(settings)
+    spec, extractor, meta = load_extractor(settings, sum(hi - lo for _, lo, hi in segments))
     results = []
     for split, lo, hi in segments:
         images = ds.subset(split)[0]  # image paths for a dataset stored as files, decoded in extract_sharded
@@ -156,5 +158,5 @@ with log_to(snakemake.log[0]) as log:
         per_split = {split: {"n_images": n, "n_computed": r.n_computed, "seconds": r.seconds}
                      for (split, _, n), r in zip(segments, results, strict=True)}
         write_metrics(per_split, results[0].device, meta["precision"], settings.batch_size, meta,
-                      compile=settings.compile, cuda_graph=extractor.cuda_graph, decode=decoded_on)
+                      compile=extractor.compile, cuda_graph=extractor.cuda_graph, decode=decoded_on)
         shutil.rmtree(shard_root, ignore_errors=True)
