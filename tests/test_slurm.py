@@ -124,7 +124,7 @@ def test_profile_says_what_every_rule_of_the_workflow_requests():
     said = {rule.strip(): what for rules, what in table for rule in rules.split(",")}
     rules = set()
     for smk in [REPO / "Snakefile", *(REPO / "workflow/rules").glob("*.smk")]:
-        rules |= set(re.findall(r"^\s*(?:rule|use rule \w+ as) (\w+)", smk.read_text(), flags=re.M))
+        rules |= set(re.findall(r"^(?:rule|use rule \w+ as) (\w+)", smk.read_text(), flags=re.M))
     assert set(said) == rules - {"all"}
     profile = yaml.safe_load(text)["set-resources"]
     for rule, what in said.items():

@@ -45,15 +45,13 @@ rule extract_features:
         "../scripts/extract_features.py"
 
 
-if UNTESTED:
-
-    # The same job for the datasets without a test split (test_fraction 0, and no official one).
-    use rule extract_features as extract_features_without_test with:
-        output:
-            **split_outputs(["train", "validation"]),
-            metrics="results/extract/{network}_{dataset}.json",
-        wildcard_constraints:
-            dataset=alternatives(UNTESTED),
+# The same job for the datasets without a test split (test_fraction 0, and no official one).
+use rule extract_features as extract_features_without_test with:
+    output:
+        **split_outputs(["train", "validation"]),
+        metrics="results/extract/{network}_{dataset}.json",
+    wildcard_constraints:
+        dataset=alternatives(UNTESTED) or "(?!)",
 
 
 # extract.parts > 1: one job per part of a dataset, each on its own GPU; extract_features
