@@ -156,14 +156,16 @@ def parts_identical(extractor: Extractor, images: np.ndarray, parts: int, shard_
         one_seconds = time.perf_counter() - start
         write_bottleneck(tmp / "one.p", Bottleneck(whole, labels, ["x"], meta))
         paths, records, seconds = [], [], 0.0
-        for k, (lo, hi) in enumerate(part_bounds(len(images), parts, batch_size)):
+        for k, segments in enumerate(part_bounds({"train": len(images)}, parts, batch_size)):
+            (_, lo, hi), = segments  # one split: one segment a part
             start = time.perf_counter()
             features = extract_sharded(extractor, images[lo:hi], tmp / f"part-{k}", shard_size, batch_size).features
             seconds += time.perf_counter() - start
             paths.append(tmp / f"part-{k}.npy")
             np.save(paths[-1], features)
-            records.append({"part": k, "parts": parts, "rows": [lo, hi], **meta, "meta": meta})
-        write_bottleneck(tmp / "gathered.p", Bottleneck(gather_parts(paths, records, len(images)), labels, ["x"], meta))
+            records.append({"part": k, "parts": parts, "segments": segments, **meta, "meta": meta})
+        gathered = gather_parts(paths, records, {"train": len(images)})["train"]
+        write_bottleneck(tmp / "gathered.p", Bottleneck(gathered, labels, ["x"], meta))
         return (tmp / "one.p").read_bytes() == (tmp / "gathered.p").read_bytes(), one_seconds, seconds
 
 

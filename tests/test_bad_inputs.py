@@ -480,31 +480,31 @@ def test_truncated_pickle(tmp_path):
     )
 
 
-def test_more_extraction_parts_than_the_split_has_images():
+def test_more_extraction_parts_than_the_dataset_has_images():
     """The row's message as the extract_part job raises it (its run: test_resume.py)."""
     from transfer_lab.extract import part_bounds
 
-    raises_exactly(ValueError, "extract.parts: 60 for split train of digits, which has 50 image(s): each part needs "
-                   "at least one. Set extract.parts to at most 50 for this split.", part_bounds, 50, 60, 16,
-                   "split train of digits")
+    raises_exactly(ValueError, "extract.parts: 60 for dataset digits, which has 50 image(s): each part needs "
+                   "at least one. Set extract.parts to at most 50 for this dataset.", part_bounds,
+                   {"train": 30, "validation": 10, "test": 10}, 60, 16, "dataset digits")
 
 
-def test_parts_of_one_split_computed_differently(tmp_path):
+def test_parts_of_one_dataset_computed_differently(tmp_path):
     from transfer_lab.extract import gather_parts
 
     paths = [tmp_path / "part-1-of-2.npy", tmp_path / "part-2-of-2.npy"]
     for path in paths:
         np.save(path, np.zeros((6, 4), np.float32))
-    records = [{"part": k, "parts": 2, "rows": [6 * k, 6 * k + 6], "device": "cuda", "precision": "fp32",
-                "meta": {}} for k in range(2)]
+    records = [{"part": k, "parts": 2, "segments": [["train", 6 * k, 6 * k + 6]], "device": "cuda",
+                "precision": "fp32", "meta": {}} for k in range(2)]
     records[1]["precision"] = "bf16"
-    raises_exactly(ValueError, f"{paths[1]}: computed with precision 'bf16', part 1 with 'fp32'; parts of one split "
-                   "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device and "
-                   "extract.precision) and rerun", gather_parts, paths, records, 12)
-    records[1].update(precision="fp32", rows=[7, 12])
-    raises_exactly(ValueError, f"{paths[1]}: rows 7..12, expected to start at 6; the parts were made with different "
-                   "extract.batch_size or datasets: delete the split's results/parts/ folder and rerun",
-                   gather_parts, paths, records, 12)
+    raises_exactly(ValueError, f"{paths[1]}: computed with precision 'bf16', part 1 with 'fp32'; parts of one "
+                   "dataset must be computed alike. Delete the dataset's results/parts/ folder (or pin extract.device "
+                   "and extract.precision) and rerun", gather_parts, paths, records, {"train": 12})
+    records[1].update(precision="fp32", segments=[["train", 7, 12]])
+    raises_exactly(ValueError, f"{paths[1]}: rows 7..12 of split train, expected split train from row 6; the parts "
+                   "were made with different extract.batch_size or datasets: delete the dataset's results/parts/ "
+                   "folder and rerun", gather_parts, paths, records, {"train": 12})
 
 
 def test_config_naming_a_dataset_folder_that_does_not_exist(tmp_path):

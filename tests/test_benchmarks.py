@@ -105,9 +105,10 @@ def test_grid_benchmark_finds_every_job_and_its_phases_add_up(tmp_path):
     assert float(re.search(r"^wall ([\d.]+) s on 2 cores, (\d+) jobs", out, flags=re.M).group(1)) > 0, out
     assert re.search(r"fixed costs as a share of the wall time ([\d.]+)", out), out
     rules = run["rules"]
-    assert {rule: r["jobs"] for rule, r in rules.items()} == {
-        "prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}, rules
-    assert run["jobs"] == 6
+    # Extraction: one job per split, or per (network, dataset): either way at least one.
+    jobs = {rule: r["jobs"] for rule, r in rules.items()}
+    assert jobs.pop("extract_features") >= 1 and jobs == {"prepare_dataset": 1, "train_head": 1, "compare": 1}, rules
+    assert run["jobs"] == sum(r["jobs"] for r in rules.values())
     for rule, r in rules.items():
         # Every job announced left a log with its total; those whose script imports timing, phases.
         assert r["logs"] == r["with_total"] == r["jobs"], (rule, r)
@@ -125,3 +126,17 @@ def test_grid_benchmark_finds_every_job_and_its_phases_add_up(tmp_path):
     assert run["unsplit"] == pytest.approx(sum(r["unsplit"] for r in rules.values()))
     assert rules["train_head"]["unsplit"] == 0 and rules["compare"]["unsplit"] == 0
     assert 0 <= run["no_job"] < run["wall"] and 0 <= run["extraction_work_coverage"] <= 1
+
+
+def test_compile_cache_benchmark_prints_cold_and_warm_compilation_with_the_caches_hits():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/compile_cache.py"), "--arch", "resnet18", "--input-size", "32",
+         "--n", "16", "--batch-size", "16", "--threads", "1", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    cold = re.search(r"cold .*compilation\s+([\d.]+) s .*FX graph cache (\d+) hit\(s\) (\d+) miss", out)
+    warm = re.search(r"warm .*compilation\s+([\d.]+) s .*FX graph cache (\d+) hit\(s\) (\d+) miss", out)
+    assert cold and warm, out
+    assert (int(cold.group(2)), int(cold.group(3))) == (0, 1) and int(warm.group(2)) >= 1, out  # an empty cache, then hits
+    assert float(re.search(r"compiled/eager ([\d.]+)", out).group(1)) > 0, out
+    assert re.search(r"pays for itself after: cold (never|[\d,]+ images), warm (never|[\d,]+ images)", out), out

@@ -35,23 +35,26 @@ def test_a_second_checkout_takes_features_from_the_cache_and_new_weights_miss(tm
     env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
     first = _clone(tmp_path / "first", CONFIG)
     run = snakemake(first, TRAIN, TEST, "--cache", env=env)
-    assert run.jobs == {"prepare_dataset": 1, "extract_features": 2}
-    assert len(list(cache.glob("*.npz"))) == 1 and len(list(cache.glob("*.p"))) == 2
+    assert run.jobs == {"prepare_dataset": 1, "extract_features": 1}  # one job writes every split
+    # One entry per output, named by it: the three pickles, the metrics.
+    assert len(list(cache.glob("*.npz"))) == 1 and len(list(cache.glob("*.p"))) == 3
+    assert sorted(p.name.split("_", 1)[1] for p in cache.glob("*_*")) == ["metrics.json", "test.p", "train.p",
+                                                                           "validation.p"]
 
     # Another checkout, same network, weights, data and code: the jobs are planned, and every
     # result comes from the cache; no job computes (each log stays as Snakemake made it: empty).
     second = _clone(tmp_path / "second", CONFIG)
     run = snakemake(second, TRAIN, TEST, "--cache", env=env)
-    assert run.jobs == {"prepare_dataset": 1, "extract_features": 2}
-    # The npz, two pickles and their metrics, each linked from the cache; nothing moved into it.
+    assert run.jobs == {"prepare_dataset": 1, "extract_features": 1}
+    # The npz, three pickles and the metrics, each linked from the cache; nothing moved into it.
     assert run.output.count("Symlinking output file") == 5 and "Moving output file" not in run.output, run.output
     logs = list((second / "results/logs").rglob("*.log"))
-    assert len(logs) == 3 and all(log.stat().st_size == 0 for log in logs)
+    assert len(logs) == 2 and all(log.stat().st_size == 0 for log in logs)
     for target in (TRAIN, TEST):
         assert (second / target).is_symlink()
         ours, theirs = read_bottleneck(first / target), read_bottleneck(second / target)
         assert np.array_equal(ours.features, theirs.features) and ours.meta == theirs.meta
-    # Train and test features are two entries, not one (the cache's hash ignores wildcards).
+    # Train and test features are two entries, not one.
     assert not np.array_equal(read_bottleneck(second / TRAIN).labels[:50], read_bottleneck(second / TEST).labels[:50])
 
     # Other weights: the features miss the cache and are computed; the dataset still hits.
@@ -61,9 +64,9 @@ def test_a_second_checkout_takes_features_from_the_cache_and_new_weights_miss(tm
     assert run.jobs == {"prepare_dataset": 1, "extract_features": 1}
     assert f"Moving output file {TRAIN} to cache" in run.output
     assert "Moving output file results/datasets/digits.npz" not in run.output
-    assert "peak memory" in (third / "results/logs/extract_features/lite0_digits_train.log").read_text()
+    assert "peak memory" in (third / "results/logs/extract_features/lite0_digits.log").read_text()
     assert (third / "results/logs/prepare_dataset/digits.log").stat().st_size == 0
-    assert len(list(cache.glob("*.p"))) == 3
+    assert len(list(cache.glob("*.p"))) == 6
 
 
 def test_a_cache_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):

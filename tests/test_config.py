@@ -297,7 +297,7 @@ def test_nested_command_line_strings_take_the_schemas_types(schema):
     config["heads"]["m"].update(hidden=["64", "32"], epochs="3", lr="0.01")
     config["heads"]["h"]["hidden"] = "16"
     config["split"] = {"seed": "3", "official_validation": "true", "train_per_class": "null"}
-    config["extract"] = {"compile": "false", "batch_size": "8"}
+    config["extract"] = {"compile": "false", "batch_size": "8", "compile_cache": "null"}
     config["predict"] = {"top_k": "5", "head": "null", "name": "007"}
     out = validate_config(config, schema)
     assert out["heads"]["m"]["hidden"] == [64, 32] and out["heads"]["h"]["hidden"] == 16
@@ -305,6 +305,7 @@ def test_nested_command_line_strings_take_the_schemas_types(schema):
     assert out["split"]["seed"] == 3 and out["split"]["official_validation"] is True
     assert out["split"]["train_per_class"] is None
     assert out["extract"]["compile"] is False and out["extract"]["batch_size"] == 8
+    assert out["extract"]["compile_cache"] is None
     assert out["predict"]["top_k"] == 5 and out["predict"]["head"] is None
     assert out["predict"]["name"] == "007"  # a string where the schema takes a string
 

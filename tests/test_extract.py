@@ -192,36 +192,40 @@ def test_extraction_reads_a_memory_mapped_split(backbone, tmp_path):
     assert a.tobytes() == b.tobytes()
 
 
-@pytest.mark.parametrize("n, parts, batch_size, expected", [
-    (23, 1, 5, [(0, 23)]),
-    (23, 2, 5, [(0, 10), (10, 23)]),  # 5 batches: 2 and 3
-    (23, 5, 5, [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]),
-    (100, 3, 10, [(0, 30), (30, 60), (60, 100)]),
-    # The issue's case: 1,600 images in 3 parts at batch 256 (7 batches: 2, 2, 3), whatever the shards.
-    (1600, 3, 256, [(0, 512), (512, 1024), (1024, 1600)]),
+@pytest.mark.parametrize("sizes, parts, batch_size, expected", [
+    ({"train": 23}, 1, 5, [[("train", 0, 23)]]),
+    ({"train": 23}, 2, 5, [[("train", 0, 10)], [("train", 10, 23)]]),  # 5 batches: 2 and 3
+    ({"train": 100}, 3, 10, [[("train", 0, 30)], [("train", 30, 60)], [("train", 60, 100)]]),
+    # 1,600 images in 3 parts at batch 256 (7 batches: 2, 2, 3), whatever the shards.
+    ({"train": 1600}, 3, 256, [[("train", 0, 512)], [("train", 512, 1024)], [("train", 1024, 1600)]]),
+    # Every split's batches from its own first row; a part spans splits.
+    ({"train": 12, "validation": 3, "test": 7}, 2, 5,  # batches 5 5 2 | 3 | 5 2: six, three each
+     [[("train", 0, 12)], [("validation", 0, 3), ("test", 0, 7)]]),
+    ({"train": 12, "validation": 3, "test": 7}, 4, 5,  # 6 batches: 1, 2, 1, 2
+     [[("train", 0, 5)], [("train", 5, 12)], [("validation", 0, 3)], [("test", 0, 7)]]),
     # Fewer batches than parts: the first parts take one batch each, the last compute nothing.
-    (23, 6, 5, [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23), (23, 23)]),
-    (3, 3, 256, [(0, 3), (3, 3), (3, 3)]),
+    ({"train": 8, "test": 3}, 4, 5, [[("train", 0, 5)], [("train", 5, 8)], [("test", 0, 3)], []]),
+    ({"train": 3}, 3, 256, [[("train", 0, 3)], [], []]),
 ])
-def test_parts_are_cut_on_batch_boundaries_and_cover_the_split(n, parts, batch_size, expected):
+def test_parts_are_cut_on_batch_boundaries_and_cover_the_dataset(sizes, parts, batch_size, expected):
     from transfer_lab.extract import part_bounds
 
-    assert part_bounds(n, parts, batch_size) == expected
+    assert part_bounds(sizes, parts, batch_size) == expected
 
 
-def test_more_parts_than_images_is_refused_naming_the_setting_and_the_split():
+def test_more_parts_than_images_is_refused_naming_the_setting_and_the_dataset():
     from transfer_lab.extract import part_bounds
 
     with pytest.raises(ValueError) as err:
-        part_bounds(5, 6, 256, "split train of digits")
-    assert str(err.value) == ("extract.parts: 6 for split train of digits, which has 5 image(s): each part needs "
-                              "at least one. Set extract.parts to at most 5 for this split.")
+        part_bounds({"train": 3, "test": 2}, 6, 256, "dataset digits")
+    assert str(err.value) == ("extract.parts: 6 for dataset digits, which has 5 image(s): each part needs "
+                              "at least one. Set extract.parts to at most 5 for this dataset.")
 
 
-def _records(bounds: list[tuple[int, int]], **fields) -> list[dict]:
+def _records(bounds: list[list[tuple[str, int, int]]], **fields) -> list[dict]:
     """What extract_part jobs record beside their features (as JSON gives them back)."""
-    return [{"part": k, "parts": len(bounds), "rows": [lo, hi], "device": "cpu", "precision": "fp32",
-             "meta": {"network": "n"}, **fields} for k, (lo, hi) in enumerate(bounds)]
+    return [{"part": k, "parts": len(bounds), "segments": [list(s) for s in segments], "device": "cpu",
+             "precision": "fp32", "meta": {"network": "n"}, **fields} for k, segments in enumerate(bounds)]
 
 
 @pytest.fixture(scope="module")
@@ -232,63 +236,69 @@ def small_backbone():
 def test_gathered_parts_are_the_one_part_features_byte_for_byte(small_backbone, tmp_path):
     from transfer_lab.extract import Extractor, extract_sharded, gather_parts, part_bounds
 
-    images = np.random.default_rng(4).integers(0, 256, size=(23, 12, 12, 3), dtype=np.uint8)
+    rng = np.random.default_rng(4)
+    images = {split: rng.integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8)
+              for split, n in (("train", 23), ("validation", 6), ("test", 9))}
+    sizes = {split: len(x) for split, x in images.items()}
     extractor = Extractor(small_backbone, "cpu", "fp32")
-    whole = extract_sharded(extractor, images, tmp_path / "whole", batch_size=4).features
-    bounds = part_bounds(len(images), 3, batch_size=4)
-    assert bounds == [(0, 8), (8, 16), (16, 23)]
+    whole = {split: extract_sharded(extractor, x, tmp_path / f"whole-{split}", batch_size=4).features
+             for split, x in images.items()}
+    bounds = part_bounds(sizes, 3, batch_size=4)  # 6 + 2 + 3 batches: 3, 4, 4
+    assert bounds == [[("train", 0, 12)], [("train", 12, 23), ("validation", 0, 4)],
+                      [("validation", 4, 6), ("test", 0, 9)]]
     paths = []
-    for k, (lo, hi) in enumerate(bounds):  # as the extract_part jobs compute them, in shards of their own
+    for k, segments in enumerate(bounds):  # as the extract_part jobs compute them, in shards of their own
         paths.append(tmp_path / f"part-{k + 1}.npy")
-        np.save(paths[-1], extract_sharded(extractor, images[lo:hi], tmp_path / f"p{k}", 4, 4).features)
-    gathered = gather_parts(paths, _records(bounds), len(images))
-    assert gathered.dtype == np.float32 and gathered.tobytes() == whole.tobytes()
+        np.save(paths[-1], np.concatenate([
+            extract_sharded(extractor, images[split][lo:hi], tmp_path / f"p{k}-{split}", 4, 4).features
+            for split, lo, hi in segments]))
+    gathered = gather_parts(paths, _records(bounds), sizes)
+    assert list(gathered) == ["train", "validation", "test"]
+    for split in sizes:
+        assert gathered[split].dtype == np.float32 and gathered[split].tobytes() == whole[split].tobytes()
 
 
 def test_empty_parts_are_gathered_as_nothing(tmp_path):
-    """A split of fewer batches than parts: the empty parts' jobs wrote (0, 0) arrays and
+    """A dataset of fewer batches than parts: the empty parts' jobs wrote (0, 0) arrays and
     records without a device, precision or meta; the gather skips them."""
     from transfer_lab.extract import gather_parts
 
-    bounds = [(0, 4), (4, 6), (6, 6)]
+    bounds = [[("train", 0, 4)], [("train", 4, 6), ("test", 0, 1)], []]
     records = _records(bounds)
     records[2].update(device=None, precision=None, meta=None)
     paths = [tmp_path / f"part-{k}.npy" for k in (1, 2, 3)]
     np.save(paths[0], np.ones((4, 3), np.float32))
-    np.save(paths[1], np.full((2, 3), 2, np.float32))
+    np.save(paths[1], np.array([[2] * 3, [2] * 3, [3] * 3], np.float32))
     np.save(paths[2], np.empty((0, 0), np.float32))
-    gathered = gather_parts(paths, records, 6)
-    assert gathered.tolist() == [[1.0] * 3] * 4 + [[2.0] * 3] * 2
+    gathered = gather_parts(paths, records, {"train": 6, "test": 1})
+    assert gathered["train"].tolist() == [[1.0] * 3] * 4 + [[2.0] * 3] * 2
+    assert gathered["test"].tolist() == [[3.0] * 3]
 
 
-def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_the_split(tmp_path):
+def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_the_dataset(tmp_path):
     from transfer_lab.extract import gather_parts
 
-    bounds = [(0, 5), (5, 12)]
+    bounds = [[("train", 0, 5)], [("train", 5, 8), ("test", 0, 4)]]
+    sizes = {"train": 8, "test": 4}
     paths = [tmp_path / "part-1.npy", tmp_path / "part-2.npy"]
-    for path, (lo, hi) in zip(paths, bounds, strict=True):
-        np.save(path, np.ones((hi - lo, 4), np.float32))
-    assert gather_parts(paths, _records(bounds), 12).shape == (12, 4)
+    for path, rows in zip(paths, (5, 7), strict=True):
+        np.save(path, np.ones((rows, 4), np.float32))
+    assert {k: v.shape for k, v in gather_parts(paths, _records(bounds), sizes).items()} == {
+        "train": (8, 4), "test": (4, 4)}
     bad = _records(bounds)
     bad[1]["precision"] = "bf16"
     with pytest.raises(ValueError, match="part-2.npy: computed with precision 'bf16', part 1 with 'fp32'"):
-        gather_parts(paths, bad, 12)
-    bad = _records([(0, 5), (6, 12)])  # made with another batch size
-    with pytest.raises(ValueError, match="rows 6..12, expected to start at 5"):
-        gather_parts(paths, bad, 12)
-    with pytest.raises(ValueError, match="the parts cover 12 rows, the split has 13 images"):
-        gather_parts(paths, _records(bounds), 13)
+        gather_parts(paths, bad, sizes)
+    bad = _records([[("train", 0, 5)], [("train", 6, 8), ("test", 0, 4)]])  # made with another batch size
+    with pytest.raises(ValueError, match="rows 6..8 of split train, expected split train from row 5"):
+        gather_parts(paths, bad, sizes)
+    bad = _records([[("train", 0, 5)], [("train", 5, 8), ("validation", 0, 4)]])  # another dataset's splits
+    with pytest.raises(ValueError, match="rows 0..4 of split validation, expected split test from row 0"):
+        gather_parts(paths, bad, sizes)
+    with pytest.raises(ValueError, match="the parts cover 12 rows, the dataset has 13 images"):
+        gather_parts(paths, _records(bounds), {"train": 8, "test": 5})
     with pytest.raises(ValueError, match="part 2 of 2, expected part 1 of 2"):
-        gather_parts(paths[::-1], _records(bounds)[::-1], 12)
+        gather_parts(paths[::-1], _records(bounds)[::-1], sizes)
     np.save(paths[1], np.ones((7, 4), np.float64))
     with pytest.raises(ValueError, match="part-2.npy: float64 \\(7, 4\\), expected float32 \\(7, 4\\)"):
-        gather_parts(paths, _records(bounds), 12)
-
-
-def test_parts_are_one_number_or_per_split():
-    from transfer_lab.specs import ExtractSettings
-
-    assert ExtractSettings().parts_for("train") == 1
-    assert ExtractSettings(parts=4).parts_for("test") == 4
-    per_split = ExtractSettings(parts={"train": 8})
-    assert (per_split.parts_for("train"), per_split.parts_for("validation")) == (8, 1)
+        gather_parts(paths, _records(bounds), sizes)

@@ -317,7 +317,7 @@ def test_runs_of_the_same_config_are_byte_identical(uninterrupted, tmp_path):
     bottleneck = read_bottleneck(again / f"results/bottleneck/{lite0}_digits_bottleneck_features_train.p").meta
     head = load_head(again / f"results/heads/{lite0}_digits_linear.pt")[1]["meta"]
     metrics = json.loads((again / f"results/heads/{lite0}_digits_linear.json").read_text())["meta"]
-    extraction = json.loads((again / f"results/extract/{lite0}_digits_train.json").read_text())["meta"]
+    extraction = json.loads((again / f"results/extract/{lite0}_digits.json").read_text())["meta"]
     assert extraction["seed"] == 0 and extraction["init_seed"] == bottleneck["init_seed"]
     for meta in (dataset, bottleneck, head, metrics, extraction):
         assert meta["version_torch"].split("+")[0] == torch.__version__.split("+")[0]
@@ -350,7 +350,7 @@ def test_killed_at_any_point_the_rerun_gives_the_uninterrupted_results(uninterru
     assert list(results.glob("heads/*.pt")) and not list(results.glob("heads/*.json"))
 
     snakemake(workdir, "--rerun-incomplete")
-    log = (results / "logs/extract_features/lite0_digits_train.log").read_text()
+    log = (results / "logs/extract_features/lite0_digits.log").read_text()
     resumed = re.search(r"resuming: (\d+) of (\d+) images already extracted", log)
     assert resumed and resumed[1] == resumed[2], log  # the kill in step 3 lost no shard
     assert not list(results.rglob(".*.tmp-*")), list(results.rglob(".*.tmp-*"))

@@ -267,7 +267,7 @@ def test_finetune_rule_puts_its_row_beside_feature_extraction(tmp_path):
     workdir = copy_workflow(tmp_path / "wd")
     write_config(workdir, TINY)
     first = snakemake(workdir)
-    assert first.jobs == {"prepare_dataset": 1, "extract_features": 2, "train_head": 1, "finetune": 1,
+    assert first.jobs == {"prepare_dataset": 1, "extract_features_without_test": 1, "train_head": 1, "finetune": 1,
                           "compare": 1}
     table = pd.read_csv(workdir / "results/comparison.csv")
     rows = table.set_index("head")

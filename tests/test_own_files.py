@@ -390,7 +390,7 @@ def test_csv_and_hf_datasets_through_preparation_and_extraction(tmp_path):
     pickles = {(d, s): f"results/bottleneck/tiny_{d}_bottleneck_features_{s}.p"
                for d in ("table", "hub") for s in ("train", "validation", "test")}
     run = snakemake(workdir, *pickles.values())
-    assert run.jobs == {"prepare_dataset": 2, "extract_features": 6}, run.output
+    assert run.jobs == {"prepare_dataset": 2, "extract_features": 2}, run.output
     prepared = {d: load_prepared(workdir / f"results/datasets/{d}.npz") for d in ("table", "hub")}
     assert prepared["table"].split_sizes() == {"train": 9, "validation": 9, "test": 6}  # all official
     assert prepared["hub"].split_sizes() == {"train": 6, "validation": 3, "test": 3}  # official test, validation carved
@@ -404,5 +404,5 @@ def test_csv_and_hf_datasets_through_preparation_and_extraction(tmp_path):
     outside = sorted((tmp_path / "table" / "elsewhere").iterdir())[0]
     os.utime(outside, ns=(outside.stat().st_atime_ns, outside.stat().st_mtime_ns + 10**9))
     again = snakemake(workdir, "-n", *pickles.values())
-    assert again.jobs == {"prepare_dataset": 1, "extract_features": 3}, again.output
+    assert again.jobs == {"prepare_dataset": 1, "extract_features": 1}, again.output
     assert "results/datasets/table.npz" in again.output and "results/datasets/hub.npz" not in again.output

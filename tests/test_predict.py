@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 from near_ties import assert_same_class
 from PIL import Image
 
@@ -115,7 +116,7 @@ def test_find_images_folders_globs_and_plain_paths(tmp_path):
 TINY = {
     "networks": {"lite0": {"arch": "timm:tf_efficientnet_lite0", "weights": "bundled", "input_size": 32}},
     "datasets": {"digits": {"source": "digits"}},
-    "split": {"validation_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # no test split: one job less
+    "split": {"validation_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # no test split: less to extract
     "heads": {"linear": {"kind": "linear", "epochs": 20}},
     "extract": {"batch_size": 256},
 }
@@ -140,7 +141,11 @@ def built(tmp_path_factory):
     write_config(workdir, TINY)
     snakemake(workdir, "results/datasets/digits.npz")
     _write_new_images(workdir / "new", load_prepared(workdir / "results/datasets/digits.npz"))
-    run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}")
+    imports = workdir.parent / "imports"
+    imports.mkdir()
+    run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}",
+                    hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
+    assert_job_imports(imports, __file__)  # extract_features_without_test: a dataset without a test split
     return workdir, run
 
 
@@ -153,7 +158,8 @@ def _rows(text: str) -> list[dict]:
 @pytest.mark.integration
 def test_snakemake_predict_writes_one_row_per_image(built):
     workdir, run = built
-    assert run.jobs == {"extract_features": 2, "train_head": 1, "predict": 1, "export_model": 1, "export": 1}
+    assert run.jobs == {"extract_features_without_test": 1, "train_head": 1, "predict": 1, "export_model": 1,
+                        "export": 1}
     rows = _rows((workdir / "results/predictions/lite0_digits_linear.csv").read_text())
     names = [Path(r["path"]).name for r in rows]
     assert names == sorted(names) and len(rows) == N_TRAIN_IMAGES + 3

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 from PIL import Image
 
 from transfer_lab import datasets
@@ -171,8 +172,12 @@ def test_prepare_parts_and_store_files_through_the_workflow(tmp_path):
         "prepare": {"parts": 3, "threads": 2},
     }
     write_config(workdir, config)
-    run = snakemake(workdir, "results/datasets/photos.npz", "results/datasets/paths.npz")
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    run = snakemake(workdir, "results/datasets/photos.npz", "results/datasets/paths.npz",
+                    hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert run.jobs == {"prepare_part": 3, "prepare_dataset": 2}, run.output
+    assert_job_imports(imports, __file__)  # no torch, here in the parts too
     assert not list((workdir / "results/datasets/parts").rglob("*.npy"))
     prepared = load_prepared(workdir / "results/datasets/photos.npz")
     plan = plan_dataset(imagefolder(root), SPLIT)

@@ -162,5 +162,5 @@ def test_the_suite_plans_every_download_and_extraction(tmp_path):
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["fetch_dataset"] == datasets and counts["fetch_weights"] == networks
     assert counts["prepare_dataset"] == datasets
-    assert counts["extract_features"] == 3 * networks * datasets
+    assert counts["extract_features"] == networks * datasets
     assert counts["train_head"] == networks * datasets

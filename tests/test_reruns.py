@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, copy_run, copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -75,17 +76,17 @@ def built(tmp_path_factory):
     imports = workdir.parent / "imports"
     imports.mkdir()
     first = snakemake(workdir, *TARGETS, hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
-    assert first.jobs == {"prepare_dataset": 2, "extract_features": 12, "train_head": 8, "finetune": 1,
+    assert first.jobs == {"prepare_dataset": 2, "extract_features": 4, "train_head": 8, "finetune": 1,
                           "compare": 1, "predict": 1, "export_model": 1, "export": 1}, first.output
     loaded: dict[str, set[str]] = {}
     for record in imports.glob("*.json"):
         record = json.loads(record.read_text())
         script = re.fullmatch(r"tmp\w+\.(\w+)\.py", record["script"])
         loaded.setdefault(script[1] if script else "snakemake", set()).update(record["modules"])
-        # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison need no torch.
-        if not script or script[1] in ("compare", "prepare_dataset"):
-            assert not record["torch"], record
     assert set(loaded) == {*RULES, "snakemake"}, loaded.keys()
+    # Parsing the workflow, preparation (whose decoding workers it forks) and the comparison
+    # import no torch, heads no torchvision: each job keeps to its row of job_imports.RULES.
+    assert_job_imports(imports, __file__)
     return workdir, loaded
 
 
@@ -133,7 +134,7 @@ def test_adding_a_network_runs_that_network_only(workdir):
     """Row: add a network."""
     reconfigure(workdir, lambda c: c["networks"].update(resnet={"arch": "resnet18", "weights": "random",
                                                                 "input_size": 32}))
-    assert plan(workdir) == {"extract_features": 6, "train_head": 4, "compare": 1}
+    assert plan(workdir) == {"extract_features": 2, "train_head": 4, "compare": 1}
 
 
 @pytest.mark.parametrize("key, value", [("arch", "resnet18"), ("weights", "bundled"), ("input_size", 48),
@@ -146,26 +147,27 @@ def test_a_network_setting_reruns_that_network(workdir, key, value):
         reconfigure(workdir, lambda c: c["networks"]["control"].update(base))
         snakemake(workdir, *TARGETS)
     reconfigure(workdir, lambda c: c["networks"]["control"].update({**base, key: value}))
-    assert plan(workdir) == {"extract_features": 6, "train_head": 4, "compare": 1}
+    assert plan(workdir) == {"extract_features": 2, "train_head": 4, "compare": 1}
     reconfigure(workdir, lambda c: (c["networks"]["control"].update(base),
                                     c["networks"]["lite0"].update(input_size=48)))  # also fine-tuned, predicts
-    assert plan(workdir) == {"extract_features": 6, "train_head": 4, "finetune": 1, "compare": 1, "predict": 1,
+    assert plan(workdir) == {"extract_features": 2, "train_head": 4, "finetune": 1, "compare": 1, "predict": 1,
                              "export_model": 1, "export": 1}
 
 
 def test_precision_reruns_every_extraction(workdir):
     """Row: `extract.precision`."""
     reconfigure(workdir, lambda c: c["extract"].update(precision="fp32"))  # auto is fp32 here too: still stale
-    assert plan(workdir) == {"extract_features": 12, "train_head": 8, "finetune": 1, "compare": 1, "predict": 1,
+    assert plan(workdir) == {"extract_features": 4, "train_head": 8, "finetune": 1, "compare": 1, "predict": 1,
                              "export_model": 1, "export": 1}
 
 
 @pytest.mark.parametrize("key, value", [
-    ("batch_size", 64), ("threads", 2), ("shard_size", 100), ("compile", True), ("device", "cpu"),
-    ("cuda_graph", True), ("decode", "cpu"),
+    ("batch_size", 64), ("threads", 2), ("shard_size", 100), ("compile", True), ("compile", False),
+    ("compile_cache", "/shared/compile-cache"), ("device", "cpu"), ("cuda_graph", True), ("decode", "cpu"),
 ])
 def test_how_extraction_computes_reruns_nothing(workdir, key, value):
-    """Row: `extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`."""
+    """Row: `extract.batch_size`, `threads`, `shard_size`, `compile`, `compile_cache`, `cuda_graph`, `decode` or
+    `device`."""
     reconfigure(workdir, lambda c: c["extract"].update({key: value}))
     assert plan(workdir) == {}
 
@@ -176,11 +178,11 @@ def test_preparation_threads_rerun_nothing(workdir):
     assert plan(workdir) == {}
 
 
-def test_extraction_parts_rerun_that_split_and_what_follows(workdir):
+def test_extraction_parts_rerun_extraction_and_what_follows(workdir):
     """Row: `extract.parts`."""
     reconfigure(workdir, lambda c: c["extract"].update(parts=1))  # the default, said
     assert plan(workdir) == {}
-    reconfigure(workdir, lambda c: c["extract"].update(parts={"train": 2}))
+    reconfigure(workdir, lambda c: c["extract"].update(parts=2))
     assert plan(workdir) == {"extract_part": 8, "extract_features": 4, "train_head": 8, "compare": 1, "predict": 1,
                              "export_model": 1, "export": 1}
 
@@ -188,10 +190,10 @@ def test_extraction_parts_rerun_that_split_and_what_follows(workdir):
 def test_a_dataset_split_override_reruns_that_dataset(workdir):
     """Row: a dataset's `split` settings."""
     reconfigure(workdir, lambda c: c["datasets"]["few"]["split"].update(train_per_class=12))
-    assert plan(workdir) == {"prepare_dataset": 1, "extract_features": 6, "train_head": 4, "finetune": 1,
+    assert plan(workdir) == {"prepare_dataset": 1, "extract_features": 2, "train_head": 4, "finetune": 1,
                              "compare": 1}
     reconfigure(workdir, lambda c: c["split"].update(seed=1))  # the top-level settings: every dataset
-    assert plan(workdir) == {"prepare_dataset": 2, "extract_features": 12, "train_head": 8, "finetune": 1,
+    assert plan(workdir) == {"prepare_dataset": 2, "extract_features": 4, "train_head": 8, "finetune": 1,
                              "compare": 1, "predict": 1, "export_model": 1, "export": 1}
 
 
@@ -199,9 +201,14 @@ def test_deleting_a_pickle_rebuilds_it_and_its_dependents(workdir):
     """Row: delete a bottleneck pickle or head."""
     target = workdir / "results/bottleneck/control_digits_bottleneck_features_validation.p"
     original = read_bottleneck(target).features
+    siblings = {split: (workdir / f"results/bottleneck/control_digits_bottleneck_features_{split}.p").read_bytes()
+                for split in ("train", "test")}
     target.unlink()
+    # One job writes every split of (control, digits): the siblings again, the same bytes.
     assert snakemake(workdir, *TARGETS).jobs == {"extract_features": 1, "train_head": 2, "compare": 1}
     assert read_bottleneck(target).features.tobytes() == original.tobytes()  # deterministic on CPU
+    for split, data in siblings.items():
+        assert (workdir / f"results/bottleneck/control_digits_bottleneck_features_{split}.p").read_bytes() == data
     (workdir / "results/heads/lite0_few_mlp.pt").unlink()
     assert plan(workdir) == {"train_head": 1, "compare": 1}
 
@@ -215,7 +222,7 @@ def test_extraction_code_reruns_extraction_and_a_comment_nothing(workdir):
     assert plan(workdir) == {}
     module = workdir / "src/transfer_lab/extract.py"
     module.write_text(module.read_text() + "\nEDITED = True\n")
-    assert plan(workdir) == {"extract_features": 12, "train_head": 8, "finetune": 1, "compare": 1, "predict": 1,
+    assert plan(workdir) == {"extract_features": 4, "train_head": 8, "finetune": 1, "compare": 1, "predict": 1,
                              "export_model": 1, "export": 1}
 
 
@@ -276,10 +283,10 @@ def test_a_file_under_a_dataset_root_reprepares_that_dataset(tmp_path):
     }
     write_config(workdir, config)
     first = snakemake(workdir)
-    assert first.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}
+    assert first.jobs == {"prepare_dataset": 1, "extract_features": 1, "train_head": 1, "compare": 1}
     Image.new("RGB", (40, 30), (200, 30, 30)).save(root / "cat" / "new.png")
     again = snakemake(workdir)
-    assert again.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}, again.output
+    assert again.jobs == {"prepare_dataset": 1, "extract_features": 1, "train_head": 1, "compare": 1}, again.output
     table = pd.read_csv(workdir / "results/comparison.csv")
     assert table.loc[0, ["n_train", "n_validation", "n_test"]].sum() == 21
 
@@ -327,10 +334,10 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "add a network": test_adding_a_network_runs_that_network_only,
     "a network's `arch`, `weights`, `input_size`, `layer` or `pool`": test_a_network_setting_reruns_that_network,
     "`extract.precision`": test_precision_reruns_every_extraction,
-    "`extract.batch_size`, `threads`, `shard_size`, `compile`, `cuda_graph`, `decode` or `device`":
+    "`extract.batch_size`, `threads`, `shard_size`, `compile`, `compile_cache`, `cuda_graph`, `decode` or `device`":
         test_how_extraction_computes_reruns_nothing,
     "`prepare.threads`": test_preparation_threads_rerun_nothing,
-    "`extract.parts`": test_extraction_parts_rerun_that_split_and_what_follows,
+    "`extract.parts`": test_extraction_parts_rerun_extraction_and_what_follows,
     "a file under a dataset's `root` (added, removed, rewritten)": test_a_file_under_a_dataset_root_reprepares_that_dataset,
     "an image a `csv` table lists, wherever it lies, rewritten":
         "test_own_files.py::test_csv_and_hf_datasets_through_preparation_and_extraction",

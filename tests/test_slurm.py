@@ -29,12 +29,12 @@ SMALL = {
     "heads": {"linear": {"kind": "linear", "epochs": 20}},
     "extract": {"batch_size": 256, "threads": 1},
 }
-# On SLURM the training split is extracted in 3 parts (extract.parts), gathered by its
+# On SLURM the dataset is extracted in 3 parts (extract.parts), gathered by its
 # extract_features job; the local reference run extracts it in one.
 # Shards of one batch: the parts batch the images exactly as the one-part local run does.
-PARTS = {"extract": {**SMALL["extract"], "shard_size": 256, "parts": {"train": 3}}}
-SLURM_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 3, "train_head": 1, "compare": 1}
-GPU_RULES = {"extract_features", "extract_part", "finetune"}
+PARTS = {"extract": {**SMALL["extract"], "shard_size": 256, "parts": 3}}
+SLURM_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 1, "train_head": 1, "compare": 1}
+GPU_RULES = {"extract_features", "extract_features_without_test", "extract_part", "finetune"}
 
 
 def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
@@ -58,15 +58,16 @@ def test_dry_run_requests_one_gpu_per_extraction_job_and_none_for_cpu_rules(tmp_
     write_config(workdir, {
         **SMALL,
         "networks": {**SMALL["networks"], "resnet": {"arch": "resnet18", "weights": "DEFAULT"}},
-        "datasets": {**SMALL["datasets"], "cifar10": {"source": "cifar10", "download": True}},
+        "datasets": {**SMALL["datasets"], "cifar10": {"source": "cifar10", "download": True},
+                     "untested": {"source": "digits", "split": {"test_fraction": 0}}},
         "finetune": {"networks": ["lite0"], "datasets": ["digits"]},
     })
     run = snakemake(workdir, "-n", "--profile", str(REPO / "profiles/slurm"))
     assert "Using profiles" in run.output and "profiles/slurm" in run.output
     jobs = dry_run_jobs(run.output)
     assert Counter(rule for rule, _ in jobs) == {
-        "fetch_dataset": 1, "fetch_weights": 1, "prepare_dataset": 2,
-        "extract_features": 12, "train_head": 4, "finetune": 1, "compare": 1,
+        "fetch_dataset": 1, "fetch_weights": 1, "prepare_dataset": 3,
+        "extract_features": 4, "extract_features_without_test": 2, "train_head": 6, "finetune": 1, "compare": 1,
     }
     for rule, resources in jobs:
         if rule in GPU_RULES:
@@ -209,9 +210,9 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
     # extraction jobs ran at the same time on the cluster: gpu is a local-scope resource.
     extract = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]).startswith("extract_")]
     assert any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(extract) for s2, e2 in extract[i + 1:]), extract
-    # The three parts of the training split, each its own sbatch job with its own GPU, ran at
-    # the same time (how many at once is SLURM's call: the other splits' jobs compete for the
-    # node's two CPUs, so all three together is not guaranteed).
+    # The three parts of the dataset, each its own sbatch job with its own GPU, ran at the same
+    # time (how many at once is SLURM's call: the node has two CPUs, so all three together is
+    # not guaranteed).
     parts = [(j["StartTime"], j["EndTime"]) for j in jobs if rule_of(j["Comment"]) == "extract_part"]
     assert len(parts) == 3 and any(s2 < e1 and s1 < e2 for i, (s1, e1) in enumerate(parts)
                                    for s2, e2 in parts[i + 1:]), parts

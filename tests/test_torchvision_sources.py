@@ -307,7 +307,7 @@ def test_workflow_keeps_the_official_splits_and_warns_in_the_log(tmp_path):
     }
     write_config(workdir, config)
     run = snakemake(workdir)
-    assert run.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 1, "compare": 1}, run.output
+    assert run.jobs == {"prepare_dataset": 1, "extract_features": 1, "train_head": 1, "compare": 1}, run.output
     prepared = load_prepared(workdir / "results/datasets/c100.npz")
     sizes = prepared.split_sizes()
     assert sizes["test"] == written["splits"]["test"] == 36  # the official test split, not test_fraction

@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 from conftest import copy_run, copy_workflow, snakemake, write_config
+from job_imports import assert_job_imports
 
 from transfer_lab.bottleneck import read_bottleneck
 from transfer_lab.compare import COLUMNS
@@ -53,7 +54,7 @@ def workdir(built, tmp_path):
 
 def test_first_run_builds_every_artifact_in_the_contract_format(built):
     workdir, first = built
-    assert first.jobs == {"prepare_dataset": 1, "extract_features": 3, "train_head": 2, "compare": 1}
+    assert first.jobs == {"prepare_dataset": 1, "extract_features": 1, "train_head": 2, "compare": 1}
     sizes = {}
     for split in SPLITS:
         b = read_bottleneck(pickle_path(workdir, "lite0", split))
@@ -83,7 +84,7 @@ def test_first_run_builds_every_artifact_in_the_contract_format(built):
         # cached between workflows (which Snakemake allows no benchmark file).
         assert all(re.search(r"time: total [\d.]+ s at [\d.]+, peak memory \d+ MiB", log.read_text()) for log in logs), rule
     assert list((workdir / "results/benchmarks/train_head").glob("*.tsv"))
-    assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits_train.log").read_text()
+    assert "img/s" in (workdir / "results/logs/extract_features/lite0_digits.log").read_text()
 
 
 def test_report_builds_offline_with_the_comparison_on_its_first_page(workdir):
@@ -113,8 +114,11 @@ def test_shots_plan_head_jobs_only_and_draw_the_curve_into_the_report(workdir):
     write_config(workdir, config)
     before = mtimes(workdir)
     assert snakemake(workdir, "-n").jobs == {"train_shots": 4, "compare": 1}
-    run = snakemake(workdir)
+    imports = workdir.parent / "imports"
+    imports.mkdir()
+    run = snakemake(workdir, hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert run.jobs == {"train_shots": 4, "compare": 1}, run.output
+    assert_job_imports(imports, __file__)  # torch alone, as train_head
     after = mtimes(workdir)
     upstream = [p for p in before if p.parts[1] in ("datasets", "bottleneck", "extract", "heads")]
     assert upstream and all(after[p] == before[p] for p in upstream)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -50,14 +52,86 @@ class ExtractionResult:
     n_computed: int  # images computed in this run; the rest came from earlier shards
 
 
-COMPILE_MODES = (False, True, "max-autotune")
+COMPILE_MODES = (False, True, "max-autotune", "auto")
+log = logging.getLogger(__name__)
+
+# ``compile: auto`` compiles where benchmarks/compile_cache.py shows that compiling pays for
+# itself even with nothing in the compile cache (benchmarks/README.md has the numbers):
+# - CPU (2 cores, torch 2.14.1): never. Compiled runs at 0.37 of eager (resnet18 at 32 px) to
+#   2.5 (EfficientNet-Lite0 at 96 px), after 21-49 s of cold compilation (2-3 s warm): which
+#   way it goes depends on the network and the input size, so auto does not bet on it.
+# - CUDA: from 3 million images in a job. An H200 runs ResNet-50 bf16 at 18,621 images/s
+#   compiled against 13,289 eager, 22 us saved per image; a minute of cold compilation (an
+#   estimate: compile times are not measured on a GPU yet) is paid back after 2.8 million,
+#   and a job's last, smaller batch can cost a second compilation (a dynamic batch size).
+AUTO_COMPILE_MIN_IMAGES = {"cuda": 3_000_000}
+
+
+def auto_compile(device_type: str, n_images: int | None) -> tuple[bool, str]:
+    """What ``compile: auto`` does for a job of ``n_images`` on a device of this type, and why
+    (for the log): on only where the measurements say compiling pays for itself."""
+    threshold = AUTO_COMPILE_MIN_IMAGES.get(device_type)
+    if threshold is None:
+        return False, device_type
+    if n_images is None:
+        return False, f"{device_type}, the number of images not known"
+    if n_images < threshold:
+        return False, f"{device_type}, {n_images:,} images: under {threshold:,}"
+    return True, f"{device_type}, {n_images:,} images: at least {threshold:,}"
+
+
+def resolve_compile(setting: bool | str, device: torch.device | str, n_images: int | None = None) -> bool | str:
+    """The ``compile`` an Extractor uses: the setting itself, or for ``auto`` on or off by
+    :func:`auto_compile` (logged: ``compile: auto -> off (cpu)``)."""
+    if setting not in COMPILE_MODES:
+        raise ValueError(f"extract.compile must be one of {COMPILE_MODES}, not {setting!r}")
+    if setting != "auto":
+        return setting
+    on, why = auto_compile(torch.device(device).type, n_images)
+    log.info("compile: auto -> %s (%s)", "on" if on else "off", why)
+    return on
+
+
+def _folder_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_")
+
+
+def compile_cache_dir(setting: str | os.PathLike | None, device: torch.device | str) -> Path:
+    """Where compiled kernels of this torch and device are kept between jobs:
+    ``<base>/<torch version>-<device name>``, the base being ``extract.compile_cache`` when
+    set (a folder every node sees, on a cluster), else ``$TORCHINDUCTOR_CACHE_DIR`` when the
+    environment sets it (used as it is), else the user's cache folder
+    (``$XDG_CACHE_HOME/transfer-lab/compile``, by default under ``~/.cache``)."""
+    from .catalog import cache_dir
+
+    device = torch.device(device)
+    if setting is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    base = Path(setting).expanduser() if setting is not None else cache_dir() / "compile"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return base / _folder_name(f"{torch.__version__}-{name}")
+
+
+def use_compile_cache(folder: str | os.PathLike) -> Path:
+    """Make ``folder`` the compile cache of this process: torch inductor's FX graph and
+    AOTAutograd caches (on by default) and Triton's kernels (under it unless
+    ``$TRITON_CACHE_DIR`` says otherwise) are written there and read from there, so a second
+    job compiling the same network at the same shapes on the same device reuses them.
+    Call it before the first compilation: inductor reads the variable when it compiles."""
+    folder = Path(folder).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
 
 
 class Extractor:
     """A backbone on its device with its preprocessing and precision, ready for batches.
 
     ``compile``: ``True`` runs the network through ``torch.compile``, ``"max-autotune"``
-    with its autotuning of kernels too (minutes of compilation, for big datasets).
+    with its autotuning of kernels too (minutes of compilation, for big datasets), ``"auto"``
+    compiles where it pays for itself (:func:`auto_compile`: on CUDA, from ``n_images``, the
+    number of images the job computes). A compiling extractor keeps its kernels in
+    :func:`compile_cache_dir` of ``compile_cache`` (``extract.compile_cache``) for the next job.
     ``cuda_graph``: on CUDA, preprocessing and network of a full batch are captured once in
     a CUDA graph and replayed (one launch per batch instead of hundreds); the last, smaller
     batch runs eagerly. On CUDA, uint8 batches are staged in pinned buffers allocated once
@@ -68,10 +142,14 @@ class Extractor:
     """
 
     def __init__(self, backbone: Backbone, device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool | str = False, cuda_graph: bool = False, decode: str = "auto"):
+                 compile: bool | str = False, cuda_graph: bool = False, decode: str = "auto",
+                 n_images: int | None = None, compile_cache: str | os.PathLike | None = None):
         if compile not in COMPILE_MODES:
             raise ValueError(f"extract.compile must be one of {COMPILE_MODES}, not {compile!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        compile = resolve_compile(compile, self.device, n_images)
+        self.compile = compile
+        self.compile_cache = use_compile_cache(compile_cache_dir(compile_cache, self.device)) if compile else None
         self.precision = resolve_precision(precision, self.device)
         self.feature_dim = backbone.feature_dim
         self.prep = DevicePreprocess(backbone.preprocess).to(self.device)
@@ -554,79 +632,108 @@ def extract_sharded(
                             computed)
 
 
-# --- one split in several jobs (extract.parts) ---
+# --- one dataset in several jobs (extract.parts) ---
+
+# A run of rows of one split: (split, lo, hi), rows [lo, hi) of that split.
+Segment = tuple[str, int, int]
 
 
-def part_bounds(n: int, parts: int, batch_size: int, what: str = "the split") -> list[tuple[int, int]]:
-    """The rows [lo, hi) of each of ``parts`` jobs extracting one split of ``n`` images.
+def dataset_batches(sizes: Mapping[str, int], batch_size: int) -> list[Segment]:
+    """Every batch a one-job extraction of the dataset computes, in order: each split's rows
+    cut every ``batch_size`` from its first (``sizes``: images per split, in the order the
+    job extracts them)."""
+    return [(split, lo, min(n, lo + batch_size)) for split, n in sizes.items() for lo in range(0, n, batch_size)]
 
-    Parts are cut on batch boundaries (every ``batch_size`` rows from the first), the
-    batches shared out as evenly as they go: every batch then holds the images it holds in
-    a one-part run, so the gathered features are the one-part run's, byte for byte. A
-    split of fewer batches than parts leaves the last parts empty (``lo == hi``: jobs
-    with nothing to compute); only a split with fewer images than parts is refused, with
-    ``what`` naming it.
+
+def part_bounds(sizes: Mapping[str, int], parts: int, batch_size: int, what: str = "the dataset") -> list[list[Segment]]:
+    """The rows each of ``parts`` jobs extracts from one dataset: per part, its segments.
+
+    Parts are cut between batches of :func:`dataset_batches`, shared out as evenly as they
+    go: every batch then holds the images it holds in a one-job run, so the gathered
+    features are that run's, byte for byte. A part's batches of one split make one
+    segment; a part may span splits. A dataset of fewer batches than parts leaves the last
+    parts empty (jobs with nothing to compute); only one with fewer images than parts is
+    refused, with ``what`` naming it.
     """
     if parts < 1:
         raise ValueError(f"extract.parts must be at least 1, got {parts}")
+    n = sum(sizes.values())
     if n < parts:
         raise ValueError(
             f"extract.parts: {parts} for {what}, which has {n} image(s): each part needs at least one. "
-            f"Set extract.parts to at most {max(1, n)} for this split."
+            f"Set extract.parts to at most {max(1, n)} for this dataset."
         )
-    batches = -(-n // batch_size)
-    first_batch = [k * batches // parts if batches >= parts else min(k, batches) for k in range(parts)]
-    cuts = [min(n, b * batch_size) for b in first_batch] + [n]
-    return [(cuts[k], cuts[k + 1]) for k in range(parts)]
+    batches = dataset_batches(sizes, batch_size)
+    cuts = [k * len(batches) // parts if len(batches) >= parts else min(k, len(batches)) for k in range(parts)]
+    bounds = []
+    for first, last in zip(cuts, cuts[1:] + [len(batches)], strict=True):
+        segments: list[Segment] = []
+        for split, lo, hi in batches[first:last]:
+            if segments and segments[-1][0] == split:
+                segments[-1] = (split, segments[-1][1], hi)
+            else:
+                segments.append((split, lo, hi))
+        bounds.append(segments)
+    return bounds
 
 
-def gather_parts(paths: list[str | os.PathLike], records: list[dict], n: int) -> np.ndarray:
-    """One split's features from its parts' ``.npy`` files, in order, checked first.
+def gather_parts(paths: list[str | os.PathLike], records: list[dict], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Each split's features from the parts' ``.npy`` files, checked first.
 
-    ``records`` are the parts' JSON records (``part``, ``parts``, ``rows``, ``device``,
-    ``precision``, ``meta``). Refused, naming the part: parts of another count, rows that do
-    not tile ``0..n`` in order (a part made with another batch size or split size), or parts
-    computed on different device types or precisions (the features would not be one run's).
-    An empty part (a split of fewer batches than parts) computed nothing and is skipped.
-    Each part is read through a memory map and copied into place, so host memory holds the
+    ``records`` are the parts' JSON records (``part``, ``parts``, ``segments``, ``device``,
+    ``precision``, ``meta``); a part's file holds its segments' rows one after the other.
+    Refused, naming the part: parts of another count, segments that do not tile every
+    split in order (parts made with another batch size or dataset), or parts computed on
+    different device types or precisions (the features would not be one run's). An empty
+    part (a dataset of fewer batches than parts) computed nothing and is skipped. Each
+    part is read through a memory map and copied into place, so host memory holds the
     result and the page cache, not a second copy.
     """
     if len(paths) != len(records):
         raise ValueError(f"{len(paths)} part files but {len(records)} records")
     first = records[0]  # never empty: parts are filled from the first
-    expected = 0
+    expected = [(split, n) for split, n in sizes.items() if n > 0]
+    at_split, at_row = 0, 0
+    redo = "delete the dataset's results/parts/ folder and rerun"
     for k, (path, rec) in enumerate(zip(paths, records, strict=True)):
         if rec["part"] != k or rec["parts"] != len(records):
             # Parts are numbered from 1 in file names and messages, from 0 in records.
             raise ValueError(f"{path}: part {rec['part'] + 1} of {rec['parts']}, expected part {k + 1} of "
                              f"{len(records)}")
         for key in ("device", "precision", "meta"):
-            if rec["rows"][0] < rec["rows"][1] and rec[key] != first[key]:
+            if rec["segments"] and rec[key] != first[key]:
                 raise ValueError(
-                    f"{path}: computed with {key} {rec[key]!r}, part 1 with {first[key]!r}; parts of one split "
-                    "must be computed alike. Delete the split's results/parts/ folder (or pin extract.device "
-                    "and extract.precision) and rerun"
+                    f"{path}: computed with {key} {rec[key]!r}, part 1 with {first[key]!r}; parts of one dataset "
+                    "must be computed alike. Delete the dataset's results/parts/ folder (or pin extract.device and "
+                    "extract.precision) and rerun"
                 )
-        lo, hi = rec["rows"]
-        if lo != expected or hi < lo:
-            raise ValueError(
-                f"{path}: rows {lo}..{hi}, expected to start at {expected}; the parts were made with "
-                "different extract.batch_size or datasets: delete the split's results/parts/ folder and rerun"
-            )
-        expected = hi
-    if expected != n:
-        raise ValueError(f"the parts cover {expected} rows, the split has {n} images; delete the split's "
-                         "results/parts/ folder and rerun")
-    out = None
+        for split, lo, hi in rec["segments"]:
+            if at_split < len(expected) and at_row == expected[at_split][1]:
+                at_split, at_row = at_split + 1, 0
+            want = expected[at_split][0] if at_split < len(expected) else None
+            if split != want or lo != at_row or not lo < hi <= sizes.get(split, 0):
+                where = f"split {want} from row {at_row}" if want else "nothing more"
+                raise ValueError(f"{path}: rows {lo}..{hi} of split {split}, expected {where}; the parts were made "
+                                 f"with different extract.batch_size or datasets: {redo}")
+            at_row = hi
+    covered = sum(n for _, n in expected[:at_split]) + at_row
+    if covered != sum(sizes.values()):
+        raise ValueError(f"the parts cover {covered} rows, the dataset has {sum(sizes.values())} images; {redo}")
+    out: dict[str, np.ndarray] = {}
+    dim = None
     for path, rec in zip(paths, records, strict=True):
-        lo, hi = rec["rows"]
-        if lo == hi:
+        if not rec["segments"]:
             continue
+        rows = sum(hi - lo for _, lo, hi in rec["segments"])
         part = np.load(path, mmap_mode="r", allow_pickle=False)
-        if out is None:
-            out = np.empty((n, part.shape[1] if part.ndim == 2 else 0), dtype=np.float32)
-        if part.dtype != np.float32 or part.shape != (hi - lo, out.shape[1]):
-            raise ValueError(f"{path}: {part.dtype} {part.shape}, expected float32 {(hi - lo, out.shape[1])}")
-        out[lo:hi] = part
+        dim = part.shape[1] if dim is None and part.ndim == 2 else dim
+        if part.dtype != np.float32 or part.shape != (rows, dim):
+            raise ValueError(f"{path}: {part.dtype} {part.shape}, expected float32 {(rows, dim)}")
+        offset = 0
+        for split, lo, hi in rec["segments"]:
+            if split not in out:
+                out[split] = np.empty((sizes[split], dim), dtype=np.float32)
+            out[split][lo:hi] = part[offset:offset + hi - lo]
+            offset += hi - lo
         del part
-    return out
+    return {split: out.get(split, np.empty((0, dim or 0), dtype=np.float32)) for split in sizes}

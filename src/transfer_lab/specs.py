@@ -204,10 +204,11 @@ class ExtractSettings:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 4
     shard_size: int | str = "auto"  # images per shard, or auto: about a minute of work (extract.SHARD_SECONDS)
-    compile: bool | str = False  # false | true | max-autotune
+    compile: bool | str = "auto"  # false | true | max-autotune | auto (extract.auto_compile: off on the CPU)
+    compile_cache: str | None = None  # the compile cache's base folder; None: the user's cache (extract.compile_cache_dir)
     cuda_graph: bool = False  # CUDA only: preprocessing + network of a full batch in one graph
     decode: str = "auto"  # auto | cpu | gpu: where a file dataset's JPEGs are decoded
-    parts: int | Mapping[str, int] = 1  # jobs per split: one number, or per split name (others 1)
+    parts: int = 1  # jobs per (network, dataset): the dataset's batches shared out among them
 
     @classmethod
     def from_config(cls, section: Mapping) -> ExtractSettings:
@@ -218,9 +219,6 @@ class ExtractSettings:
         """``shard_size`` as :func:`transfer_lab.extract.extract_sharded` takes it: None for auto."""
         return None if self.shard_size == "auto" else int(self.shard_size)
 
-    def parts_for(self, split: str) -> int:
-        """How many jobs extract ``split`` (1: extract_features alone, as without parts)."""
-        return self.parts.get(split, 1) if isinstance(self.parts, Mapping) else self.parts
 
 
 def check_network(name: str, spec: NetworkSpec) -> None:

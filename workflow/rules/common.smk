@@ -189,15 +189,12 @@ def backbone_inputs(network):
     return inputs
 
 
-def extract_parts(split):
-    """extract.parts for one split: a number for every split, or per split (others 1)."""
-    return ExtractSettings.from_config(config["extract"]).parts_for(split)
+# extract.parts: jobs per (network, dataset), the dataset's batches shared out among them.
+EXTRACT_PARTS = ExtractSettings.from_config(config["extract"]).parts
 
 
 def part_file(wildcards, part, ext):
-    parts = extract_parts(wildcards.split)
-    name = f"{wildcards.network}_{wildcards.dataset}_{wildcards.split}"
-    return f"results/parts/{name}/part-{part}-of-{parts}.{ext}"
+    return f"results/parts/{wildcards.network}_{wildcards.dataset}/part-{part}-of-{EXTRACT_PARTS}.{ext}"
 
 
 def extract_inputs(wildcards):
@@ -208,22 +205,33 @@ def extract_inputs(wildcards):
 def extract_features_inputs(wildcards):
     """One part: the images and the weights, as the job computes them. Several: the
     images (labels, class names) and the parts' files, which the job gathers."""
-    parts = extract_parts(wildcards.split)
-    if parts == 1:
+    if EXTRACT_PARTS == 1:
         return extract_inputs(wildcards)
     return {
         "dataset": f"results/datasets/{wildcards.dataset}.npz",
-        "parts": [part_file(wildcards, k, "npy") for k in range(1, parts + 1)],
-        "records": [part_file(wildcards, k, "json") for k in range(1, parts + 1)],
+        "parts": [part_file(wildcards, k, "npy") for k in range(1, EXTRACT_PARTS + 1)],
+        "records": [part_file(wildcards, k, "json") for k in range(1, EXTRACT_PARTS + 1)],
     }
 
 
+def split_outputs(names):
+    """An extraction job's pickles, one per split, named by split."""
+    return {split: bottleneck("{network}", "{dataset}", split) for split in names}
+
+
+# Extraction writes every split of a dataset in one job, so its outputs depend on which
+# splits the dataset has: the datasets with a test split, and those without (test_fraction
+# 0 on a source that has none), each have their rule.
+TESTED = [d for d in DATASETS if "test" in splits(d)]
+UNTESTED = [d for d in DATASETS if "test" not in splits(d)]
+
+
 def part_params(wildcards):
-    """Which part of which split a job computes (its index from 0; files are numbered from 1,
-    as prepare_part's are). Not the shard size that cuts the rows: like
-    the batch size, it changes how features are computed, not their values (the gather
-    checks that the parts it is given tile the split)."""
-    return {"split": wildcards.split, "part": int(wildcards.part) - 1, "parts": int(wildcards.parts)}
+    """Which part a job computes (its index from 0; files are numbered from 1, as
+    prepare_part's are). Not the shard size that cuts the rows: like the batch size, it
+    changes how features are computed, not their values (the gather checks that the parts
+    it is given tile the dataset)."""
+    return {"part": int(wildcards.part) - 1, "parts": int(wildcards.parts)}
 
 
 def network_params(wildcards):
@@ -275,7 +283,7 @@ def final_outputs():
 def comparison_inputs(wildcards):
     return {
         "heads": [f"results/heads/{n}_{d}_{h}.json" for (n, d), h in itertools.product(grid(), HEADS)],
-        "extract": [f"results/extract/{n}_{d}_{s}.json" for n, d in grid() for s in splits(d)],
+        "extract": [f"results/extract/{n}_{d}.json" for n, d in grid()],
         "finetune": [p for p in finetune_outputs() if p.endswith(".json")],
         "shots": shots_outputs(),
     }

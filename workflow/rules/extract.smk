@@ -18,20 +18,26 @@ rule fetch_weights:
         "../scripts/fetch_weights.py"
 
 
+# One job per (network, dataset): the network is loaded once and every split's pickle
+# written (with extract.parts > 1, gathered from the extract_part jobs' files instead).
 rule extract_features:
     input:
         unpack(extract_features_inputs),
     output:
-        features=bottleneck("{network}", "{dataset}", "{split}"),
-        metrics="results/extract/{network}_{dataset}_{split}.json",
+        **split_outputs(["train", "validation", "test"]),
+        metrics="results/extract/{network}_{dataset}.json",
     log:
-        "results/logs/extract_features/{network}_{dataset}_{split}.log",
+        "results/logs/extract_features/{network}_{dataset}.log",
+    wildcard_constraints:
+        # (?!): a pattern nothing matches, where every dataset lacks a test split.
+        dataset=alternatives(TESTED) or "(?!)",
     cache: CACHE_MODE
     threads: config["extract"]["threads"]
     resources:
         gpu=1,
     params:
         names=cache_key,
+        splits=lambda wildcards: splits(wildcards.dataset),
         network=network_params,
         code=code("extract_features"),
         versions=VERSIONS,
@@ -39,18 +45,27 @@ rule extract_features:
         "../scripts/extract_features.py"
 
 
-# extract.parts > 1: one job per part of a split, each on its own GPU; extract_features
-# gathers their files into the pickle (docs/extraction.md, "One split on several GPUs").
+# The same job for the datasets without a test split (test_fraction 0, and no official one).
+use rule extract_features as extract_features_without_test with:
+    output:
+        **split_outputs(["train", "validation"]),
+        metrics="results/extract/{network}_{dataset}.json",
+    wildcard_constraints:
+        dataset=alternatives(UNTESTED) or "(?!)",
+
+
+# extract.parts > 1: one job per part of a dataset, each on its own GPU; extract_features
+# gathers their files into the pickles (docs/extraction.md, "One dataset on several GPUs").
 rule extract_part:
     input:
         unpack(extract_inputs),
     output:
-        # temp: removed once gathered (the pickle holds the same features); kept if the
+        # temp: removed once gathered (the pickles hold the same features); kept if the
         # gather fails, and a killed run keeps the parts that finished.
-        features=temp("results/parts/{network}_{dataset}_{split}/part-{part}-of-{parts}.npy"),
-        record=temp("results/parts/{network}_{dataset}_{split}/part-{part}-of-{parts}.json"),
+        features=temp("results/parts/{network}_{dataset}/part-{part}-of-{parts}.npy"),
+        record=temp("results/parts/{network}_{dataset}/part-{part}-of-{parts}.json"),
     log:
-        "results/logs/extract_part/{network}_{dataset}_{split}_part-{part}-of-{parts}.log",
+        "results/logs/extract_part/{network}_{dataset}_part-{part}-of-{parts}.log",
     wildcard_constraints:
         part="[1-9][0-9]*",
         parts="[1-9][0-9]*",
@@ -62,6 +77,7 @@ rule extract_part:
         gpu=1,
     params:
         names=cache_key,
+        splits=lambda wildcards: splits(wildcards.dataset),
         network=network_params,
         code=code("extract_features"),
         versions=VERSIONS,

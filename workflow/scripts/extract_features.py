@@ -1,17 +1,21 @@
-"""Rules extract_features and extract_part: prepared images of one split -> bottleneck
-pickle + throughput JSON.
+"""Rules extract_features and extract_part: prepared images of one dataset -> a bottleneck
+pickle per split + one throughput JSON.
 
-With extract.parts 1, extract_features computes the split itself. With more, each
-extract_part job computes its share of the split's rows (cut on batch boundaries, see
-transfer_lab.extract.part_bounds) into a .npy file and a JSON record, and extract_features,
-given those as inputs, gathers them into the same pickle a one-part run writes.
-Features are computed in shards kept under results/shards/ until the job's output is
-written, so a killed job resumes where it stopped; finished parts are outputs, kept.
+One job per (network, dataset): the network is loaded (and compiled, and its device
+started) once, and every split goes through it. With extract.parts 1, extract_features
+computes the dataset itself. With more, each extract_part job computes its share of the
+dataset's batches (split after split, cut between batches, see
+transfer_lab.extract.part_bounds) into a .npy file and a JSON record, and
+extract_features, given those as inputs, gathers them into the same pickles a one-part
+run writes. Features are computed in shards kept under results/shards/ until the job's
+outputs are written, so a killed job resumes where it stopped; finished parts are
+outputs, kept.
 """
 
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -28,41 +32,67 @@ from transfer_lab.networks import load_backbone, network_meta
 from transfer_lab.specs import WEIGHTS_DIR, ExtractSettings, NetworkSpec
 
 
-def compute(images, rows, shard_root):
-    """Features of ``images[rows[0]:rows[1]]``, the pickle's meta, the result and the settings."""
+def load_extractor(settings, n_images: int):
+    """The network on its device, once for every split the job computes (``n_images`` in
+    all: whether ``compile: auto`` compiles); and its pickles' meta."""
     spec = NetworkSpec(**params.network["spec"])
-    settings = ExtractSettings.from_config(snakemake.config["extract"])
     torch.set_num_threads(snakemake.threads)
     backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
     extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
-                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode)
-    lo, hi = rows
-    logging.info("extracting %d %s images of %s (rows %d..%d of %d) on %s (%s)", hi - lo, w.split, w.dataset,
-                 lo, hi, len(images), extractor.device, extractor.precision)
-    # Shards are reused only by a job with the same network, code, versions and batch size
-    # (extract_sharded keeps them apart by device type and precision too). Not the shard
-    # size: shards are named by their rows, and any size gives the same features.
-    definition = repr((spec, params.code, params.versions, settings.batch_size))
-    shard_dir = shard_root / hashlib.sha256(definition.encode()).hexdigest()[:12]
-    result = extract_sharded(extractor, images[lo:hi], shard_dir, settings.shard_images, settings.batch_size,
-                             progress=log)
-    logging.info("%.1f s, %.1f images/s on %s (%s)", result.seconds, result.images_per_second,
-                 result.device, result.precision)
+                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode,
+                          n_images=n_images, compile_cache=settings.compile_cache)
     meta = {
         **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
-        "split": w.split, "device": extractor.device.type, "precision": result.precision,
-        "feature_dim": backbone.feature_dim,
+        "device": extractor.device.type, "precision": extractor.precision, "feature_dim": backbone.feature_dim,
     }
-    return meta, result, settings, extractor
+    return spec, extractor, meta
 
 
-def write_metrics(meta, n_computed, seconds, images_per_second, device, precision, batch_size, **extra):
+def shard_dir(spec, settings, where: Path) -> Path:
+    """Shards are reused only by a job with the same network, code, versions, batch size and
+    prepared dataset (extract_sharded keeps them apart by device type and precision too).
+    Not the shard size: shards are named by their rows, and any size gives the same features."""
+    stat = os.stat(snakemake.input.dataset)
+    definition = repr((spec, params.code, params.versions, settings.batch_size, stat.st_size, stat.st_mtime_ns))
+    return where / hashlib.sha256(definition.encode()).hexdigest()[:12]
+
+
+def compute(segments, settings, shard_root):
+    """Features of each (split, lo, hi) segment, one network load for all; per segment its
+    ExtractionResult, and the extractor and meta."""
+    spec, extractor, meta = load_extractor(settings, sum(hi - lo for _, lo, hi in segments))
+    results = []
+    for split, lo, hi in segments:
+        images = ds.subset(split)[0]  # image paths for a dataset stored as files, decoded in extract_sharded
+        logging.info("extracting %d %s images of %s (rows %d..%d of %d) on %s (%s)", hi - lo, split, w.dataset,
+                     lo, hi, len(images), extractor.device, extractor.precision)
+        result = extract_sharded(extractor, images[lo:hi], shard_dir(spec, settings, shard_root / split),
+                                 settings.shard_images, settings.batch_size, progress=log)
+        logging.info("%s: %.1f s, %.1f images/s on %s (%s)", split, result.seconds, result.images_per_second,
+                     result.device, result.precision)
+        results.append(result)
+    return results, extractor, meta
+
+
+def write_pickles(features: dict, meta: dict) -> None:
+    for split in params.splits:
+        labels = ds.subset(split)[1]
+        write_bottleneck(snakemake.output[split],
+                         Bottleneck(features[split], labels, ds.class_names, {**meta, "split": split}))
+
+
+def write_metrics(per_split: dict, device, precision, batch_size, meta, **extra):
+    """Throughput of the whole job, and per split (images, computed, seconds)."""
+    computed = sum(s["n_computed"] for s in per_split.values())
+    seconds = sum(s["seconds"] for s in per_split.values())
     metrics = {
-        "network": w.network, "dataset": w.dataset, "split": w.split, "n_images": len(labels),
-        "n_computed": n_computed, "seconds": seconds, "images_per_second": images_per_second,
+        "network": w.network, "dataset": w.dataset, "n_images": sum(s["n_images"] for s in per_split.values()),
+        "n_computed": computed, "seconds": seconds,
+        "images_per_second": computed / seconds if seconds > 0 else float("nan"),
         "device": device, "precision": precision, "batch_size": batch_size, "threads": snakemake.threads, **extra,
+        "splits": per_split,
         "meta": {k: v for k, v in meta.items() if k in ("seed", "init_seed") or k.startswith("version_")},
     }
     with atomic_write(snakemake.output.metrics, "w") as f:
@@ -71,53 +101,62 @@ def write_metrics(meta, n_computed, seconds, images_per_second, device, precisio
 
 with log_to(snakemake.log[0]) as log:
     w, params = snakemake.wildcards, snakemake.params
+    settings = ExtractSettings.from_config(snakemake.config["extract"])
     ds = load_prepared(snakemake.input.dataset, mmap=True)
-    images, labels = ds.subset(w.split)  # image paths for a dataset stored as files, decoded in extract_sharded
-    shard_root = Path("results/shards") / f"{w.network}_{w.dataset}_{w.split}"
+    sizes = {split: len(ds.subset(split)[1]) for split in params.splits}
+    shard_root = Path("results/shards") / f"{w.network}_{w.dataset}"
     if snakemake.rule == "extract_part":
         part, parts = params.part["part"], params.part["parts"]
-        settings = ExtractSettings.from_config(snakemake.config["extract"])
-        bounds = part_bounds(len(images), parts, settings.batch_size, f"split {w.split} of {w.dataset}")
-        rows = bounds[part]
-        used = sum(lo < hi for lo, hi in bounds)
+        bounds = part_bounds(sizes, parts, settings.batch_size, f"dataset {w.dataset}")
+        segments = bounds[part]
+        used = sum(bool(b) for b in bounds)
         if used < parts:
-            logging.warning("split %s of %s: %d images are %d batch(es) of extract.batch_size %d, and parts are cut "
-                            "on batches: %d of the %d parts compute them, the others nothing", w.split, w.dataset,
-                            len(images), used, settings.batch_size, used, parts)
-        if rows[0] == rows[1]:
+            logging.warning("%s: %d images are %d batch(es) of extract.batch_size %d, and parts are cut on "
+                            "batches: %d of the %d parts compute them, the others nothing", w.dataset,
+                            sum(sizes.values()), used, settings.batch_size, used, parts)
+        where = shard_root / f"part-{part + 1}-of-{parts}"
+        if not segments:
             logging.info("part %d of %d: no rows to compute", part + 1, parts)
             features = np.empty((0, 0), dtype=np.float32)
             record = {"n_computed": 0, "seconds": 0.0, "device": None, "precision": None, "meta": None}
         else:
-            meta, result, settings, _ = compute(images, rows, shard_root / f"part-{part + 1}-of-{parts}")
-            features = result.features
-            record = {"n_computed": result.n_computed, "seconds": result.seconds, "device": result.device,
-                      "precision": result.precision, "meta": meta}
+            results, _, meta = compute(segments, settings, where)
+            features = np.concatenate([r.features for r in results])
+            record = {"n_computed": sum(r.n_computed for r in results), "seconds": sum(r.seconds for r in results),
+                      "device": results[0].device, "precision": meta["precision"], "meta": meta}
         with atomic_write(snakemake.output.features) as f:
             np.save(f, features)
-        record = {"part": part, "parts": parts, "rows": list(rows), **record, "batch_size": settings.batch_size}
+        record = {"part": part, "parts": parts, "segments": [list(s) for s in segments], **record,
+                  "batch_size": settings.batch_size}
         with atomic_write(snakemake.output.record, "w") as f:
             json.dump(record, f, indent=2)
-        shutil.rmtree(shard_root / f"part-{part + 1}-of-{parts}", ignore_errors=True)
+        shutil.rmtree(where, ignore_errors=True)
     elif "parts" in snakemake.input.keys():
         records = [json.loads(Path(p).read_text()) for p in snakemake.input.records]
-        logging.info("gathering %d parts of %d %s images of %s", len(records), len(images), w.split, w.dataset)
-        features = gather_parts(list(snakemake.input.parts), records, len(images))
-        meta = records[0]["meta"]
-        write_bottleneck(snakemake.output.features, Bottleneck(features, labels, ds.class_names, meta))
+        logging.info("gathering %d parts of %d images of %s (%s)", len(records), sum(sizes.values()), w.dataset,
+                     ", ".join(f"{split} {n}" for split, n in sizes.items()))
+        features = gather_parts(list(snakemake.input.parts), records, sizes)
+        first = next(r for r in records if r["segments"])
+        write_pickles(features, first["meta"])
         # Seconds: the parts' computing time added up (GPU-seconds), so images/s is per GPU
         # as in a one-part run; each part's own numbers are kept beside.
-        computed, seconds = sum(r["n_computed"] for r in records), sum(r["seconds"] for r in records)
-        write_metrics(meta, computed, seconds, computed / seconds if seconds > 0 else float("nan"),
-                      records[0]["device"], records[0]["precision"], records[0]["batch_size"],
-                      parts=[{k: r[k] for k in ("rows", "n_computed", "seconds", "device")} for r in records])
+        per_split = {split: {"n_images": n, "n_computed": 0, "seconds": 0.0} for split, n in sizes.items()}
+        for rec in records:
+            rows = sum(hi - lo for _, lo, hi in rec["segments"])
+            for split, lo, hi in rec["segments"]:  # a part's time, shared among its splits by rows
+                per_split[split]["n_computed"] += round(rec["n_computed"] * (hi - lo) / rows)
+                per_split[split]["seconds"] += rec["seconds"] * (hi - lo) / rows
+        write_metrics(per_split, first["device"], first["precision"], first["batch_size"], first["meta"],
+                      parts=[{k: r[k] for k in ("segments", "n_computed", "seconds", "device")} for r in records])
         shutil.rmtree(shard_root, ignore_errors=True)
     else:
-        meta, result, settings, extractor = compute(images, (0, len(images)), shard_root)
-        write_bottleneck(snakemake.output.features, Bottleneck(result.features, labels, ds.class_names, meta))
+        segments = [(split, 0, n) for split, n in sizes.items()]
+        results, extractor, meta = compute(segments, settings, shard_root)
+        write_pickles({split: r.features for (split, _, _), r in zip(segments, results, strict=True)}, meta)
         # Where a file dataset's JPEGs were decoded (None: a dataset stored as pixels).
         decoded_on = decode_device(settings.decode, extractor.device).type if ds.files is not None else None
-        write_metrics(meta, result.n_computed, result.seconds, result.images_per_second, result.device,
-                      result.precision, settings.batch_size, compile=settings.compile,
-                      cuda_graph=extractor.cuda_graph, decode=decoded_on)
+        per_split = {split: {"n_images": n, "n_computed": r.n_computed, "seconds": r.seconds}
+                     for (split, _, n), r in zip(segments, results, strict=True)}
+        write_metrics(per_split, results[0].device, meta["precision"], settings.batch_size, meta,
+                      compile=extractor.compile, cuda_graph=extractor.cuda_graph, decode=decoded_on)
         shutil.rmtree(shard_root, ignore_errors=True)
