@@ -302,3 +302,17 @@ def test_gathering_refuses_parts_that_were_not_computed_alike_or_do_not_cover_th
     np.save(paths[1], np.ones((7, 4), np.float64))
     with pytest.raises(ValueError, match="part-2.npy: float64 \\(7, 4\\), expected float32 \\(7, 4\\)"):
         gather_parts(paths, _records(bounds), sizes)
+
+
+def test_first_batch_callback_runs_once_after_the_first_batch(small_backbone):
+    """A job's timing marks its first batch (start-up, lazy initialisation, compilation) apart
+    from the work after it: the extractor calls back once, whatever the runs and batches."""
+    from transfer_lab.extract import Extractor
+
+    extractor = Extractor(small_backbone, "cpu", "fp32")
+    seen = []
+    extractor.on_first_batch = lambda: seen.append(len(seen))
+    images = np.zeros((5, 12, 12, 3), dtype=np.uint8)
+    extractor.run(images, batch_size=2)
+    extractor.run(images, batch_size=2)
+    assert seen == [0] and extractor.on_first_batch is None

@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -152,6 +152,8 @@ class Extractor:
         self.compile_cache = use_compile_cache(compile_cache_dir(compile_cache, self.device)) if compile else None
         self.precision = resolve_precision(precision, self.device)
         self.feature_dim = backbone.feature_dim
+        # Called once, after this extractor's first batch has computed (synchronised on CUDA).
+        self.on_first_batch: Callable[[], object] | None = None
         self.prep = DevicePreprocess(backbone.preprocess).to(self.device)
         model = backbone.model.to(self.device)
         if self.device.type == "cuda":
@@ -242,6 +244,8 @@ class Extractor:
                     graph = self._graph(forward, batch, batch_size) if self.cuda_graph else None
                     features[start:end] = graph.replay(batch) if graph is not None else forward(batch)
                     feed.release()
+                    if self.on_first_batch is not None:
+                        self._first_batch_done()
                 except Exception as err:
                     if not is_out_of_memory(err):
                         raise
@@ -274,6 +278,14 @@ class Extractor:
                 "square root of a negative batch-norm running_var; check that the weights file belongs to this "
                 "network (its arch) and is not damaged")
         return out
+
+    def _first_batch_done(self) -> None:
+        """Call ``on_first_batch`` once, when the first batch has computed (a job's timing
+        tells start-up, lazy initialisation and compilation from the work after them)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        callback, self.on_first_batch = self.on_first_batch, None
+        callback()
 
     def _graph(self, forward, batch: torch.Tensor, batch_size: int) -> _Graph | None:
         """The captured graph for full batches of this shape (captured on first use), or None:

@@ -12,6 +12,9 @@ outputs are written, so a killed job resumes where it stopped; finished parts ar
 outputs, kept.
 """
 
+from transfer_lab import timing  # first: the job's clock starts here (before torch)
+
+# isort: split
 import hashlib
 import json
 import logging
@@ -38,11 +41,14 @@ def load_extractor(settings, n_images: int):
     spec = NetworkSpec(**params.network["spec"])
     torch.set_num_threads(snakemake.threads)
     backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)  # where fetch_weights put input.checkpoint
+    timing.mark("weights")
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
     extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
                           compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode,
                           n_images=n_images, compile_cache=settings.compile_cache)
+    timing.mark("device")
+    extractor.on_first_batch = lambda: timing.mark("first batch")  # with any compilation
     meta = {
         **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
         "device": extractor.device.type, "precision": extractor.precision, "feature_dim": backbone.feature_dim,
@@ -73,6 +79,7 @@ def compute(segments, settings, shard_root):
         logging.info("%s: %.1f s, %.1f images/s on %s (%s)", split, result.seconds, result.images_per_second,
                      result.device, result.precision)
         results.append(result)
+    timing.mark("work")
     return results, extractor, meta
 
 
@@ -105,6 +112,7 @@ with log_to(snakemake.log[0]) as log:
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     sizes = {split: len(ds.subset(split)[1]) for split in params.splits}
     shard_root = Path("results/shards") / f"{w.network}_{w.dataset}"
+    timing.mark("load")
     if snakemake.rule == "extract_part":
         part, parts = params.part["part"], params.part["parts"]
         bounds = part_bounds(sizes, parts, settings.batch_size, f"dataset {w.dataset}")
@@ -136,6 +144,7 @@ with log_to(snakemake.log[0]) as log:
         logging.info("gathering %d parts of %d images of %s (%s)", len(records), sum(sizes.values()), w.dataset,
                      ", ".join(f"{split} {n}" for split, n in sizes.items()))
         features = gather_parts(list(snakemake.input.parts), records, sizes)
+        timing.mark("work")
         first = next(r for r in records if r["segments"])
         write_pickles(features, first["meta"])
         # Seconds: the parts' computing time added up (GPU-seconds), so images/s is per GPU
