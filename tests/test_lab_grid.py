@@ -61,14 +61,14 @@ def test_udacity_preset_plans_the_full_grid_before_the_data_is_there(tmp_path):
     }, run.output
 
 
-def test_udacity_grid_runs_end_to_end_with_tiny_inputs(lab):
+def test_udacity_grid_runs_end_to_end_with_tiny_inputs(lab, tmp_path):
     workdir, torch_home = lab
     config = yaml.safe_load((workdir / "config/udacity.yaml").read_text())
     for name, size in TINY_INPUT.items():
         config["networks"][name]["input_size"] = size
     config["heads"]["linear"]["epochs"] = 5
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(config))
-    imports = workdir.parent / "imports"
+    imports = tmp_path / "imports"  # not beside workdir: other modules' folders share that parent
     imports.mkdir()
     run = snakemake(workdir, "--configfile", "config/tiny.yaml", env={"TORCH_HOME": str(torch_home)},
                     hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})

@@ -141,8 +141,7 @@ def built(tmp_path_factory):
     write_config(workdir, TINY)
     snakemake(workdir, "results/datasets/digits.npz")
     _write_new_images(workdir / "new", load_prepared(workdir / "results/datasets/digits.npz"))
-    imports = workdir.parent / "imports"
-    imports.mkdir()
+    imports = tmp_path_factory.mktemp("imports")
     run = snakemake(workdir, "predict", "export", "--config", "predict={images: new/, top_k: 2}",
                     hooks={"TRANSFER_LAB_TEST_IMPORTS": str(imports)})
     assert_job_imports(imports, __file__)  # extract_features_without_test: a dataset without a test split
