@@ -16,8 +16,9 @@ generating 20,000 images does not dominate the run.
             the same files on --workers processes
   prepare   what rule prepare_dataset does: list the folder, assign splits, decode the
             kept rows on --workers processes (draft mode where storage.draft_is_exact
-            allows), stream them into results/datasets/{dataset}.npz; on 1 worker and on
-            --workers
+            allows) into results/datasets/{dataset}.npz (datasets.write_dataset: one
+            worker streams its chunks into the file, more workers each write their rows
+            into the memory-mapped file); on 1 worker and on --workers
 
 Prints images/s of each, the ratios (prepare per core against bare per core: target >= 0.8;
 prepare on --workers against prepare on 1: target >= 1.7 on 2 cores), whether draft mode
@@ -117,15 +118,14 @@ def _tree_rss(pid: int) -> int:
 _PREPARE = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, stored_chunks, write_prepared
+from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, write_dataset
 from transfer_lab.sources import dataset_spec
 root, size, workers, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 started = time.perf_counter()
 plan = plan_dataset(dataset_spec({"source": "imagefolder", "root": root, "image_size": size}),
                     SplitSpec(validation_fraction=0.1, test_fraction=0.1, seed=0))
 draft = draft_is_exact(plan.images, plan.rows)
-write_prepared(out, plan.labels, plan.split, plan.class_names, {}, stored_chunks(plan.images, plan.rows, workers, draft),
-               (size, size, 3))
+write_dataset(plan, out, {}, workers, draft)
 print(len(plan.rows), time.perf_counter() - started, int(draft), "torch" in sys.modules)
 """
 
