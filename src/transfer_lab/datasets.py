@@ -331,24 +331,17 @@ def stored_chunks(
 
 # --- decoding in parallel, straight into the output file ---------------------------------
 
-# The output file a worker has mapped: (path, offset, shape) -> its rows. One at a time.
-_MAPS: dict[tuple, np.ndarray] = {}
-
-
-def _mapped(path: str, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-    key = (path, offset, shape)
-    if key not in _MAPS:
-        _MAPS.clear()
-        _MAPS[key] = np.memmap(path, dtype=np.uint8, mode="r+", offset=offset, shape=shape)
-    return _MAPS[key]
-
-
-def _decode_into_task(path: str, offset: int, shape: tuple[int, ...], start: int, rows: np.ndarray) -> int:
-    """Decode ``rows`` into rows ``start`` on of the mapped file; the CRC-32 of their bytes."""
+def _decode_into_task(path: str, offset: int, start: int, rows: np.ndarray) -> int:
+    """Decode ``rows`` into rows ``start`` on of the images that begin at byte ``offset`` of
+    the file ``path``, through a map of just those rows (unmapped when done: the process
+    keeps none of the file resident); the CRC-32 of their bytes."""
     images, draft = _WORK
-    out = _mapped(path, offset, shape)[start:start + len(rows)]
+    shape = (len(rows), *images.shape[1:])
+    out = np.memmap(path, dtype=np.uint8, mode="r+", offset=offset + start * int(np.prod(shape[1:])), shape=shape)
     images.decode(rows, draft, out=out)
-    return zlib.crc32(out)
+    crc = zlib.crc32(out)
+    del out  # unmaps
+    return crc
 
 
 def parallel(images: np.ndarray | LazyImages, rows: np.ndarray, workers: int) -> bool:
@@ -362,35 +355,30 @@ def decode_into(images: LazyImages, rows: np.ndarray, path: str | os.PathLike, o
     the file ``path``, whose bytes from ``offset`` on (already there: the file is long
     enough) are to hold them as uint8 (len(rows), S, S, 3), C order.
 
-    Each worker maps the file once and decodes its rows where they lie in it; what comes
+    Each task maps just its rows of the file and decodes them where they lie; what comes
     back is their CRC-32, never pixels, so the job's own process moves no image data. A few
     tasks are in flight at a time, and a worker's error (a bad image, named) is raised here
     as it would be on one process. Returns the CRC-32 of all those bytes, as
     ``zlib.crc32`` of them in one piece would be (the zip member's checksum).
     """
-    shape = (len(rows), *images.shape[1:])
-    row_bytes = int(np.prod(shape[1:]))
+    row_bytes = int(np.prod(images.shape[1:]))
     tasks = _tasks(rows, images.shape[1], workers)
     starts = np.cumsum([0] + [len(t) for t in tasks[:-1]])
     progress = _progress(images, len(rows), workers)
     crc = 0
-    try:
-        with _executor(images, workers, draft) as pool:
-            pending: deque = deque()
-            queued = iter(zip(starts, tasks, strict=True))
-            for start, task in itertools.islice(queued, 2 * workers):
-                pending.append((len(task), pool.submit(_decode_into_task, str(path), offset, shape, int(start), task)))
-            while pending:
-                n, future = pending.popleft()
-                crc = crc32_combine(crc, future.result(), n * row_bytes)
-                nxt = next(queued, None)
-                if nxt is not None:
-                    start, task = nxt
-                    pending.append((len(task),
-                                    pool.submit(_decode_into_task, str(path), offset, shape, int(start), task)))
-                progress(n)
-    finally:
-        _MAPS.clear()  # threads (no fork) mapped it in this process: unmapped before the file is renamed
+    with _executor(images, workers, draft) as pool:
+        pending: deque = deque()
+        queued = iter(zip(starts, tasks, strict=True))
+        for start, task in itertools.islice(queued, 2 * workers):
+            pending.append((len(task), pool.submit(_decode_into_task, str(path), offset, int(start), task)))
+        while pending:
+            n, future = pending.popleft()
+            crc = crc32_combine(crc, future.result(), n * row_bytes)
+            nxt = next(queued, None)
+            if nxt is not None:
+                start, task = nxt
+                pending.append((len(task), pool.submit(_decode_into_task, str(path), offset, int(start), task)))
+            progress(n)
     return crc
 
 
