@@ -9,6 +9,7 @@ plugin's status polling, whose interval grows by 10 s while no job finishes.
 
 import json
 import re
+import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -324,3 +325,43 @@ def test_gres_style_requests_the_gpu_with_gres(cluster, tmp_path):
     assert job.get("TresPerNode") == "gres:gpu:1", job
     # SLURM hands the job its GPU the way real clusters do.
     assert (workdir / "visible.txt").read_text().strip().isdigit()
+
+
+@pytest.mark.integration
+def test_heads_of_a_pair_are_one_submission_that_waits_only_for_its_own_features(cluster, tmp_path):
+    """The profile's grouping on a workflow named like the real one (no torch: quick): two
+    (network, dataset) pairs, one of whose features take a minute longer. Each pair's three heads
+    run in one sbatch job, submitted as soon as its own features exist."""
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    shutil.copytree(REPO / "profiles/default", workdir / "profiles/default")  # heads_at_once: 1
+    (workdir / "Snakefile").write_text(
+        'rule all:\n'
+        '    input: expand("heads/{network}_digits_{head}.txt", network=["fast", "slow"], head=["a", "b", "c"])\n'
+        'rule extract_features:\n'
+        '    output: "features/{network}_{dataset}.txt"\n'
+        '    params: wait=lambda w: 1 if w.network == "fast" else 60\n'
+        '    shell: "sleep {params.wait}; touch {output}"\n'
+        'rule train_head:\n'
+        '    input: "features/{network}_{dataset}.txt"\n'
+        '    output: "heads/{network}_{dataset}_{head}.txt"\n'
+        '    shell: "echo $SLURM_JOB_ID > {output}"\n'
+    )
+    run = snakemake(workdir, "--profile", str(ci_profile(tmp_path / "ci-profile")), check=False)
+    if run.returncode:
+        pytest.fail(f"snakemake on SLURM failed ({run.returncode}):\n{run.output[-5000:]}\n{cluster.log_tail()}")
+    assert sorted(group_jobs(run.output)) == ["heads_fast_digits", "heads_slow_digits"]
+    records = [j for j in cluster.jobs() if j.get("WorkDir") == str(workdir)]
+    assert sorted(rule_of(j["Comment"]) for j in records) == [
+        "extract_features", "extract_features", "heads_fast_digits_train_head", "heads_slow_digits_train_head"]
+    for network in ("fast", "slow"):
+        [group] = [j for j in records if rule_of(j["Comment"]) == f"heads_{network}_digits_train_head"]
+        # The three heads ran inside that one SLURM job, which asked for one CPU and their
+        # three runtimes (30 min each in the CI profile).
+        ran_in = {(workdir / f"heads/{network}_digits_{h}.txt").read_text().strip() for h in "abc"}
+        assert ran_in == {group["JobId"]}, ran_in
+        assert (group["NumCPUs"], group["TimeLimit"]) == ("1", "01:30:00"), group
+    # The fast pair's heads did not wait for the slow pair's features.
+    [fast] = [j for j in records if rule_of(j["Comment"]) == "heads_fast_digits_train_head"]
+    [slow_features] = [j for j in records if j["Comment"] == "rule_extract_features_wildcards_slow_digits"]
+    assert fast["StartTime"] < slow_features["EndTime"], (fast, slow_features)
