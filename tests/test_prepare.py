@@ -3,6 +3,7 @@ draft mode only where it changes nothing beyond one grey level, and datasets kep
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -108,6 +109,24 @@ def test_workers_writing_into_the_file_give_the_one_process_bytes_at_any_worker_
     monkeypatch.setattr(datasets, "_TASK_BYTES", 3 * 32 * 32 * 3)
     write_dataset(plan, tmp_path / "small-tasks.npz", {"dataset": "photos"}, workers=2)
     assert (tmp_path / "small-tasks.npz").read_bytes() == alone
+
+
+def test_a_full_disk_fails_before_the_workers_decode_naming_the_file(tmp_path, monkeypatch):
+    """The images' room is allocated before any worker writes into the mapped file: a full
+    disk is the OSError every write names, not a worker killed by a bus error."""
+    plan = plan_dataset(imagefolder(photo_folder(tmp_path / "photos")), SPLIT)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets.os, "posix_fallocate", full)
+    monkeypatch.setattr(datasets, "decode_into", None)  # never reached
+    out = tmp_path / "out"
+    for write in (lambda: write_dataset(plan, out / "x.npz", {}, workers=2),
+                  lambda: write_part(plan, out / "x.npy", 0, 1, workers=2)):
+        with pytest.raises(OSError, match=r"cannot write .*/out/x\.np[yz]: No space left on device"):
+            write()
+    assert os.listdir(out) == []
 
 
 def test_crc32_combine_is_the_crc_of_the_pieces_together():

@@ -405,8 +405,8 @@ def _gf2_product(a: Sequence[int], b: Sequence[int]) -> list[int]:
 
 @lru_cache(maxsize=16)
 def _zeros_operator(nbytes: int) -> tuple[int, ...]:
-    """The matrix that takes the CRC of a piece to the CRC of that piece followed by
-    ``nbytes`` zero bytes (before the final XOR that CRC-32 applies on both ends)."""
+    """The matrix M such that ``crc32(a + b) == M crc32(a) ^ crc32(b)`` for every ``b`` of
+    ``nbytes`` bytes (zlib's "append nbytes zero bytes" operator)."""
     one_bit = [0xEDB88320] + [1 << k for k in range(31)]  # one zero bit
     power = one_bit
     for _ in range(3):  # 8 zero bits: one zero byte
@@ -533,11 +533,16 @@ def write_prepared(
 
 
 def _reserve(f, nbytes: int) -> int:
-    """Make room for ``nbytes`` at the position of the open file ``f`` (the file grows;
-    sparse until written): its offset, for workers to map."""
+    """Make room for ``nbytes`` at the position of the open file ``f``: its offset, for
+    workers to map. The disk space is allocated here (``posix_fallocate``), so that a full
+    disk fails now, with an ``OSError`` naming the file, rather than as a bus error in a
+    worker writing into a sparse map."""
     f.flush()
     offset = f.tell()
-    f.truncate(offset + nbytes)
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(f.fileno(), offset, nbytes)
+    else:
+        f.truncate(offset + nbytes)
     return offset
 
 
