@@ -16,10 +16,12 @@ generating 20,000 images does not dominate the run.
             the same files on --workers processes
   prepare   what rule prepare_dataset does: list the folder, assign splits, decode the
             kept rows on --workers processes (draft mode where storage.draft_is_exact
-            allows), stream them into results/datasets/{dataset}.npz; on 1 worker and on
-            --workers
+            allows) into results/datasets/{dataset}.npz (datasets.write_dataset: one
+            worker streams its chunks into the file, more workers each write their rows
+            into the memory-mapped file); on 1 worker and on --workers
 
-Prints images/s of each, the ratios (prepare per core against bare per core: target >= 0.8;
+Prints images/s of each and the CPU time (user + system, workers included) an image took,
+the ratios (prepare per core against bare per core: target >= 0.8;
 prepare on --workers against prepare on 1: target >= 1.7 on 2 cores), whether draft mode
 was used, and the peak memory (RSS summed over the preparing process and its workers,
 sampled every 50 ms; Linux /proc) against the prepared file's size.
@@ -87,15 +89,24 @@ def _bare(paths: list[Path], size: int) -> int:
     return len(paths)
 
 
-def bare_rate(files: list[Path], size: int, workers: int) -> float:
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have ended."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def bare_rate(files: list[Path], size: int, workers: int) -> tuple[float, float]:
+    """(images/s, CPU seconds per image, workers included)."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     if workers == 1:
         _bare(files, size)
     else:
         step = max(1, len(files) // (8 * workers))
         with get_context("fork").Pool(workers) as pool:
             pool.starmap(_bare, [(files[i:i + step], size) for i in range(0, len(files), step)])
-    return len(files) / (time.perf_counter() - started)
+    return len(files) / (time.perf_counter() - started), (cpu_seconds() - cpu) / len(files)
 
 
 def _tree_rss(pid: int) -> int:
@@ -117,21 +128,25 @@ def _tree_rss(pid: int) -> int:
 _PREPARE = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, stored_chunks, write_prepared
+from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, write_dataset
 from transfer_lab.sources import dataset_spec
 root, size, workers, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-started = time.perf_counter()
+import resource
+def cpu_seconds():
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+started, cpu = time.perf_counter(), cpu_seconds()
 plan = plan_dataset(dataset_spec({"source": "imagefolder", "root": root, "image_size": size}),
                     SplitSpec(validation_fraction=0.1, test_fraction=0.1, seed=0))
 draft = draft_is_exact(plan.images, plan.rows)
-write_prepared(out, plan.labels, plan.split, plan.class_names, {}, stored_chunks(plan.images, plan.rows, workers, draft),
-               (size, size, 3))
-print(len(plan.rows), time.perf_counter() - started, int(draft), "torch" in sys.modules)
+write_dataset(plan, out, {}, workers, draft)
+print(len(plan.rows), time.perf_counter() - started, int(draft), "torch" in sys.modules, cpu_seconds() - cpu)
 """
 
 
-def prepare(root: Path, size: int, workers: int, out: Path) -> tuple[float, bool, int]:
-    """Prepare the folder in a fresh process as the rule does: (images/s, draft used, peak RSS bytes)."""
+def prepare(root: Path, size: int, workers: int, out: Path) -> tuple[float, float, bool, int]:
+    """Prepare the folder in a fresh process as the rule does: (images/s, CPU seconds per image
+    (the process and its workers, from after its imports), draft used, peak RSS bytes)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", _PREPARE, str(root), str(size), str(workers), str(out)],
@@ -152,10 +167,10 @@ def prepare(root: Path, size: int, workers: int, out: Path) -> tuple[float, bool
     sampler.join()
     if proc.returncode:
         sys.exit(f"preparation failed:\n{stderr}")
-    n, seconds, draft, torch = stdout.split()
+    n, seconds, draft, torch, cpu = stdout.split()
     if torch == "True":
         sys.exit("preparation imported torch; it must not")
-    return int(n) / float(seconds), draft == "1", peak
+    return int(n) / float(seconds), float(cpu) / int(n), draft == "1", peak
 
 
 def main() -> None:
@@ -174,19 +189,21 @@ def main() -> None:
         print(f"{len(files)} JPEGs of 500x375 ({args.distinct} distinct) written in "
               f"{time.perf_counter() - started:.0f} s; storage {args.size} px, {args.workers} workers")
         out = Path(tmp) / "prepared.npz"
-        rates = {}
+        rates, cpu = {}, {}
+        bare_n, prep_n = f"bare {args.workers} processes", f"prepare {args.workers} workers"
         if not args.only_prepare:
-            rates["bare 1 process"] = bare_rate(files, args.size, 1)
-            rates[f"bare {args.workers} processes"] = bare_rate(files, args.size, args.workers)
-            rates["prepare 1 worker"], _, _ = prepare(root, args.size, 1, out)
-        rates[f"prepare {args.workers} workers"], draft, peak = prepare(root, args.size, args.workers, out)
+            rates["bare 1 process"], cpu["bare 1 process"] = bare_rate(files, args.size, 1)
+            rates[bare_n], cpu[bare_n] = bare_rate(files, args.size, args.workers)
+            rates["prepare 1 worker"], cpu["prepare 1 worker"], _, _ = prepare(root, args.size, 1, out)
+        rates[prep_n], cpu[prep_n], draft, peak = prepare(root, args.size, args.workers, out)
         for label, rate in rates.items():
-            print(f"{label:<24} {rate:8.0f} img/s")
+            print(f"{label:<24} {rate:8.0f} img/s  {1000 * cpu[label]:6.2f} CPU ms/image")
         if not args.only_prepare:
-            bare, mine = rates[f"bare {args.workers} processes"], rates[f"prepare {args.workers} workers"]
-            print(f"ratio prepare/bare per core   {mine / bare:.2f} (target >= 0.8)")
-            print(f"ratio prepare {args.workers}/1 workers   {mine / rates['prepare 1 worker']:.2f} "
+            print(f"ratio prepare/bare per core   {rates[prep_n] / rates[bare_n]:.2f} (target >= 0.8)")
+            print(f"ratio prepare {args.workers}/1 workers   {rates[prep_n] / rates['prepare 1 worker']:.2f} "
                   f"(target >= 1.7 on 2 cores)")
+            # What a busy machine cannot blur: the CPU an image costs, bare loop against preparation.
+            print(f"ratio CPU per image bare/prepare {args.workers}   {cpu[bare_n] / cpu[prep_n]:.2f}")
         print(f"draft mode               {'on' if draft else 'off'}")
         print(f"peak RSS                 {peak / 2**20:.0f} MB (prepared file {out.stat().st_size / 2**20:.0f} MB)")
 

@@ -3,9 +3,13 @@ draft mode only where it changes nothing beyond one grey level, and datasets kep
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import subprocess
 import sys
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -16,8 +20,10 @@ from PIL import Image
 from transfer_lab import datasets
 from transfer_lab.datasets import (
     SplitSpec,
+    crc32_combine,
     draft_is_exact,
     load_prepared,
+    parallel,
     part_rows,
     plan_dataset,
     stored_chunks,
@@ -73,6 +79,62 @@ def test_parallel_chunks_are_the_sequential_decode_in_bounded_pieces(tmp_path, m
     assert np.array_equal(np.concatenate(chunks), sequential) and np.array_equal(np.concatenate(alone), sequential)
     # Arrays (sources that hold their pixels) pass through in the same pieces.
     assert np.array_equal(np.concatenate(list(stored_chunks(np.asarray(plan.images), plan.rows))), sequential)
+
+
+def test_workers_writing_into_the_file_give_the_one_process_bytes_at_any_worker_count(tmp_path, monkeypatch):
+    """On workers, each decodes its rows straight into the memory-mapped output; the file is
+    the one a single process streams, byte for byte, whole datasets and parts alike."""
+    root = photo_folder(tmp_path / "photos", n_per_class=7)
+    smooth(640, 480, seed=99).save(root / "a" / "extra.jpg", quality=95)  # 15 images: a short last task
+    plan = plan_dataset(imagefolder(root), SPLIT)
+    assert len(plan.rows) == 15
+    write_dataset(plan, tmp_path / "one.npz", {"dataset": "photos"}, workers=1)
+    alone = (tmp_path / "one.npz").read_bytes()
+    parts = [tmp_path / f"alone-{k}.npy" for k in range(2)]
+    for k, path in enumerate(parts):
+        write_part(plan, path, k, 2, workers=1)
+    # The workers' path sends no pixels back: with the chunk stream out of reach it still works.
+    monkeypatch.setattr(datasets, "stored_chunks", None)
+    for workers in (2, 3, 5):
+        assert parallel(plan.images, plan.rows, workers)
+        out = tmp_path / f"w{workers}.npz"
+        write_dataset(plan, out, {"dataset": "photos"}, workers=workers)
+        assert out.read_bytes() == alone, workers
+        for k, path in enumerate(parts):
+            mine = tmp_path / f"w{workers}-{k}.npy"
+            assert write_part(plan, mine, k, 2, workers=workers) == len(part_rows(plan.rows, k, 2))
+            assert mine.read_bytes() == path.read_bytes(), (workers, k)
+    assert zipfile.ZipFile(tmp_path / "w3.npz").testzip() is None  # the member's CRC-32 checks out
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    # Tasks of three images at most: the CRC of many pieces, the last one short.
+    monkeypatch.setattr(datasets, "_TASK_BYTES", 3 * 32 * 32 * 3)
+    write_dataset(plan, tmp_path / "small-tasks.npz", {"dataset": "photos"}, workers=2)
+    assert (tmp_path / "small-tasks.npz").read_bytes() == alone
+
+
+def test_a_full_disk_fails_before_the_workers_decode_naming_the_file(tmp_path, monkeypatch):
+    """The images' room is allocated before any worker writes into the mapped file: a full
+    disk is the OSError every write names, not a worker killed by a bus error."""
+    plan = plan_dataset(imagefolder(photo_folder(tmp_path / "photos")), SPLIT)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets.os, "posix_fallocate", full)
+    monkeypatch.setattr(datasets, "decode_into", None)  # never reached
+    out = tmp_path / "out"
+    for write in (lambda: write_dataset(plan, out / "x.npz", {}, workers=2),
+                  lambda: write_part(plan, out / "x.npy", 0, 1, workers=2)):
+        with pytest.raises(OSError, match=r"cannot write .*/out/x\.np[yz]: No space left on device"):
+            write()
+    assert os.listdir(out) == []
+
+
+def test_crc32_combine_is_the_crc_of_the_pieces_together():
+    rng = np.random.default_rng(0)
+    for len1, len2 in [(0, 0), (0, 5), (5, 0), (1, 1), (3, 1000), (4096, 12288), (10, 3 * 64 * 64 * 21 + 7)]:
+        a, b = rng.bytes(len1), rng.bytes(len2)
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len2) == zlib.crc32(a + b), (len1, len2)
 
 
 def test_parts_gathered_in_order_are_the_one_job_file_byte_for_byte(tmp_path):
@@ -191,6 +253,13 @@ def test_a_bad_file_decoded_by_a_worker_is_named_as_a_sequential_decode_names_it
     root = photo_folder(tmp_path / "photos", n_per_class=4)
     (root / "b" / "2.jpg").write_bytes(b"not a jpeg")
     plan = plan_dataset(imagefolder(root), SPLIT)
+    message = rf"^{root / 'b' / '2.jpg'}: not a readable image \(UnidentifiedImage"
     for workers in (1, 2):
-        with pytest.raises(DatasetError, match=rf"^{root / 'b' / '2.jpg'}: not a readable image \(UnidentifiedImage"):
+        with pytest.raises(DatasetError, match=message):
             list(stored_chunks(plan.images, plan.rows, workers=workers))
+        # Workers writing into the file raise the same error, and leave no file behind.
+        with pytest.raises(DatasetError, match=message):
+            write_dataset(plan, tmp_path / "out" / "bad.npz", {}, workers=workers)
+        with pytest.raises(DatasetError, match=message):
+            write_part(plan, tmp_path / "out" / "bad.npy", 0, 1, workers=workers)
+        assert os.listdir(tmp_path / "out") == []

@@ -9,6 +9,7 @@ plugin's status polling, whose interval grows by 10 s while no job finishes.
 
 import json
 import re
+import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,49 +34,104 @@ SMALL = {
 # extract_features job; the local reference run extracts it in one.
 # Shards of one batch: the parts batch the images exactly as the one-part local run does.
 PARTS = {"extract": {**SMALL["extract"], "shard_size": 256, "parts": 3}}
-SLURM_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 1, "train_head": 1, "compare": 1}
+# Two heads and one shot count: their 4 jobs share one submission, the group job of
+# (lite0, digits), which Snakemake names after the group and its rules.
+HEADS = {"heads": {**SMALL["heads"], "logreg": {"kind": "logreg"}}, "evaluation": {"shots": [5]}}
+HEADS_GROUP = "heads_lite0_digits_train_head_train_shots"
+RUN_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 1, "train_head": 2, "train_shots": 2,
+            "compare": 1}
+SLURM_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 1, HEADS_GROUP: 1, "compare": 1}
 GPU_RULES = {"extract_features", "extract_features_without_test", "extract_part", "finetune"}
 
 
-def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, resources) per job of a dry run."""
-    jobs = []
-    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule \w+:)", output):
-        head = re.search(r"^(localrule|rule) (\w+):", block, flags=re.M)
-        if not head or head.group(2) == "all":
-            continue
-        line = re.search(r"^\s+resources: (.*)$", block, flags=re.M)
-        resources = dict(item.split("=", 1) for item in line.group(1).split(", ")) if line else {}
-        jobs.append((head.group(2), resources))
-    return jobs
+def dry_run_jobs(output: str) -> list[dict]:
+    """Per job of a dry run: its rule, resources, wildcards and the group job it is in (None
+    outside one). A group job is printed as a line "Group job NAME (...):" followed by its
+    jobs, indented."""
+    jobs, group = [], None
+    for line in output.splitlines():
+        if match := re.match(r"^\[[^\]]*\] Group job (\S+) ", line):
+            group = match.group(1)
+        elif re.match(r"^\[[^\]]*\]$", line):
+            group = None  # an ungrouped job's header
+        elif match := re.match(r"^\s*(?:local)?rule (\w+):$", line):
+            jobs.append({"rule": match.group(1), "resources": {}, "wildcards": {}, "group": group})
+        elif jobs and (match := re.match(r"^\s+(resources|wildcards): (.*)$", line)):
+            jobs[-1][match.group(1)] = dict(item.split("=", 1) for item in match.group(2).split(", "))
+    return [job for job in jobs if job["rule"] != "all"]
+
+
+def group_jobs(output: str) -> list[str]:
+    """The names of the group jobs a run announces (a dry run prints each once; a real run
+    announces each group job once, when it submits it)."""
+    return re.findall(r"^\[[^\]]*\] Group job (\S+) ", output, flags=re.M)
+
+
+HEAD_RULES = {"train_head", "train_shots"}
 
 
 @pytest.mark.integration
 def test_dry_run_requests_one_gpu_per_extraction_job_and_none_for_cpu_rules(tmp_path):
     """The profile as shipped, on a grid with both fetch rules and fine-tuning: nothing
-    needs a cluster."""
+    needs a cluster. The heads and shots of each (network, dataset) are one group job (one
+    submission), and nothing else is grouped."""
     workdir = copy_workflow(tmp_path / "wd")
+    networks = {**SMALL["networks"], "resnet": {"arch": "resnet18", "weights": "DEFAULT"}}
+    datasets = {**SMALL["datasets"], "cifar10": {"source": "cifar10", "download": True},
+                "untested": {"source": "digits", "split": {"test_fraction": 0}}}  # extract_features_without_test
     write_config(workdir, {
         **SMALL,
-        "networks": {**SMALL["networks"], "resnet": {"arch": "resnet18", "weights": "DEFAULT"}},
-        "datasets": {**SMALL["datasets"], "cifar10": {"source": "cifar10", "download": True},
-                     "untested": {"source": "digits", "split": {"test_fraction": 0}}},
+        "networks": networks,
+        "datasets": datasets,
+        "heads": {**SMALL["heads"], "logreg": {"kind": "logreg"}},
+        "evaluation": {"shots": [5, 10]},
         "finetune": {"networks": ["lite0"], "datasets": ["digits"]},
     })
     run = snakemake(workdir, "-n", "--profile", str(REPO / "profiles/slurm"))
     assert "Using profiles" in run.output and "profiles/slurm" in run.output
     jobs = dry_run_jobs(run.output)
-    assert Counter(rule for rule, _ in jobs) == {
-        "fetch_dataset": 1, "fetch_weights": 1, "prepare_dataset": 3,
-        "extract_features": 4, "extract_features_without_test": 2, "train_head": 6, "finetune": 1, "compare": 1,
+    assert Counter(job["rule"] for job in jobs) == {
+        "fetch_dataset": 1, "fetch_weights": 1, "prepare_dataset": 3, "extract_features": 4,
+        "extract_features_without_test": 2, "train_head": 12, "train_shots": 24, "finetune": 1, "compare": 1,
     }
-    for rule, resources in jobs:
+    for job in jobs:
+        rule, resources = job["rule"], job["resources"]
         if rule in GPU_RULES:
             assert resources.get("gpu") == "1", resources
             assert "gres" not in resources, resources
         else:
             assert "gpu" not in resources and "gres" not in resources, (rule, resources)
         assert int(resources["runtime"]) > 0 and int(resources["mem_mb"]) > 0, (rule, resources)
+        # Only heads and shots are grouped: each in the group of its (network, dataset).
+        wildcards = job["wildcards"]
+        expected = f"heads_{wildcards['network']}_{wildcards['dataset']}" if rule in HEAD_RULES else None
+        assert job["group"] == expected, job
+        if rule in HEAD_RULES:
+            assert resources["heads_at_once"] == "1", job
+    # One group job per (network, dataset), each with all 2 heads and 2 x 2 shots of its pair.
+    pairs = [(n, d) for n in networks for d in datasets]
+    assert sorted(group_jobs(run.output)) == sorted(f"heads_{n}_{d}" for n, d in pairs)
+    members = Counter((job["group"], job["rule"]) for job in jobs if job["group"])
+    assert members == {
+        **{(f"heads_{n}_{d}", "train_head"): 2 for n, d in pairs},
+        **{(f"heads_{n}_{d}", "train_shots"): 4 for n, d in pairs},
+    }
+
+    # Without group-components each job would be its own group job: they share no edge, so
+    # the profile's pooling is what makes one submission of them.
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    del profile["group-components"]
+    unpooled = tmp_path / "unpooled"
+    unpooled.mkdir()
+    (unpooled / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    run = snakemake(workdir, "-n", "--profile", str(unpooled))
+    assert len(group_jobs(run.output)) == 12 + 24
+
+    # A local run (no cluster profile) groups nothing: the same jobs, one by one.
+    run = snakemake(workdir, "-n")
+    assert not group_jobs(run.output)
+    assert Counter(job["rule"] for job in dry_run_jobs(run.output)) == Counter(job["rule"] for job in jobs)
+    assert all(job["group"] is None for job in dry_run_jobs(run.output))
 
 
 @pytest.mark.parametrize("present, visible, expected", [
@@ -98,9 +154,10 @@ def test_default_profile_allows_one_gpu_job_per_gpu_this_machine_shows(monkeypat
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     with open(REPO / "profiles/default/config.yaml") as f:
         args = ProfileConfigFileParser().parse(f)
-    assert args["resources"] == [f"gpu={expected}"]
-    # Local scope: a cluster's GPU jobs are not capped by the submitting machine's count.
-    assert args["set-resource-scopes"] == ["gpu=local"]
+    assert args["resources"] == [f"gpu={expected}", "heads_at_once=1"]
+    # Local scope: a cluster's GPU jobs are not capped by the submitting machine's count, and
+    # heads_at_once shapes each group job of profiles/slurm without counting across them.
+    assert args["set-resource-scopes"] == ["gpu=local", "heads_at_once=local"]
 
 
 def test_profile_declares_one_gpu_for_every_gpu_rule_and_fetch_rules_are_local():
@@ -175,7 +232,8 @@ def cluster(tmp_path_factory):
 
 
 def rule_of(comment: str) -> str:
-    """The plugin tags each job with the comment rule_<name>[_wildcards_<values>]."""
+    """The plugin tags each job with the comment rule_<name>[_wildcards_<values>]; a group
+    job's name is its group's and its rules' (heads_lite0_digits_train_head_train_shots)."""
     match = re.fullmatch(r"rule_(\w+?)(?:_wildcards_.*)?", comment)
     assert match, f"not a Snakemake job comment: {comment!r}"
     return match.group(1)
@@ -184,9 +242,9 @@ def rule_of(comment: str) -> str:
 @pytest.mark.integration
 def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
     on_slurm = copy_workflow(tmp_path / "slurm")
-    write_config(on_slurm, {**SMALL, **PARTS})
+    write_config(on_slurm, {**SMALL, **HEADS, **PARTS})
     local = copy_workflow(tmp_path / "local")
-    write_config(local, SMALL)
+    write_config(local, {**SMALL, **HEADS})
     # The local reference runs while the SLURM run mostly waits on the queue.
     with ThreadPoolExecutor(1) as pool:
         local_run = pool.submit(snakemake, local)
@@ -194,11 +252,20 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
         local_run.result()
     if run.returncode:
         pytest.fail(f"snakemake on SLURM failed ({run.returncode}):\n{run.output[-5000:]}\n{cluster.log_tail()}")
-    assert run.jobs == SLURM_JOBS
+    assert run.jobs == RUN_JOBS
+    assert group_jobs(run.output) == ["heads_lite0_digits"]
 
-    # Every job went through sbatch: slurmctld's record of the jobs run from this folder.
+    # Every job went through sbatch: slurmctld's record of the jobs run from this folder. The
+    # 4 head and shot jobs were one submission.
     jobs = [j for j in cluster.jobs() if j.get("WorkDir") == str(on_slurm)]
     assert Counter(rule_of(j["Comment"]) for j in jobs) == SLURM_JOBS, jobs
+    assert len(jobs) == sum(RUN_JOBS.values()) - 3
+    # The plugin runs a group's jobs one after another: the group asked for one head job's CPU
+    # and memory, and for the 4 jobs' runtimes together (30 min each in the CI profile).
+    [group] = [j for j in jobs if rule_of(j["Comment"]) == HEADS_GROUP]
+    assert (group["NumCPUs"], group["MinMemoryNode"], group["TimeLimit"]) == ("1", "1000M", "02:00:00"), group
+    # It started once the features it needed were written.
+    assert group["StartTime"] >= max(j["EndTime"] for j in jobs if rule_of(j["Comment"]) == "extract_features")
     for job in jobs:
         rule = rule_of(job["Comment"])
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
@@ -224,7 +291,9 @@ def test_grid_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
     assert len(pickles) == 3
     for path in pickles:
         assert (on_slurm / path).read_bytes() == (local / path).read_bytes(), path
-    for path in sorted((local / "results/heads").glob("*.json")):
+    results = sorted([*(local / "results/heads").glob("*.json"), *(local / "results/shots").glob("*.json")])
+    assert len(results) == 4
+    for path in results:
         ours, theirs = (json.loads(p.read_text()) for p in (on_slurm / path.relative_to(local), path))
         assert ours["accuracy"] == theirs["accuracy"], path.name
     columns = ["network", "head", "validation_accuracy", "test_accuracy", "n_train", "n_test"]
@@ -257,3 +326,43 @@ def test_gres_style_requests_the_gpu_with_gres(cluster, tmp_path):
     assert job.get("TresPerNode") == "gres:gpu:1", job
     # SLURM hands the job its GPU the way real clusters do.
     assert (workdir / "visible.txt").read_text().strip().isdigit()
+
+
+@pytest.mark.integration
+def test_heads_of_a_pair_are_one_submission_that_waits_only_for_its_own_features(cluster, tmp_path):
+    """The profile's grouping on a workflow named like the real one (no torch: quick): two
+    (network, dataset) pairs, one of whose features take a minute longer. Each pair's three heads
+    run in one sbatch job, submitted as soon as its own features exist."""
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    shutil.copytree(REPO / "profiles/default", workdir / "profiles/default")  # heads_at_once: 1
+    (workdir / "Snakefile").write_text(
+        'rule all:\n'
+        '    input: expand("heads/{network}_digits_{head}.txt", network=["fast", "slow"], head=["a", "b", "c"])\n'
+        'rule extract_features:\n'
+        '    output: "features/{network}_{dataset}.txt"\n'
+        '    params: wait=lambda w: 1 if w.network == "fast" else 60\n'
+        '    shell: "sleep {params.wait}; touch {output}"\n'
+        'rule train_head:\n'
+        '    input: "features/{network}_{dataset}.txt"\n'
+        '    output: "heads/{network}_{dataset}_{head}.txt"\n'
+        '    shell: "echo $SLURM_JOB_ID > {output}"\n'
+    )
+    run = snakemake(workdir, "--profile", str(ci_profile(tmp_path / "ci-profile")), check=False)
+    if run.returncode:
+        pytest.fail(f"snakemake on SLURM failed ({run.returncode}):\n{run.output[-5000:]}\n{cluster.log_tail()}")
+    assert sorted(group_jobs(run.output)) == ["heads_fast_digits", "heads_slow_digits"]
+    records = [j for j in cluster.jobs() if j.get("WorkDir") == str(workdir)]
+    assert sorted(rule_of(j["Comment"]) for j in records) == [
+        "extract_features", "extract_features", "heads_fast_digits_train_head", "heads_slow_digits_train_head"]
+    for network in ("fast", "slow"):
+        [group] = [j for j in records if rule_of(j["Comment"]) == f"heads_{network}_digits_train_head"]
+        # The three heads ran inside that one SLURM job, which asked for one CPU and their
+        # three runtimes (30 min each in the CI profile).
+        ran_in = {(workdir / f"heads/{network}_digits_{h}.txt").read_text().strip() for h in "abc"}
+        assert ran_in == {group["JobId"]}, ran_in
+        assert (group["NumCPUs"], group["TimeLimit"]) == ("1", "01:30:00"), group
+    # The fast pair's heads did not wait for the slow pair's features.
+    [fast] = [j for j in records if rule_of(j["Comment"]) == "heads_fast_digits_train_head"]
+    [slow_features] = [j for j in records if j["Comment"] == "rule_extract_features_wildcards_slow_digits"]
+    assert fast["StartTime"] < slow_features["EndTime"], (fast, slow_features)

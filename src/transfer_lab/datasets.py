@@ -8,8 +8,9 @@ with ``store: files`` keeps its files' paths instead, for extraction to decode.)
 
 Preparation decodes in bounded memory: splits are assigned from labels first
 (:func:`plan_dataset`), then the kept images are decoded on worker processes, chunk by
-chunk, straight into the file (:func:`stored_chunks`, :func:`write_dataset`), or in
-parts that separate jobs write and one gathers (:func:`write_part`).
+chunk, each worker writing its rows where they lie in the memory-mapped output file
+(:func:`decode_into`, :func:`write_dataset`), or in parts that separate jobs write and one
+gathers (:func:`write_part`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import logging
 import os
 import time
 import zipfile
+import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -264,24 +267,17 @@ def _executor(images: LazyImages, workers: int, draft: bool):
     return ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _set_work, (images, draft))
 
 
-def stored_chunks(
-    images: np.ndarray | LazyImages, rows: np.ndarray, workers: int = 1, draft: bool = False
-) -> Iterator[np.ndarray]:
-    """The stored images of ``rows``, in that order, as uint8 (k, S, S, 3) chunks.
-
-    ``LazyImages`` are decoded on ``workers`` processes, a few chunks in flight at a time:
-    memory holds those chunks, never the dataset. The bytes do not depend on ``workers``.
-    ``draft``: JPEG draft mode (see :func:`draft_is_exact`).
-    """
-    size = images.shape[1]
-    # At most 64 images a task (a few tenths of a second), fewer when they are big, and
-    # at least four tasks a worker when there are few images, so that every worker has work.
+def _tasks(rows: np.ndarray, size: int, workers: int) -> list[np.ndarray]:
+    """``rows`` cut into the pieces one worker decodes at a time: at most 64 images a task
+    (a few tenths of a second), fewer when they are big, and at least four tasks a worker
+    when there are few images, so that every worker has work."""
     per_task = max(1, min(64, _TASK_BYTES // (size * size * 3), -(-len(rows) // (4 * max(workers, 1)))))
-    tasks = [rows[i:i + per_task] for i in range(0, len(rows), per_task)]
-    if isinstance(images, np.ndarray):
-        for task in tasks:
-            yield np.ascontiguousarray(images[task])
-        return
+    return [rows[i:i + per_task] for i in range(0, len(rows), per_task)]
+
+
+def _progress(images: LazyImages, total: int, workers: int):
+    """A function to call with each decoded piece's image count: logs the pace every
+    ``_PROGRESS_SECONDS`` and at the end."""
     started = last = time.monotonic()
     done = 0
 
@@ -289,11 +285,30 @@ def stored_chunks(
         nonlocal done, last
         done += n
         now = time.monotonic()
-        if now - last >= _PROGRESS_SECONDS or done == len(rows):
+        if now - last >= _PROGRESS_SECONDS or done == total:
             last = now
-            log.info("decoded %d/%d %s (%.0f images/s on %d worker%s)", done, len(rows), images.what,
+            log.info("decoded %d/%d %s (%.0f images/s on %d worker%s)", done, total, images.what,
                      done / max(now - started, 1e-9), workers, "s" if workers > 1 else "")
 
+    return progress
+
+
+def stored_chunks(
+    images: np.ndarray | LazyImages, rows: np.ndarray, workers: int = 1, draft: bool = False
+) -> Iterator[np.ndarray]:
+    """The stored images of ``rows``, in that order, as uint8 (k, S, S, 3) chunks.
+
+    ``LazyImages`` are decoded on ``workers`` processes, a few chunks in flight at a time:
+    memory holds those chunks, never the dataset. The bytes do not depend on ``workers``.
+    ``draft``: JPEG draft mode (see :func:`draft_is_exact`). (Writing a file, the workflow
+    lets the workers write their rows into it instead: :func:`decode_into`.)
+    """
+    tasks = _tasks(rows, images.shape[1], workers)
+    if isinstance(images, np.ndarray):
+        for task in tasks:
+            yield np.ascontiguousarray(images[task])
+        return
+    progress = _progress(images, len(rows), workers)
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             chunk = images.decode(task, draft)
@@ -312,6 +327,106 @@ def stored_chunks(
                 pending.append(pool.submit(_decode_task, task))
             progress(len(chunk))
             yield chunk
+
+
+# --- decoding in parallel, straight into the output file ---------------------------------
+
+def _decode_into_task(path: str, offset: int, start: int, rows: np.ndarray) -> int:
+    """Decode ``rows`` into rows ``start`` on of the images that begin at byte ``offset`` of
+    the file ``path``, through a map of just those rows (unmapped when done: the process
+    keeps none of the file resident); the CRC-32 of their bytes."""
+    images, draft = _WORK
+    shape = (len(rows), *images.shape[1:])
+    out = np.memmap(path, dtype=np.uint8, mode="r+", offset=offset + start * int(np.prod(shape[1:])), shape=shape)
+    images.decode(rows, draft, out=out)
+    crc = zlib.crc32(out)
+    del out  # unmaps
+    return crc
+
+
+def parallel(images: np.ndarray | LazyImages, rows: np.ndarray, workers: int) -> bool:
+    """Whether ``rows`` of ``images`` are decoded on worker processes (:func:`decode_into`)."""
+    return isinstance(images, LazyImages) and workers > 1 and len(_tasks(rows, images.shape[1], workers)) > 1
+
+
+def decode_into(images: LazyImages, rows: np.ndarray, path: str | os.PathLike, offset: int, workers: int,
+                draft: bool = False) -> int:
+    """Decode ``rows`` of ``images``, in that order, on ``workers`` processes straight into
+    the file ``path``, whose bytes from ``offset`` on (already there: the file is long
+    enough) are to hold them as uint8 (len(rows), S, S, 3), C order.
+
+    Each task maps just its rows of the file and decodes them where they lie; what comes
+    back is their CRC-32, never pixels, so the job's own process moves no image data. A few
+    tasks are in flight at a time, and a worker's error (a bad image, named) is raised here
+    as it would be on one process. Returns the CRC-32 of all those bytes, as
+    ``zlib.crc32`` of them in one piece would be (the zip member's checksum).
+    """
+    row_bytes = int(np.prod(images.shape[1:]))
+    tasks = _tasks(rows, images.shape[1], workers)
+    starts = np.cumsum([0] + [len(t) for t in tasks[:-1]])
+    progress = _progress(images, len(rows), workers)
+    crc = 0
+    with _executor(images, workers, draft) as pool:
+        pending: deque = deque()
+        queued = iter(zip(starts, tasks, strict=True))
+        for start, task in itertools.islice(queued, 2 * workers):
+            pending.append((len(task), pool.submit(_decode_into_task, str(path), offset, int(start), task)))
+        while pending:
+            n, future = pending.popleft()
+            crc = crc32_combine(crc, future.result(), n * row_bytes)
+            nxt = next(queued, None)
+            if nxt is not None:
+                start, task = nxt
+                pending.append((len(task), pool.submit(_decode_into_task, str(path), offset, int(start), task)))
+            progress(n)
+    return crc
+
+
+# CRC-32 (zlib's polynomial, reflected) of two pieces from the CRCs of each: zlib's
+# crc32_combine, which Python's zlib does not expose. The operator that appends n zero bytes
+# is a 32x32 matrix over GF(2) (a list of 32 column ints); tasks are all one length but the
+# last, so it is computed once per length.
+
+
+def _gf2_times(matrix: Sequence[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_product(a: Sequence[int], b: Sequence[int]) -> list[int]:
+    """The matrix of applying ``b``, then ``a``."""
+    return [_gf2_times(a, column) for column in b]
+
+
+@lru_cache(maxsize=16)
+def _zeros_operator(nbytes: int) -> tuple[int, ...]:
+    """The matrix M such that ``crc32(a + b) == M crc32(a) ^ crc32(b)`` for every ``b`` of
+    ``nbytes`` bytes (zlib's "append nbytes zero bytes" operator)."""
+    one_bit = [0xEDB88320] + [1 << k for k in range(31)]  # one zero bit
+    power = one_bit
+    for _ in range(3):  # 8 zero bits: one zero byte
+        power = _gf2_product(power, power)
+    result = [1 << k for k in range(32)]  # identity
+    while nbytes:
+        if nbytes & 1:
+            result = _gf2_product(power, result)
+        nbytes >>= 1
+        if nbytes:
+            power = _gf2_product(power, power)
+    return tuple(result)
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """``zlib.crc32(a + b)`` from ``crc1 = zlib.crc32(a)``, ``crc2 = zlib.crc32(b)`` and
+    ``len2 = len(b)``."""
+    if len2 <= 0:
+        return crc1
+    return _gf2_times(_zeros_operator(len2), crc1) ^ crc2
 
 
 # How many images, spread over the dataset, are decoded both ways before draft mode is used.
@@ -373,6 +488,7 @@ def write_prepared(
     images: Iterable[np.ndarray] = (),
     image_shape: tuple[int, ...] | None = None,
     files: np.ndarray | None = None,
+    fill: Callable[[str, int], int] | None = None,
 ) -> None:
     """Write ``results/datasets/{dataset}.npz`` with the images streamed in chunks.
 
@@ -381,6 +497,11 @@ def write_prepared(
     is a plain uncompressed ``.npz`` (``np.load`` reads it, :func:`load_prepared` maps
     its images), written atomically. A dataset stored as its original ``files`` (one
     path per row) has no ``images`` member.
+
+    ``fill`` instead of ``images``: a function ``fill(path, offset)`` that writes every
+    image itself into the file ``path`` (the temporary file, already long enough), from
+    byte ``offset`` on, and returns their CRC-32 (:func:`decode_into`, on worker
+    processes). The file's bytes are the same either way.
     """
     n = len(labels)
     with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -399,6 +520,9 @@ def write_prepared(
         written = 0
         with zf.open("images.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array_header_1_0(member, header)
+            if fill is not None:
+                _fill_member(member, f, n * int(np.prod(image_shape)), fill)
+                written = n
             for chunk in images:
                 if chunk.dtype != np.uint8 or chunk.shape[1:] != tuple(image_shape):
                     raise ValueError(f"{path}: image chunk {chunk.dtype} {chunk.shape}, expected uint8 (k, {image_shape})")
@@ -406,6 +530,36 @@ def write_prepared(
                 written += len(chunk)
         if written != n:
             raise ValueError(f"{path}: {written} images written for {n} labels")
+
+
+def _reserve(f, nbytes: int) -> int:
+    """Make room for ``nbytes`` at the position of the open file ``f``: its offset, for
+    workers to map. The disk space is allocated here (``posix_fallocate``), so that a full
+    disk fails now, with an ``OSError`` naming the file, rather than as a bus error in a
+    worker writing into a sparse map."""
+    f.flush()
+    offset = f.tell()
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(f.fileno(), offset, nbytes)
+    else:
+        f.truncate(offset + nbytes)
+    return offset
+
+
+def _fill_member(member, f, nbytes: int, fill: Callable[[str, int], int]) -> None:
+    """The data of an uncompressed zip member being written (``member``, of ``zf.open(name,
+    "w")``), written by ``fill`` into the file ``f`` instead of through ``member``; the
+    member's size and checksum then account for them as if they had been written through it."""
+    # zipfile's writer keeps the member's running size and CRC-32 in these two attributes
+    # (CPython 3.6 on), which its close() writes into the local header and the directory.
+    if not (hasattr(member, "_crc") and hasattr(member, "_file_size") and getattr(member, "_compressor", 0) is None):
+        raise RuntimeError("this Python's zipfile keeps no _crc and _file_size on a member being written: "
+                           "preparation on worker processes cannot account for the data they write")
+    offset = _reserve(f, nbytes)
+    crc = fill(f.name, offset)
+    f.seek(offset + nbytes)
+    member._crc = crc32_combine(member._crc, crc, nbytes)
+    member._file_size += nbytes
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
@@ -487,8 +641,13 @@ def write_part(plan: Plan, path: str | os.PathLike, part: int, parts: int, worke
               "shape": (len(rows), *plan.images.shape[1:])}
     with atomic_write(path) as f:
         np.lib.format.write_array_header_1_0(f, header)
-        for chunk in stored_chunks(plan.images, rows, workers, draft):
-            f.write(chunk.data)
+        if parallel(plan.images, rows, workers):
+            nbytes = len(rows) * int(np.prod(plan.images.shape[1:]))
+            decode_into(plan.images, rows, f.name, _reserve(f, nbytes), workers, draft)
+            f.seek(0, os.SEEK_END)
+        else:
+            for chunk in stored_chunks(plan.images, rows, workers, draft):
+                f.write(chunk.data)
     return len(rows)
 
 
@@ -508,8 +667,15 @@ def part_chunks(paths: Sequence[str | os.PathLike], plan: Plan, chunk: int = 256
 
 def write_dataset(plan: Plan, path: str | os.PathLike, meta: Mapping, workers: int = 1, draft: bool = False,
                   parts: Sequence[str | os.PathLike] = ()) -> None:
-    """Write a plan's prepared dataset: its images decoded on ``workers`` (or gathered from
-    the ``parts`` files :func:`write_part` made), streamed into :func:`write_prepared`."""
+    """Write a plan's prepared dataset: its images decoded on ``workers``, which write them
+    into the file themselves (:func:`decode_into`), or on this process, or gathered from the
+    ``parts`` files :func:`write_part` made, streamed into :func:`write_prepared`."""
+    if not parts and parallel(plan.images, plan.rows, workers):
+        def fill(tmp: str, offset: int) -> int:
+            return decode_into(plan.images, plan.rows, tmp, offset, workers, draft)
+
+        write_prepared(path, plan.labels, plan.split, plan.class_names, meta, (), plan.images.shape[1:], fill=fill)
+        return
     chunks = part_chunks(parts, plan) if parts else stored_chunks(plan.images, plan.rows, workers, draft)
     write_prepared(path, plan.labels, plan.split, plan.class_names, meta, chunks, plan.images.shape[1:])
 

@@ -169,9 +169,11 @@ class LazyImages:
             image = image.crop(box)
         return to_storage(image, self.size, self.fit)
 
-    def decode(self, rows: Sequence[int] | np.ndarray, draft: bool = False) -> np.ndarray:
-        """Rows ``rows`` decoded into one uint8 (len(rows), size, size, 3) array, in that order."""
-        out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
+    def decode(self, rows: Sequence[int] | np.ndarray, draft: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` decoded into one uint8 (len(rows), size, size, 3) array, in that order:
+        ``out`` when given (a slice of a memory-mapped file, say), else a new one."""
+        if out is None:
+            out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
         for k, i in enumerate(rows):
             out[k] = self.decode_one(int(i), draft)
         return out
