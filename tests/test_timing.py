@@ -75,3 +75,22 @@ def test_the_line_format_parses_phase_names_with_spaces():
             "2026-12-04 21:00:01,000 INFO time: total 12.000 s at 1764882010.500, peak memory 120 MiB\n"
             "2026-12-04 21:00:01,000 INFO not a time: line\n")
     assert timing.parse(text) == [("first batch", 1.25, 1764882000.125), ("total", 12.0, 1764882010.5)]
+
+
+def test_end_job_runs_exit_handlers_flushes_and_exits_zero_at_once(tmp_path):
+    """A rule script's last statement: what Python's shutdown would still do that matters
+    (exit handlers, buffered output) is done; nothing after it runs."""
+    script = textwrap.dedent("""
+        import atexit, sys
+        import torch
+        from transfer_lab.files import end_job
+        atexit.register(lambda: open(sys.argv[1], "w").write("handler ran"))
+        sys.stdout.write("buffered, no newline")
+        end_job()
+        raise SystemExit(3)  # never reached
+    """)
+    marker = tmp_path / "marker"
+    run = subprocess.run([sys.executable, "-c", script, str(marker)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert (run.returncode, run.stdout, run.stderr) == (0, "buffered, no newline", "")
+    assert marker.read_text() == "handler ran"

@@ -7,8 +7,9 @@ import glob
 import io
 import os
 import pickle
+import sys
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, NoReturn
 
 
 def _tmp_pid(tmp: Path) -> int | None:
@@ -177,6 +178,25 @@ def log_to(path: str | os.PathLike) -> Iterator[IO[str]]:
                 raise
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         timing.end(peak)
+
+
+def end_job() -> NoReturn:
+    """End a rule script's process, its outputs written: the script's last statement.
+
+    Python's own shutdown then tears the loaded modules down one by one, which with torch
+    takes 0.7 s and with timm too 1.3 s on two CPU cores (measured): a fixed cost of every
+    job that buys nothing, as the process's memory goes back to the system anyway. Here the
+    exit handlers run (``logging``'s flush among them) and the standard streams are
+    flushed, then the process exits with status 0 at once. Only reached when the script
+    succeeded: an exception propagates before it, and Python exits as usual, non-zero.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(0)
 
 
 def check_output_cache(folder: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ from transfer_lab.compare import (
     plot_tradeoff,
     write_table,
 )
-from transfer_lab.files import log_to
+from transfer_lab.files import end_job, log_to
 from transfer_lab.label_efficiency import label_efficiency_table, plot_label_efficiency, write_label_efficiency
 from transfer_lab.ranking import summary_rst, summary_table, write_summary
 from transfer_lab.uncertainty import Bootstrap
@@ -56,3 +56,5 @@ with log_to(snakemake.log[0]):
         logging.info("label efficiency: %d points\n%s", len(curve), curve.to_string())
     logging.info("%d rows\n%s\n%s", len(table), table.to_string(), summary.to_string())
     timing.mark("work")
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

@@ -6,7 +6,7 @@ from transfer_lab import timing  # first: the job's clock starts here (before to
 import logging
 
 from transfer_lab.export import export_model
-from transfer_lab.files import log_to
+from transfer_lab.files import end_job, log_to
 from transfer_lab.predict import load_predictor
 from transfer_lab.preprocess import storage_for
 from transfer_lab.sources import dataset_spec
@@ -25,3 +25,5 @@ with log_to(snakemake.log[0]):
     timing.mark("work")
     logging.info("exported %s: %d classes, storage %s, preprocessing %s", snakemake.output[0],
                  len(record["class_names"]), record["storage"], record["preprocess"])
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

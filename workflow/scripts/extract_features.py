@@ -30,7 +30,7 @@ from transfer_lab.datasets import load_prepared
 from transfer_lab.decode import decode_device
 from transfer_lab.devices import claim_device
 from transfer_lab.extract import Extractor, extract_sharded, gather_parts, part_bounds
-from transfer_lab.files import atomic_write, log_to
+from transfer_lab.files import atomic_write, end_job, log_to
 from transfer_lab.networks import load_backbone, network_meta
 from transfer_lab.specs import WEIGHTS_DIR, ExtractSettings, NetworkSpec
 
@@ -169,3 +169,5 @@ with log_to(snakemake.log[0]) as log:
         write_metrics(per_split, results[0].device, meta["precision"], settings.batch_size, meta,
                       compile=extractor.compile, cuda_graph=extractor.cuda_graph, decode=decoded_on)
         shutil.rmtree(shard_root, ignore_errors=True)
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

@@ -12,7 +12,7 @@ from transfer_lab.config import FINETUNED
 from transfer_lab.datasets import load_prepared
 from transfer_lab.devices import claim_device
 from transfer_lab.evaluation import combine_repeats
-from transfer_lab.files import atomic_write, log_to
+from transfer_lab.files import atomic_write, end_job, log_to
 from transfer_lab.finetune import finetune, save_finetuned
 from transfer_lab.networks import load_backbone, network_meta
 from transfer_lab.specs import WEIGHTS_DIR, ExtractSettings, NetworkSpec
@@ -51,3 +51,5 @@ with log_to(snakemake.log[0]) as log:
     save_finetuned(snakemake.output.weights, finetuned)
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

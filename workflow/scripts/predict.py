@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from transfer_lab.files import atomic_write, log_to
+from transfer_lab.files import atomic_write, end_job, log_to
 from transfer_lab.images import find_images
 from transfer_lab.predict import load_predictor, predict_files, to_csv
 from transfer_lab.preprocess import storage_for
@@ -36,3 +36,5 @@ with log_to(snakemake.log[0]):
     logging.info("%d predicted, %d unreadable", len(rows) - len(failed), len(failed))
     with atomic_write(snakemake.output[0], "w") as f:
         f.write(to_csv(rows, top_k))
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

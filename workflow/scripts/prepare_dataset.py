@@ -8,7 +8,7 @@ from transfer_lab import timing  # first: the job's clock starts here (before to
 import logging
 
 from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, write_dataset, write_files
-from transfer_lab.files import log_to
+from transfer_lab.files import end_job, log_to
 from transfer_lab.sources import check_dataset, dataset_spec, storage_fit, storage_size
 
 with log_to(snakemake.log[0]):
@@ -41,3 +41,5 @@ with log_to(snakemake.log[0]):
         write_dataset(plan, snakemake.output[0], meta, snakemake.threads, meta["jpeg_draft"], parts)
     timing.mark("work")
     logging.info("wrote %s", snakemake.output[0])
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

@@ -8,7 +8,7 @@ from transfer_lab import timing  # first: the job's clock starts here (before to
 import logging
 
 from transfer_lab.datasets import SplitSpec, draft_is_exact, plan_dataset, write_part
-from transfer_lab.files import log_to
+from transfer_lab.files import end_job, log_to
 from transfer_lab.sources import check_dataset, dataset_spec
 
 with log_to(snakemake.log[0]):
@@ -25,3 +25,5 @@ with log_to(snakemake.log[0]):
     n = write_part(plan, snakemake.output[0], part, parts, snakemake.threads, draft)
     timing.mark("work")
     logging.info("wrote %d images to %s", n, snakemake.output[0])
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)

@@ -8,7 +8,7 @@ import json
 import logging
 
 from transfer_lab.bottleneck import read_bottleneck
-from transfer_lab.files import atomic_write, log_to
+from transfer_lab.files import atomic_write, end_job, log_to
 from transfer_lab.heads import save_head
 from transfer_lab.knn import check_k
 from transfer_lab.provenance import versions
@@ -43,3 +43,5 @@ with log_to(snakemake.log[0]):
         save_head(snakemake.output.head, head_file)
     with atomic_write(snakemake.output.metrics, "w") as f:
         json.dump(metrics, f, indent=2)
+
+end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)
