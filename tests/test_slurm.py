@@ -8,6 +8,7 @@ plugin's status polling, whose interval grows by 10 s while no job finishes.
 """
 
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -135,7 +136,7 @@ def test_dry_run_requests_one_gpu_per_extraction_job_and_none_for_cpu_rules(tmp_
 
 
 @pytest.mark.parametrize("present, visible, expected", [
-    (0, None, 1), (1, None, 1), (4, None, 4), (4, "1,3", 2), (4, "", 1), (4, "0,-1,2", 1), (1, "0,1", 1),
+    (0, None, "cpus"), (1, None, 1), (4, None, 4), (4, "1,3", 2), (4, "", "cpus"), (4, "0,-1,2", 1), (1, "0,1", 1),
 ])
 def test_default_profile_allows_one_gpu_job_per_gpu_this_machine_shows(monkeypatch, tmp_path, present, visible,
                                                                         expected):
@@ -154,6 +155,8 @@ def test_default_profile_allows_one_gpu_job_per_gpu_this_machine_shows(monkeypat
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     with open(REPO / "profiles/default/config.yaml") as f:
         args = ProfileConfigFileParser().parse(f)
+    # No GPU: extraction runs on the CPU, limited by --cores and its threads alone.
+    expected = os.cpu_count() if expected == "cpus" else expected
     assert args["resources"] == [f"gpu={expected}", "heads_at_once=1"]
     # Local scope: a cluster's GPU jobs are not capped by the submitting machine's count, and
     # heads_at_once shapes each group job of profiles/slurm without counting across them.

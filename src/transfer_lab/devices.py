@@ -24,7 +24,7 @@ _held: list[IO] = []  # claimed locks live as long as the process
 
 
 def gpu_count(dev: str | os.PathLike = "/dev", environ: dict | None = None) -> int:
-    """The NVIDIA GPUs a process started here would see, at least 1, without importing torch.
+    """The NVIDIA GPUs a process started here would see (0: none), without importing torch.
 
     The GPUs of this machine (or container) are its ``/dev/nvidiaN`` device files; a
     ``CUDA_VISIBLE_DEVICES`` list keeps only its entries before the first invalid one
@@ -41,7 +41,7 @@ def gpu_count(dev: str | os.PathLike = "/dev", environ: dict | None = None) -> i
                 break
             entries.append(entry)
         present = min(present, len(entries))
-    return max(1, present)
+    return present
 
 
 def resolve_device(device: str = "auto") -> torch.device:
