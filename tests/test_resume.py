@@ -144,6 +144,12 @@ def test_a_dataset_in_parts_keeps_finished_parts_refuses_too_many_and_gathers_th
     for split, pickle in zip(SPLITS, pickles, strict=True):
         assert read_bottleneck(workdir / pickle).features.tobytes() == reference[split].tobytes(), split
     assert list((workdir / "results/parts/lite0_digits").glob("*.npy")) == []  # temp: gone once gathered
+    # The parts' images and seconds, per split as each part recorded them for its segments.
+    metrics = json.loads((workdir / "results/extract/lite0_digits.json").read_text())
+    assert {split: m["n_computed"] for split, m in metrics["splits"].items()} == sizes
+    assert [p["n_computed"] for p in metrics["parts"]] == [sum(hi - lo for _, lo, hi in p["segments"])
+                                                          for p in metrics["parts"]]
+    assert metrics["seconds"] == pytest.approx(sum(p["seconds"] for p in metrics["parts"]))
     # The shard size reruns nothing, as without parts (README).
     write_config(workdir, {**config, "extract": {**config["extract"], "shard_size": 8, "parts": 3}})
     assert snakemake(workdir, *pickles, "-n").jobs == {}

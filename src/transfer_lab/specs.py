@@ -220,7 +220,6 @@ class ExtractSettings:
         return None if self.shard_size == "auto" else int(self.shard_size)
 
 
-
 def check_network(name: str, spec: NetworkSpec) -> None:
     """Fail before any job runs if ``spec`` names an unknown arch, weights or pooling.
 

@@ -71,7 +71,7 @@ def compute(segments, settings, shard_root):
     spec, extractor, meta = load_extractor(settings, sum(hi - lo for _, lo, hi in segments))
     results = []
     for split, lo, hi in segments:
-        images = ds.subset(split)[0]  # image paths for a dataset stored as files, decoded in extract_sharded
+        images = subsets[split][0]  # image paths for a dataset stored as files, decoded in extract_sharded
         logging.info("extracting %d %s images of %s (rows %d..%d of %d) on %s (%s)", hi - lo, split, w.dataset,
                      lo, hi, len(images), extractor.device, extractor.precision)
         result = extract_sharded(extractor, images[lo:hi], shard_dir(spec, settings, shard_root / split),
@@ -84,8 +84,7 @@ def compute(segments, settings, shard_root):
 
 
 def write_pickles(features: dict, meta: dict) -> None:
-    for split in params.splits:
-        labels = ds.subset(split)[1]
+    for split, (_, labels) in subsets.items():
         write_bottleneck(snakemake.output[split],
                          Bottleneck(features[split], labels, ds.class_names, {**meta, "split": split}))
 
@@ -110,7 +109,9 @@ with log_to(snakemake.log[0]) as log:
     w, params = snakemake.wildcards, snakemake.params
     settings = ExtractSettings.from_config(snakemake.config["extract"])
     ds = load_prepared(snakemake.input.dataset, mmap=True)
-    sizes = {split: len(ds.subset(split)[1]) for split in params.splits}
+    # Views of the mapped file (each split is one block of rows): images, or paths, and labels.
+    subsets = {split: ds.subset(split) for split in params.splits}
+    sizes = {split: len(labels) for split, (_, labels) in subsets.items()}
     shard_root = Path("results/shards") / f"{w.network}_{w.dataset}"
     timing.mark("load")
     if snakemake.rule == "extract_part":
@@ -126,11 +127,11 @@ with log_to(snakemake.log[0]) as log:
         if not segments:
             logging.info("part %d of %d: no rows to compute", part + 1, parts)
             features = np.empty((0, 0), dtype=np.float32)
-            record = {"n_computed": 0, "seconds": 0.0, "device": None, "precision": None, "meta": None}
+            record = {"computed": [], "device": None, "precision": None, "meta": None}
         else:
             results, _, meta = compute(segments, settings, where)
             features = np.concatenate([r.features for r in results])
-            record = {"n_computed": sum(r.n_computed for r in results), "seconds": sum(r.seconds for r in results),
+            record = {"computed": [[r.n_computed, r.seconds] for r in results],  # per segment: images, seconds
                       "device": results[0].device, "precision": meta["precision"], "meta": meta}
         with atomic_write(snakemake.output.features) as f:
             np.save(f, features)
@@ -151,12 +152,12 @@ with log_to(snakemake.log[0]) as log:
         # as in a one-part run; each part's own numbers are kept beside.
         per_split = {split: {"n_images": n, "n_computed": 0, "seconds": 0.0} for split, n in sizes.items()}
         for rec in records:
-            rows = sum(hi - lo for _, lo, hi in rec["segments"])
-            for split, lo, hi in rec["segments"]:  # a part's time, shared among its splits by rows
-                per_split[split]["n_computed"] += round(rec["n_computed"] * (hi - lo) / rows)
-                per_split[split]["seconds"] += rec["seconds"] * (hi - lo) / rows
-        write_metrics(per_split, first["device"], first["precision"], first["batch_size"], first["meta"],
-                      parts=[{k: r[k] for k in ("segments", "n_computed", "seconds", "device")} for r in records])
+            for (split, _, _), (computed, seconds) in zip(rec["segments"], rec["computed"], strict=True):
+                per_split[split]["n_computed"] += computed
+                per_split[split]["seconds"] += seconds
+        parts = [{"segments": r["segments"], "n_computed": sum(c for c, _ in r["computed"]),
+                  "seconds": sum(s for _, s in r["computed"]), "device": r["device"]} for r in records]
+        write_metrics(per_split, first["device"], first["precision"], first["batch_size"], first["meta"], parts=parts)
         shutil.rmtree(shard_root, ignore_errors=True)
     else:
         segments = [(split, 0, n) for split, n in sizes.items()]
