@@ -33,6 +33,7 @@ wildcard_constraints:
 
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/select.smk"
 include: "workflow/rules/heads.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/finetune.smk"
@@ -42,4 +43,5 @@ include: "workflow/rules/predict.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        # A function: with selection, which networks get heads is decided by the rungs (checkpoints).
+        lambda wildcards: final_outputs(),

@@ -61,7 +61,7 @@ class Run:
         self.returncode = proc.returncode
         self.output = proc.stdout + proc.stderr
         # Snakemake announces each job as "rule NAME:" or "localrule NAME:".
-        self.jobs = Counter(re.findall(r"^\s*(?:local)?rule (\w+):", self.output, flags=re.M))
+        self.jobs = Counter(re.findall(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", self.output, flags=re.M))
         self.jobs.pop("all", None)
 
 

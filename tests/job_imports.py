@@ -62,6 +62,10 @@ RULES: dict[str, Rule | None] = {
     "extract_features": Rule(_network, "test_lab_grid.py"),  # torchvision; timm's: test_reruns.py
     "extract_features_without_test": Rule(_network, "test_predict.py"),
     "extract_part": Rule(_network, "test_resume.py"),
+    "screen_candidate": Rule(_network, "test_selection_workflow.py"),
+    "screen_survivor": Rule(_network, "test_selection_workflow.py"),
+    "select_candidates": Rule(_fixed("torch"), "test_selection_workflow.py"),
+    "summarize_selection": Rule(_fixed("matplotlib"), "test_selection_workflow.py"),
     "train_head": Rule(_fixed("torch"), "test_reruns.py"),
     "train_shots": Rule(_fixed("torch"), "test_workflow.py"),
     "finetune": Rule(_network, "test_reruns.py"),

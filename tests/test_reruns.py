@@ -348,6 +348,16 @@ ROWS = {  # the first column of the README's table -> its test, here or in anoth
     "the library code a step runs": test_any_library_module_reruns_the_steps_that_run_it,
     "a `finetune` setting": test_a_finetune_setting_refits_the_finetuned_networks,
     "add or change an image under `predict.images`": test_a_new_image_to_predict_reruns_predict_only,
+    "`selection.probe`, `k`, `rank_by` or `keep`":
+        "test_selection_workflow.py::test_scoring_settings_rescore_every_rung_and_compute_no_features",
+    "`selection.rungs` (a fraction changed)": "test_selection_workflow.py::test_a_changed_rung_rescreens_from_that_rung_on",
+    "`selection.seed`": "test_selection_workflow.py::test_a_changed_rung_rescreens_from_that_rung_on",
+    "`selection.budget.max_params`":
+        "test_selection_workflow.py::test_a_parameter_budget_leaves_candidates_out_before_any_extraction",
+    "`selection.budget.min_images_per_second`":
+        "test_selection_workflow.py::test_the_images_per_second_budget_marks_and_reruns_only_the_summaries",
+    "a `zoo:` entry, its pattern or filters":
+        "test_selection_workflow.py::test_a_zoo_plans_exactly_the_networks_it_expands_to",
 }
 
 

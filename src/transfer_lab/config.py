@@ -195,6 +195,14 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
                     f"  finetune.{section}: {name!r} is not a key of {section}; "
                     f"valid: {', '.join(config[section])}"
                 )
+    if config.get("selection") is not None:
+        from .selection import check_keep, check_rungs  # numpy only
+
+        for check, key in ((check_rungs, "rungs"), (check_keep, "keep")):
+            try:
+                check(config["selection"][key])
+            except ValueError as err:
+                problems.append(f"  {err}")
     if FINETUNED in config["heads"]:
         problems.append(f"  heads: {FINETUNED!r} is the name of fine-tuned networks (in the comparison, "
                         "and predict.head); give the head another name")

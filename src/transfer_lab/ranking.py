@@ -10,6 +10,7 @@ classifier is ranked per dataset (1 = best) and the ranks are averaged.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 
@@ -152,3 +153,24 @@ def write_summary(summary: pd.DataFrame, table: pd.DataFrame, csv_path: str | os
         summary.to_csv(f, index=False, float_format="%.6g")
     with atomic_write(md_path, "w") as f:
         f.write(summary_markdown(summary, table))
+
+
+def chosen(table: pd.DataFrame, select_by: str) -> dict[str, dict]:
+    """Each dataset's chosen classifier, the one its verdicts measure the others against,
+    chosen on validation ``select_by``: ``{dataset: {"network", "head", "head_of": {network:
+    its chosen head}, "network_of": {head: the best network with it}}}``."""
+    out = {}
+    for dataset, part in table.groupby("dataset", sort=False):
+        picks = part[part["best"]]
+        top = picks.loc[select_best(picks, ["dataset"], select_by)[0]]
+        by_head = part.loc[select_best(part, ["head"], select_by)]
+        out[dataset] = {"network": top["network"], "head": top["head"],
+                        "head_of": dict(zip(picks["network"], picks["head"], strict=True)),
+                        "network_of": dict(zip(by_head["head"], by_head["network"], strict=True))}
+    return out
+
+
+def write_choice(table: pd.DataFrame, select_by: str, path: str | os.PathLike) -> None:
+    """results/choice.json: what ``predict`` and ``export`` apply when the config names no network or head."""
+    with atomic_write(path, "w") as f:
+        json.dump(chosen(table, select_by), f, indent=2)

@@ -2,6 +2,7 @@
 # Everything here runs when the workflow is parsed: a bad config fails before any job.
 
 import itertools
+import json
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ try:
     from transfer_lab.images import NoImagesError, find_images
     from transfer_lab.provenance import code_hash, files_fingerprint, tree_fingerprint, versions
     from transfer_lab.specs import BUNDLED, WEIGHTS_DIR, ExtractSettings, NetworkSpec, largest_resize
+    from transfer_lab.zoo import imagenet_top1, param_count
 except ImportError as err:
     raise WorkflowError(
         f"cannot import the transfer_lab library ({err}). Run `make run`, which sets up "
@@ -105,6 +107,7 @@ COMPARISON = expand("results/comparison.{ext}", ext=["csv", "md", "png", "html"]
     "results/plots/tradeoff.png",
     *expand("results/plots/{kind}_{dataset}.png", kind=["confusion", "curves"], dataset=list(DATASETS)),
     "results/summary.csv",
+    "results/choice.json",
     "results/summary.md",
     *LABEL_EFFICIENCY["csv"],
     *LABEL_EFFICIENCY["plots"],
@@ -261,7 +264,128 @@ def shots_outputs():
 
 
 def grid():
-    return list(itertools.product(NETWORKS, DATASETS))
+    """The (network, dataset) pairs that get full features, heads and comparison rows: every
+    pair, or with selection the finalists of each dataset (known once its rungs are decided,
+    so only input functions may ask)."""
+    return [(n, d) for d in DATASETS for n in finalists(d)]
+
+
+# --- selection: successive halving over the configured networks, per dataset ---
+
+SELECTION = config["selection"]
+RUNGS = SELECTION["rungs"] if SELECTION else []
+# Rungs below 1.0 are followed by a cut; a last rung at 1.0 screens the finalists on their
+# full training features (the ordinary extraction) and cuts nothing.
+CUT_RUNGS = [k for k, fraction in enumerate(RUNGS) if fraction < 1]
+FULL_RUNG = len(RUNGS) - 1 if RUNGS and RUNGS[-1] == 1 else None
+
+
+def budget_candidates():
+    """The networks screened at the first rung: every one, less those over
+    selection.budget.max_params (left out before any extraction)."""
+    limit = SELECTION["budget"]["max_params"] if SELECTION else None
+    if limit is None:
+        return list(NETWORKS)
+    counts = {name: param_count(spec) for name, spec in NETWORKS.items()}
+    kept = [name for name, count in counts.items() if count is not None and count <= limit * 1e6]
+    if not kept:
+        raise WorkflowError(
+            f"selection.budget.max_params: {limit} million leaves no network (parameters: "
+            + ", ".join(f"{n} {c / 1e6:.1f} M" if c else f"{n} unknown" for n, c in counts.items())
+            + "); raise it or remove it"
+        )
+    return kept
+
+
+CANDIDATES = budget_candidates()
+
+
+def rung_file(dataset, rung):
+    """A rung's records and decision (rule select_candidates): every candidate's scores, and who goes on."""
+    return f"results/selection/{dataset}_rung-{rung}.json"
+
+
+def screened(network, dataset, rung):
+    """A candidate's training features at a rung below 1.0: the rung's subset, in row order."""
+    return f"results/selection/features/{network}_{dataset}_rung-{rung}.p"
+
+
+def screened_validation(network, dataset):
+    """A candidate's validation features, extracted once (with its first rung) for every rung."""
+    return f"results/selection/features/{network}_{dataset}_validation.p"
+
+
+def survivors(dataset, rung):
+    """The candidates screened at a rung: all at the first, then those the previous rung kept."""
+    if rung == 0:
+        return CANDIDATES
+    with open(checkpoints.select_candidates.get(dataset=dataset, rung=str(rung - 1)).output[0]) as f:
+        return json.load(f)["decision"]["kept"]
+
+
+def finalists(dataset):
+    """The networks with full features on a dataset: every one without selection; else the
+    survivors of the last cut."""
+    if not SELECTION:
+        return list(NETWORKS)
+    return survivors(dataset, len(CUT_RUNGS))
+
+
+def screen_inputs(wildcards):
+    """The images and weights; after the first rung, the candidate's previous features too
+    (nested subsets: a rung computes only its new images)."""
+    rung = int(wildcards.rung)
+    inputs = extract_inputs(wildcards)
+    if rung > 0:
+        inputs["previous"] = screened(wildcards.network, wildcards.dataset, rung - 1)
+    return inputs
+
+
+def screen_params(wildcards):
+    """What defines a rung's features: the network, and which images (the dataset's split
+    settings, the rung's fraction and the subsets' seed; not the other rungs)."""
+    rung = int(wildcards.rung)
+    return {"fraction": RUNGS[rung], "previous": RUNGS[rung - 1] if rung else None, "seed": SELECTION["seed"]}
+
+
+def select_inputs(wildcards):
+    """Every candidate screened at the rung: its features there (at 1.0, the full training
+    pickle) and its validation features."""
+    rung, dataset = int(wildcards.rung), wildcards.dataset
+    names = survivors(dataset, rung)
+    if rung == FULL_RUNG:
+        return {
+            "train": [bottleneck(n, dataset, "train") for n in names],
+            "validation": [bottleneck(n, dataset, "validation") for n in names],
+            "extract": [f"results/extract/{n}_{dataset}.json" for n in names],
+        }
+    return {
+        "train": [screened(n, dataset, rung) for n in names],
+        "validation": [screened_validation(n, dataset) for n in names],
+    }
+
+
+def select_params(wildcards):
+    """What defines a rung's scores and decision: the probe, the kNN score's neighbours, the
+    ranking, the share kept; and the rung's fraction (its records say it)."""
+    keys = ("probe", "k", "rank_by", "keep")
+    return canonical({**{key: SELECTION[key] for key in keys}, "fraction": RUNGS[int(wildcards.rung)]})
+
+
+def candidate_facts():
+    """Parameters and ImageNet top-1 of every candidate (the static rankers; None where unknown)."""
+    return {name: {"params": param_count(spec), "imagenet_top1": imagenet_top1(spec)} for name, spec in NETWORKS.items()}
+
+
+def selection_inputs(wildcards):
+    return {"rungs": [rung_file(d, k) for d in DATASETS for k in range(len(RUNGS))]}
+
+
+SELECTION_OUTPUTS = (
+    ["results/selection.csv", "results/selection.md"] + [f"results/plots/selection_{d}.png" for d in DATASETS]
+    if SELECTION
+    else []
+)
 
 
 def final_outputs():
@@ -273,6 +397,7 @@ def final_outputs():
     """
     return (
         COMPARISON
+        + SELECTION_OUTPUTS
         + [bottleneck(n, d, s) for n, d in grid() for s in splits(d)]
         + [f"results/heads/{n}_{d}_{h}.pt" for (n, d), h in itertools.product(grid(), HEADS)]
         + finetune_outputs()
@@ -286,6 +411,7 @@ def comparison_inputs(wildcards):
         "extract": [f"results/extract/{n}_{d}.json" for n, d in grid()],
         "finetune": [p for p in finetune_outputs() if p.endswith(".json")],
         "shots": shots_outputs(),
+        "selection": ["results/selection_summary.rst"] if SELECTION else [],
     }
 
 
@@ -328,30 +454,42 @@ PREDICT = config["predict"]
 
 
 def predict_choice():
-    """The predict section's (network, dataset, head), null meaning the only one configured;
-    and what is left to choose."""
-    chosen, missing = [], []
-    for key, names in (("network", NETWORKS), ("dataset", DATASETS), ("head", HEADS)):
-        value = PREDICT[key] if PREDICT[key] is not None else (next(iter(names)) if len(names) == 1 else None)
-        if value is None:
-            choices = head_choices(names) if key == "head" else names
-            missing.append(f"predict.{key} (one of: {', '.join(choices)})")
-        chosen.append(value)
-    return tuple(chosen), missing
+    """The predict section's (network, dataset, head) as far as the config decides it: a null
+    dataset means the only one configured; a null network or head is the comparison's choice
+    on that dataset (known once it has run: predict_chosen). What is left to choose."""
+    dataset = PREDICT["dataset"] if PREDICT["dataset"] is not None else (next(iter(DATASETS)) if len(DATASETS) == 1 else None)
+    missing = [] if dataset else [f"predict.dataset (one of: {', '.join(DATASETS)})"]
+    return (PREDICT["network"], dataset, PREDICT["head"]), missing
 
 
 PREDICT_CHOICE, PREDICT_MISSING = predict_choice()
-PREDICT_NAME = PREDICT["name"] or ("_".join(PREDICT_CHOICE) if not PREDICT_MISSING else "predictions")
+# Named by the (network, dataset, head); where the comparison chooses, by the dataset.
+PREDICT_NAME = PREDICT["name"] or (
+    "predictions" if PREDICT_MISSING else "_".join(PREDICT_CHOICE) if all(PREDICT_CHOICE) else f"{PREDICT_CHOICE[1]}_chosen"
+)
 
 
 def predict_chosen():
+    """The (network, dataset, head) predict and export apply: the config's, with what it leaves
+    null taken from the comparison's choice on validation (results/choice.json; the
+    comparison runs first)."""
     if PREDICT_MISSING:
         raise WorkflowError(
             "predict/export: choose "
             + "; ".join(PREDICT_MISSING)
-            + ", in config.yaml's predict section or e.g. --config 'predict={network: NAME, head: NAME}'"
+            + ", in config.yaml's predict section or e.g. --config 'predict={dataset: NAME}'"
         )
-    return PREDICT_CHOICE
+    network, dataset, head = PREDICT_CHOICE
+    if network is None or head is None:
+        with open(checkpoints.compare.get().output.choice) as f:
+            choice = json.load(f)[dataset]
+        if network is None and head is None:
+            network, head = choice["network"], choice["head"]
+        elif head is None:
+            head = choice["head_of"][network]
+        else:
+            network = choice["network_of"][head]
+    return network, dataset, head
 
 
 def predict_patterns():

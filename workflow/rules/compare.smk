@@ -1,4 +1,5 @@
-rule compare:
+# A checkpoint: predict and export apply the (network, head) it chooses when the config names none.
+checkpoint compare:
     input:
         unpack(comparison_inputs),
     output:
@@ -42,6 +43,7 @@ rule compare:
             for dataset in DATASETS
         ],
         summary_csv="results/summary.csv",
+        choice="results/choice.json",
         summary_md="results/summary.md",
         efficiency_csv=LABEL_EFFICIENCY["csv"],
         efficiency=[

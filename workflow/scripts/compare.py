@@ -1,5 +1,6 @@
 """Rule compare: every classifier's metrics + extraction throughput -> table, summary across
-datasets, label-efficiency curves and figures."""
+datasets, label-efficiency curves and figures, and each dataset's chosen (network, head),
+which predict and export apply when the config names none."""
 
 from transfer_lab import timing  # first: the job's clock starts here (before torch)
 
@@ -17,7 +18,7 @@ from transfer_lab.compare import (
 )
 from transfer_lab.files import end_job, log_to
 from transfer_lab.label_efficiency import label_efficiency_table, plot_label_efficiency, write_label_efficiency
-from transfer_lab.ranking import summary_rst, summary_table, write_summary
+from transfer_lab.ranking import summary_rst, summary_table, write_choice, write_summary
 from transfer_lab.uncertainty import Bootstrap
 
 
@@ -40,8 +41,10 @@ with log_to(snakemake.log[0]):
                              bootstrap)
     summary = summary_table(table)
     write_summary(summary, table, out.summary_csv, out.summary_md)
+    selection = "".join(open(path).read() for path in snakemake.input.selection)  # the report's first section
     write_table(table, out.csv, out.md, out.html, out.summary, select_by, bootstrap.confidence,
-                preface=summary_rst(summary, table))
+                preface=selection + summary_rst(summary, table))
+    write_choice(table, select_by, out.choice)
     plot_comparison(table, out.png)
     plot_tradeoff(table, out.tradeoff, select_by)
     for dataset, confusion, curves in zip(snakemake.params.datasets, out.confusion, out.curves, strict=True):
