@@ -177,7 +177,8 @@ def _formatted(table: pd.DataFrame, bold: str) -> pd.DataFrame:
     for col in ("validation_balanced_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_top5_accuracy"):
         shown[col] = shown[col].map(percent)
     shown["test_difference"] = [_difference_cell(r) for _, r in table.iterrows()]
-    shown["mcnemar_p"] = shown["mcnemar_p"].map(lambda p: f"{p:.2g}" if pd.notna(p) else "")
+    for col in ("mcnemar_p", "mcnemar_p_raw"):
+        shown[col] = shown[col].map(lambda p: f"{p:.2g}" if pd.notna(p) else "")
     for col in ("extract_seconds", "head_seconds"):
         shown[col] = shown[col].map(lambda v: f"{v:.1f}" if pd.notna(v) else "n/a")
     shown["images_per_second"] = shown["images_per_second"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "n/a")
@@ -208,7 +209,10 @@ def notes(table: pd.DataFrame, select_by: str = "accuracy", confidence: float = 
         f"here), ± their standard deviation in points where there are several; [low, high]: the {level} "
         "bootstrap interval of test accuracy (test images and repeats resampled).",
         f"versus: each network's chosen classifier against the dataset's best; test_difference: this row minus "
-        f"that one, in points, with its {level} paired bootstrap interval; mcnemar_p: McNemar's exact test.",
+        f"that one, in points, with its {level} paired bootstrap interval (not adjusted for multiple comparisons); "
+        "mcnemar_p: McNemar's exact test, Holm-corrected over the dataset's comparisons with its best when there "
+        "are several (mcnemar_p_raw: as tested). A verdict of better or worse needs the corrected p below "
+        f"{1 - confidence:.2g} and the interval on one side of 0.",
     ]
 
 
