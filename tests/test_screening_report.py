@@ -163,3 +163,14 @@ def test_the_figure_greys_the_cut_among_many_candidates(tmp_path):
         "On digits, 2 of 12 candidates reached the full training set after 1 rung of halving; net11 led at every")
     plot_selection(records, decisions, "digits", tmp_path / "many.png")
     assert (tmp_path / "many.png").stat().st_size > 1000
+
+
+def test_a_score_a_rung_did_not_compute_reads_as_unknown(tmp_path):
+    records, decisions = inputs()
+    records = [{**r, "logme": None, "images_per_second": None} if r["network"] == "d" else r for r in records]
+    by = selection_table(records, decisions).set_index("network")
+    assert np.isnan(by.loc["d", "logme"]) and np.isnan(by.loc["d", "images_per_second"])
+    line = next(line for line in selection_markdown(selection_table(records, decisions)).splitlines()
+                if line.startswith("| digits    | d"))
+    assert [c.strip() for c in line.strip("|").split("|")][6] == "n/a"
+    plot_selection(records, decisions, "digits", tmp_path / "selection.png")

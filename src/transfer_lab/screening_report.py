@@ -41,6 +41,11 @@ def fraction_label(fraction: float) -> str:
     return f"{float(fraction):g}"
 
 
+def _float(value) -> float:
+    """A record's number, NaN where it is missing or null (a score a rung did not compute)."""
+    return float("nan") if value is None else float(value)
+
+
 def _by_dataset(items: Sequence[dict], dataset: str) -> list[dict]:
     return [item for item in items if item["dataset"] == dataset]
 
@@ -92,11 +97,10 @@ def _dataset_rows(records: list[dict], decisions: list[dict]) -> list[dict]:
                "forward_passes": int(sum(int(r.get("forward_passes") or 0) for r in mine))}
         for r in mine:
             f = fraction_label(r["fraction"])
-            row[f"acc@{f}"], row[f"low@{f}"], row[f"high@{f}"] = (float(r.get(k, np.nan)) for k in
-                                                                  ("accuracy", "low", "high"))
+            row[f"acc@{f}"], row[f"low@{f}"], row[f"high@{f}"] = (_float(r.get(k)) for k in ("accuracy", "low", "high"))
         params = _last_known(mine, "params")
         row.update({
-            "logme": float(last.get("logme", np.nan)), "knn_accuracy": float(last.get("knn_accuracy", np.nan)),
+            "logme": _float(last.get("logme")), "knn_accuracy": _float(last.get("knn_accuracy")),
             "params_millions": params / 1e6, "imagenet_top1": _last_known(mine, "imagenet_top1"),
             "images_per_second": _last_known(mine, "images_per_second"),
             "leader": "", "gap_points": np.nan, "rank_by": decision.get("rank_by", "") if decision else "",
@@ -107,8 +111,8 @@ def _dataset_rows(records: list[dict], decisions: list[dict]) -> list[dict]:
             leader = decision["leader"]
             top = next((r for r in records if r["network"] == leader and float(r["fraction"]) == fraction), {})
             row["leader"] = leader
-            row["gap_points"] = 100 * (float(top.get("accuracy", np.nan)) - float(last["accuracy"]))
-            row["score_gap"] = float(decision.get("gaps", {}).get(name, np.nan))
+            row["gap_points"] = 100 * (_float(top.get("accuracy")) - _float(last.get("accuracy")))
+            row["score_gap"] = _float(decision.get("gaps", {}).get(name))
         row["_order"] = (-order[fraction], _position(decision, name), name)
         rows.append(row)
     return sorted(rows, key=lambda r: r.pop("_order"))
@@ -275,9 +279,8 @@ def plot_selection(records: Sequence[dict], decisions: Sequence[dict], dataset: 
         points = sorted((r for r in mine if r["network"] == row.network), key=lambda r: float(r["fraction"]))
         nudge = 1 + 0.015 * (i - (len(table) - 1) / 2)
         x = np.array([int(r["n_train"]) for r in points], float) * nudge
-        y = 100 * np.array([float(r["accuracy"]) for r in points])
-        bars = 100 * np.abs(np.array([[float(r["accuracy"]) - float(r["low"]), float(r["high"]) - float(r["accuracy"])]
-                                      for r in points]).T)
+        y, low, high = (100 * np.array([_float(r.get(k)) for r in points]) for k in ("accuracy", "low", "high"))
+        bars = np.nan_to_num(np.abs(np.stack([y - low, high - y])))  # no interval: no bar
         finalist = row.status == FINALIST
         style = {"lw": 2.2, "alpha": 1.0, "zorder": 3} if finalist else {"lw": 1.0, "alpha": 0.7, "zorder": 2}
         if many and not finalist:
