@@ -419,6 +419,8 @@ def test_over_budget_reads_params_and_throughput_and_refuses_unknown_keys():
     assert over_budget(rows, {"max_params": 20, "min_images_per_second": 100}).tolist() == [False, True, True, True]
     assert over_budget(rows, {"max_params": None, "min_images_per_second": 300}).tolist() == [False] * 2 + [True, False]
     assert over_budget(rows.drop(columns="params"), {"max_params": 1}).tolist() == [False] * 4
+    selection = rows.rename(columns={"params": "params_millions"})
+    assert over_budget(selection, {"max_params": 20}, "params_millions").tolist() == [False, True, False, True]
     with pytest.raises(ValueError, match="budget: unknown key.*max_flops"):
         over_budget(rows, {"max_flops": 3})
     with pytest.raises(ValueError, match="budget.max_params: expected a positive number"):

@@ -388,14 +388,15 @@ def check_budget(budget: Mapping | None) -> dict:
     return {key: budget.get(key) for key in BUDGET_KEYS}
 
 
-def over_budget(rows: pd.DataFrame, budget: Mapping | None) -> np.ndarray:
+def over_budget(rows: pd.DataFrame, budget: Mapping | None, params_column: str = "params") -> np.ndarray:
     """Bool mask of the rows over ``budget``: more parameters than ``max_params`` (millions,
-    column ``params``) or fewer images/s than ``min_images_per_second`` (column
-    ``images_per_second``). A row whose number is unknown (NaN or missing column) is not
-    over that limit: it cannot be judged, and is not silently dropped."""
+    column ``params_column``: ``params`` here, ``params_millions`` in the selection table)
+    or fewer images/s than ``min_images_per_second`` (column ``images_per_second``). A row
+    whose number is unknown (NaN or missing column) is not over that limit: it cannot be
+    judged, and is not silently dropped."""
     limits = check_budget(budget)
     over = np.zeros(len(rows), dtype=bool)
-    for key, column, exceeds in (("max_params", "params", np.greater),
+    for key, column, exceeds in (("max_params", params_column, np.greater),
                                  ("min_images_per_second", "images_per_second", np.less)):
         if limits[key] is not None and column in rows:
             values = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
