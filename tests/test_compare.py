@@ -14,12 +14,15 @@ from transfer_lab.compare import (
     COLUMNS,
     SHOWN,
     comparison_table,
+    over_budget,
+    pareto_front,
     plot_comparison,
     plot_confusion,
     plot_curves,
     plot_tradeoff,
     summary_lines,
     to_markdown,
+    tradeoff_points,
     write_table,
 )
 from transfer_lab.references import Reference
@@ -384,3 +387,71 @@ def test_report_figures(table, inputs, tmp_path):
     plot_curves(heads + [logreg], "mine", tmp_path / "curves_mine.png")
     for name in ("tradeoff", "confusion_digits", "curves_digits", "curves_mine"):
         _assert_png(tmp_path / f"{name}.png")
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_both():
+    # cost lower and accuracy higher are better: (1, .7) and (2, .9) and (4, .95) trade off;
+    # (3, .8) is beaten by (2, .9); (5, .95) by (4, .95) (same accuracy, dearer).
+    cost, accuracy = [3, 1, 2, 5, 4], [0.8, 0.7, 0.9, 0.95, 0.95]
+    assert pareto_front(cost, accuracy).tolist() == [False, True, True, False, True]
+    assert pareto_front([1], [0.5]).tolist() == [True]
+    assert pareto_front([], []).tolist() == []
+
+
+def test_pareto_front_ties_and_nan_do_not_depend_on_order():
+    # Exact duplicates do not dominate each other: both stay, in either order.
+    assert pareto_front([2, 2, 3], [0.9, 0.9, 0.8]).tolist() == [True, True, False]
+    assert pareto_front([3, 2, 2], [0.8, 0.9, 0.9]).tolist() == [False, True, True]
+    # Equal cost, lower accuracy: dominated; NaN: off the front and dominates nothing.
+    assert pareto_front([2, 2], [0.9, 0.8]).tolist() == [True, False]
+    assert pareto_front([1, np.nan, 2], [0.5, 0.99, 0.6]).tolist() == [True, False, True]
+    rng = np.random.default_rng(0)
+    cost, accuracy = rng.integers(0, 4, 40).astype(float), rng.integers(0, 4, 40) / 4
+    order = rng.permutation(40)
+    assert pareto_front(cost[order], accuracy[order]).tolist() == pareto_front(cost, accuracy)[order].tolist()
+
+
+def test_over_budget_reads_params_and_throughput_and_refuses_unknown_keys():
+    rows = pd.DataFrame({"params": [5.3, 25.6, np.nan, 88.0], "images_per_second": [900, 300, 50, np.nan]})
+    assert over_budget(rows, None).tolist() == [False] * 4
+    assert over_budget(rows, {"max_params": 20}).tolist() == [False, True, False, True]  # unknown: not judged
+    assert over_budget(rows, {"min_images_per_second": 100}).tolist() == [False, False, True, False]
+    assert over_budget(rows, {"max_params": 20, "min_images_per_second": 100}).tolist() == [False, True, True, True]
+    assert over_budget(rows, {"max_params": None, "min_images_per_second": 300}).tolist() == [False] * 2 + [True, False]
+    assert over_budget(rows.drop(columns="params"), {"max_params": 1}).tolist() == [False] * 4
+    selection = rows.rename(columns={"params": "params_millions"})
+    assert over_budget(selection, {"max_params": 20}, "params_millions").tolist() == [False, True, False, True]
+    with pytest.raises(ValueError, match="budget: unknown key.*max_flops"):
+        over_budget(rows, {"max_flops": 3})
+    with pytest.raises(ValueError, match="budget.max_params: expected a positive number"):
+        over_budget(rows, {"max_params": -1})
+
+
+def _tradeoff_table() -> pd.DataFrame:
+    """Four networks' best heads on one dataset (and a worse head that is not drawn)."""
+    rows = [("small", "linear", 0.80, 1000.0), ("mid", "linear", 0.85, 400.0), ("slow", "linear", 0.84, 100.0),
+            ("big", "linear", 0.92, 50.0), ("big", "knn", 0.50, 50.0)]
+    return pd.DataFrame([{
+        "dataset": "digits", "method": "features", "network": n, "head": h, "validation_accuracy": a,
+        "test_accuracy": a, "test_accuracy_low": a - 0.02, "test_accuracy_high": a + 0.02,
+        "images_per_second": ips} for n, h, a, ips in rows])
+
+
+def test_tradeoff_front_and_budget(tmp_path):
+    table = _tradeoff_table()
+    points, metric = tradeoff_points(table, "digits", "accuracy", None, None)
+    assert metric == "test_accuracy"
+    assert dict(zip(points["network"], points["front"], strict=True)) == {
+        "small": True, "mid": True, "slow": False, "big": True}
+    assert not points["over"].any() and points["params"].isna().all()
+    params = {"small": 4.0, "mid": 20.0, "slow": 10.0, "big": 300.0}
+    points, _ = tradeoff_points(table, "digits", "accuracy", params, {"max_params": 100})
+    by = points.set_index("network")
+    assert by["over"].to_dict() == {"small": False, "mid": False, "slow": False, "big": True}
+    # big is over budget: off the front; slow is still beaten by mid.
+    assert by["front"].to_dict() == {"small": True, "mid": True, "slow": False, "big": False}
+    assert by.loc["big", "params"] == 300.0
+    plot_tradeoff(table, tmp_path / "tradeoff.png", params=params, budget={"max_params": 100})
+    _assert_png(tmp_path / "tradeoff.png")
+    with pytest.raises(ValueError, match="budget: unknown key"):
+        plot_tradeoff(table, tmp_path / "other.png", budget={"params": 100})

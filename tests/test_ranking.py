@@ -12,7 +12,7 @@ from transfer_lab.evaluation import classification_metrics, combine_repeats, cor
 from transfer_lab.label_efficiency import COLUMNS as CURVE_COLUMNS
 from transfer_lab.label_efficiency import label_efficiency_table, plot_label_efficiency, write_label_efficiency
 from transfer_lab.ranking import select_best, summary_markdown, summary_table, verdict_lines, write_summary
-from transfer_lab.uncertainty import mcnemar_exact, paired_difference, summarise_accuracy
+from transfer_lab.uncertainty import Difference, holm, mcnemar_exact, outcome, paired_difference, summarise_accuracy
 
 N_CLASSES = 4
 NAMES = list("abcd")
@@ -117,6 +117,35 @@ def test_a_network_better_on_test_than_the_validation_choice_is_said_to_beat_it(
     assert row(table, "solid", "linear")["versus"] == "lucky (linear)"  # validation chose lucky
     assert row(table, "solid", "linear")["verdict"] == "better"
     assert verdict_lines(table)[0].startswith("digits: solid (linear) beats lucky (linear) by 15.0 points [")
+
+
+def test_holm_correction_turns_a_lone_win_into_a_tie_among_several_comparisons():
+    """On 400 test images 'mid' is wrong on 12 that 'top' gets right and right on 3 that 'top'
+    gets wrong: McNemar's p = 2 (1 + 15 + 105 + 455) / 2**15 = 0.035. Alone against 'top' that
+    is a loss; beside a second comparison, Holm doubles the smallest p to 0.07: a tie."""
+    top = fitted("top", "digits", "linear", [right(100, [1])], [right(400, range(3))])
+    mid = fitted("mid", "digits", "linear", [right(100, [1, 2])], [right(400, range(3, 15))])
+    other = fitted("other", "digits", "linear", [right(100, [1, 2, 3])], [right(400, range(4))])
+    alone = row(comparison_table([top, mid], []), "mid", "linear")
+    assert alone["mcnemar_p"] == pytest.approx(1152 / 2**15) == alone["mcnemar_p_raw"]
+    assert alone["verdict"] == "worse"
+    table = comparison_table([top, mid, other], [])
+    r = row(table, "mid", "linear")
+    assert r["mcnemar_p_raw"] == pytest.approx(1152 / 2**15)
+    assert r["mcnemar_p"] == pytest.approx(2 * 1152 / 2**15)
+    assert r["verdict"] == "tied"
+    assert (r["test_difference_low"], r["test_difference_high"]) == (alone["test_difference_low"],
+                                                                     alone["test_difference_high"])
+    d = r[["test_difference", "test_difference_low", "test_difference_high"]].to_numpy(float)
+    assert outcome(Difference(*d), r["mcnemar_p_raw"], 0.05) == "worse"  # the interval alone still excludes 0
+    ps = table.loc[table["versus"] != "", ["mcnemar_p_raw", "mcnemar_p"]].to_numpy(float)
+    np.testing.assert_allclose(holm(ps[:, 0]), ps[:, 1])
+    lines = verdict_lines(table)
+    assert "digits: top (linear) and mid (linear) are tied (difference 2.3 [" in lines[0] and "p = 0.07)" in lines[0]
+    assert lines[-1] == ("digits: p-values Holm-corrected over the 2 comparisons with its best (mcnemar_p_raw: as "
+                         "tested); the intervals are not adjusted")
+    assert not any("Holm" in line for line in verdict_lines(comparison_table([top, mid], [])))
+    assert "Holm-corrected over the dataset's comparisons" in to_markdown(table)
 
 
 def test_markdown_shows_intervals_spreads_and_verdicts(table):

@@ -8,8 +8,11 @@ from scipy.stats import binomtest
 
 from transfer_lab.uncertainty import (
     Bootstrap,
+    Difference,
     format_p,
+    holm,
     mcnemar_exact,
+    outcome,
     paired_difference,
     summarise_accuracy,
     verdict,
@@ -163,3 +166,44 @@ def test_format_p():
     assert format_p(0.0123) == "p = 0.012"
     assert format_p(1.0) == "p = 1"
     assert format_p(0.0004) == "p < 0.001"
+
+
+def test_holm_on_known_values():
+    # By hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running max
+    # 0.02, 0.03, 0.06, 0.06; back in the given order. (statsmodels' multipletests(method="holm")
+    # gives the same; it is not installed here.)
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.2, 0.6, 0.9]), [0.6, 1.0, 1.0])  # capped at 1
+    assert holm([0.037]).tolist() == [0.037]  # one comparison: the identity
+    assert holm([]).shape == (0,)
+
+
+def test_holm_gives_equal_p_values_equal_adjustments_and_leaves_nan_out():
+    np.testing.assert_allclose(holm([0.01, 0.01, 0.02]), [0.03, 0.03, 0.03])
+    np.testing.assert_allclose(holm([0.02, 0.01, 0.01]), [0.03, 0.03, 0.03])
+    out = holm([0.01, np.nan, 0.04])  # two comparisons, not three
+    assert np.isnan(out[1])
+    np.testing.assert_allclose(out[[0, 2]], [0.02, 0.04])
+
+
+def test_holm_equals_the_closed_test_of_bonferroni_tests():
+    """Holm is the closed testing procedure whose local tests are Bonferroni's, so its adjusted
+    p for hypothesis i is the largest, over every set S holding i, of min(1, |S| min_{j in S} p_j):
+    a definition independent of the sorting that holm() does."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        m = int(rng.integers(1, 7))
+        p = rng.random(m) ** 3  # many small ones
+        brute = [max(min(1.0, len(s) * min(p[list(s)])) for k in range(1, m + 1)
+                     for s in combinations(range(m), k) if i in s) for i in range(m)]
+        np.testing.assert_allclose(holm(p), brute)
+        assert np.all(holm(p) >= p)
+
+
+def test_outcome_needs_the_p_value_and_the_interval_on_one_side():
+    assert outcome(Difference(0.05, 0.01, 0.09), 0.01, 0.05) == "better"
+    assert outcome(Difference(-0.05, -0.09, -0.01), 0.01, 0.05) == "worse"
+    assert outcome(Difference(0.05, 0.01, 0.09), 0.06, 0.05) == "tied"   # e.g. after Holm
+    assert outcome(Difference(0.05, -0.01, 0.09), 0.01, 0.05) == "tied"

@@ -15,7 +15,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -177,7 +177,8 @@ def _formatted(table: pd.DataFrame, bold: str) -> pd.DataFrame:
     for col in ("validation_balanced_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_top5_accuracy"):
         shown[col] = shown[col].map(percent)
     shown["test_difference"] = [_difference_cell(r) for _, r in table.iterrows()]
-    shown["mcnemar_p"] = shown["mcnemar_p"].map(lambda p: f"{p:.2g}" if pd.notna(p) else "")
+    for col in ("mcnemar_p", "mcnemar_p_raw"):
+        shown[col] = shown[col].map(lambda p: f"{p:.2g}" if pd.notna(p) else "")
     for col in ("extract_seconds", "head_seconds"):
         shown[col] = shown[col].map(lambda v: f"{v:.1f}" if pd.notna(v) else "n/a")
     shown["images_per_second"] = shown["images_per_second"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "n/a")
@@ -208,7 +209,10 @@ def notes(table: pd.DataFrame, select_by: str = "accuracy", confidence: float = 
         f"here), ± their standard deviation in points where there are several; [low, high]: the {level} "
         "bootstrap interval of test accuracy (test images and repeats resampled).",
         f"versus: each network's chosen classifier against the dataset's best; test_difference: this row minus "
-        f"that one, in points, with its {level} paired bootstrap interval; mcnemar_p: McNemar's exact test.",
+        f"that one, in points, with its {level} paired bootstrap interval (not adjusted for multiple comparisons); "
+        "mcnemar_p: McNemar's exact test, Holm-corrected over the dataset's comparisons with its best when there "
+        "are several (mcnemar_p_raw: as tested). A verdict of better or worse needs the corrected p below "
+        f"{1 - confidence:.2g} and the interval on one side of 0.",
     ]
 
 
@@ -352,26 +356,105 @@ def plot_comparison(table: pd.DataFrame, png_path: str | os.PathLike) -> None:
     save_figure(fig, png_path)
 
 
-def plot_tradeoff(table: pd.DataFrame, png_path: str | os.PathLike, select_by: str = "accuracy") -> None:
+BUDGET_KEYS = ("max_params", "min_images_per_second")
+
+
+def pareto_front(cost: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
+    """Bool mask of the points no other point dominates: none has cost <= and accuracy >=
+    with one of the two strictly better.
+
+    Exact duplicates do not dominate each other, so both stay on the front (the answer does
+    not depend on the order of the points); a point with a NaN coordinate is neither on the
+    front nor dominates anything."""
+    cost, accuracy = np.asarray(cost, dtype=float), np.asarray(accuracy, dtype=float)
+    if cost.shape != accuracy.shape:
+        raise ValueError(f"pareto_front: {cost.shape} costs against {accuracy.shape} accuracies")
+    valid = ~(np.isnan(cost) | np.isnan(accuracy))
+    c, a = cost[:, None], accuracy[:, None]  # row i, column j: does j dominate i?
+    dominated = ((cost <= c) & (accuracy >= a) & ((cost < c) | (accuracy > a)) & valid).any(axis=1)
+    return valid & ~dominated
+
+
+def check_budget(budget: Mapping | None) -> dict:
+    """The budget's limits, None where unset; an unknown key or a limit that is not a
+    positive number is refused, named."""
+    budget = dict(budget or {})
+    unknown = sorted(set(budget) - set(BUDGET_KEYS))
+    if unknown:
+        raise ValueError(f"budget: unknown key(s) {', '.join(unknown)}; expected {', '.join(BUDGET_KEYS)}")
+    for key, value in budget.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise ValueError(f"budget.{key}: expected a positive number, got {value!r}")
+    return {key: budget.get(key) for key in BUDGET_KEYS}
+
+
+def over_budget(rows: pd.DataFrame, budget: Mapping | None, params_column: str = "params") -> np.ndarray:
+    """Bool mask of the rows over ``budget``: more parameters than ``max_params`` (millions,
+    column ``params_column``: ``params`` here, ``params_millions`` in the selection table)
+    or fewer images/s than ``min_images_per_second`` (column ``images_per_second``). A row
+    whose number is unknown (NaN or missing column) is not over that limit: it cannot be
+    judged, and is not silently dropped."""
+    limits = check_budget(budget)
+    over = np.zeros(len(rows), dtype=bool)
+    for key, column, exceeds in (("max_params", params_column, np.greater),
+                                 ("min_images_per_second", "images_per_second", np.less)):
+        if limits[key] is not None and column in rows:
+            values = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+            over |= ~np.isnan(values) & exceeds(values, limits[key])
+    return over
+
+
+def tradeoff_points(table: pd.DataFrame, dataset: str, select_by: str,
+                   params: Mapping[str, float | None] | None, budget: Mapping | None) -> tuple[pd.DataFrame, str]:
+    """Each network's best feature head on ``dataset`` with a throughput, its ``params``
+    (millions), ``over`` (over budget) and ``front`` (on the Pareto front of accuracy
+    against throughput among those within budget); and the metric shown."""
+    part = table[(table["dataset"] == dataset) & (table["method"] == "features")]
+    part = part.loc[select_best(part, ["network"], select_by)] if len(part) else part
+    metric = shown_metric(part)
+    part = part.dropna(subset=["images_per_second"]).copy()
+    part["params"] = [float("nan") if (params or {}).get(n) is None else float(params[n]) for n in part["network"]]
+    part["over"] = over_budget(part, budget)
+    within = ~part["over"].to_numpy()
+    front = np.zeros(len(part), dtype=bool)  # the front of what can be deployed
+    front[within] = pareto_front(-part["images_per_second"].to_numpy(float)[within],
+                                 part[metric].to_numpy(float)[within])
+    part["front"] = front
+    return part, metric
+
+
+def plot_tradeoff(table: pd.DataFrame, png_path: str | os.PathLike, select_by: str = "accuracy",
+                  params: Mapping[str, float | None] | None = None, budget: Mapping | None = None) -> None:
     """Accuracy of each network's best feature head (chosen on validation ``select_by``;
     test accuracy with its interval where there is a test split) against its extraction
-    throughput (images/s, log scale), one panel per dataset: up and right is better."""
+    throughput (images/s, log scale), one panel per dataset: up and right is better.
+
+    The Pareto front (networks that no other beats on both accuracy and throughput, among
+    those within ``budget``) is a step line. ``budget`` (``max_params`` in millions,
+    ``min_images_per_second``) greys out the networks over it, hollow and labelled "over
+    budget"; ``params`` (network -> millions of parameters, None where unknown) is what
+    ``max_params`` is checked against."""
+    check_budget(budget)
     plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.4 * len(datasets), 4.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = table[(table["dataset"] == dataset) & (table["method"] == "features")]
-        part = part.loc[select_best(part, ["network"], select_by)] if len(part) else part
-        metric = shown_metric(part)
-        part = part.dropna(subset=["images_per_second"])
+        part, metric = tradeoff_points(table, dataset, select_by, params, budget)
         if part.empty:
             ax.text(0.5, 0.5, "no extraction timings", ha="center", va="center", transform=ax.transAxes)
         for (_, r), low, high in zip(part.iterrows(), *error_bars(part, metric), strict=True):
-            ax.errorbar(r.images_per_second, 100 * r[metric], yerr=[[low], [high]], fmt="o", capsize=3)
-            ax.annotate(f"{r.network} ({r['head']})", (r.images_per_second, 100 * r[metric]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+            style = ({"fmt": "o", "mfc": "none", "color": "0.6"} if r["over"] else {"fmt": "o"})
+            ax.errorbar(r.images_per_second, 100 * r[metric], yerr=[[low], [high]], capsize=3, **style)
+            text = f"{r.network} ({r['head']})" + (", over budget" if r["over"] else "")
+            ax.annotate(text, (r.images_per_second, 100 * r[metric]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8, color="0.5" if r["over"] else "black")
+        front = part[part["front"]].sort_values("images_per_second", kind="stable")
+        if len(front):
+            ax.step(front["images_per_second"], 100 * front[metric], where="pre", color="black", lw=1,
+                    ls="--", alpha=0.6, label="Pareto front" + (" (within budget)" if part["over"].any() else ""))
+            ax.legend(fontsize=8, loc="lower left")
         ax.set_xscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(plain)

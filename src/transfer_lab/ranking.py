@@ -4,7 +4,11 @@ Every choice is made on validation (accuracy, or balanced accuracy with
 ``evaluation.select_by``), first for each network its classifier, then for each dataset
 its best network; test images only ever judge the choices. The judgement is paired:
 each network's chosen classifier against the dataset's best, on the same test images
-(:func:`transfer_lab.uncertainty.verdict`). Across datasets, each network's chosen
+(:func:`transfer_lab.uncertainty.verdict`). With more than two networks on a dataset there
+are several such comparisons, so their McNemar p-values are Holm-corrected over the
+dataset's comparisons (:func:`transfer_lab.uncertainty.holm`) before the verdict is read;
+the paired intervals stay unadjusted (the verdict needs both, so the correction alone
+bounds the chance of any false "better" or "worse" on a dataset). Across datasets, each network's chosen
 classifier is ranked per dataset (1 = best) and the ranks are averaged.
 """
 
@@ -19,11 +23,12 @@ import pandas as pd
 
 from .evaluation import correct_matrix
 from .files import atomic_write
-from .uncertainty import BOOTSTRAP, Bootstrap, Difference, sentence, verdict
+from .uncertainty import BOOTSTRAP, Bootstrap, Difference, holm, outcome, sentence, verdict
 
 SELECT_BY = ("accuracy", "balanced_accuracy")
+# mcnemar_p: Holm-corrected over the dataset's comparisons (the verdict reads it); mcnemar_p_raw: as tested.
 VERDICT_COLUMNS = ["versus", "test_difference", "test_difference_low", "test_difference_high", "mcnemar_p",
-                   "verdict"]
+                   "mcnemar_p_raw", "verdict"]
 _FLIPPED = {"better": "worse", "worse": "better", "tied": "tied"}
 
 
@@ -56,9 +61,12 @@ def add_verdicts(table: pd.DataFrame, metrics: Mapping[tuple[str, str, str], dic
     Per dataset, the chosen classifiers are ranked on validation ``select_by``; the first
     is the dataset's best. Every other chosen classifier gets ``versus`` (the best, named),
     the test accuracy difference to it with the paired interval (this row minus the best),
-    McNemar's p and ``verdict``: ``better``, ``worse`` or ``tied``, this row against the
-    best. ``metrics`` maps (network, dataset, head) to the classifier's metrics JSON. A
-    dataset without test predictions gets ``versus`` only.
+    McNemar's p as tested (``mcnemar_p_raw``) and Holm-corrected over the dataset's
+    comparisons (``mcnemar_p``; equal to the raw p when there is one comparison), and
+    ``verdict``: ``better``, ``worse`` or ``tied``, this row against the best, decided by the
+    corrected p and the interval (:func:`transfer_lab.uncertainty.outcome`). ``metrics``
+    maps (network, dataset, head) to the classifier's metrics JSON. A dataset without test
+    predictions gets ``versus`` only.
     """
     table = table.copy()
     table["versus"] = ""
@@ -68,21 +76,33 @@ def add_verdicts(table: pd.DataFrame, metrics: Mapping[tuple[str, str, str], dic
     chosen = table[table["best"]]
     for index in select_best(chosen, ["dataset"], select_by):
         top = table.loc[index]
+        tested = {}
         for other in chosen.index[(chosen["dataset"] == top["dataset"]) & (chosen.index != index)]:
             row = table.loc[other]
             table.loc[other, "versus"] = label(top)
             correct = [correct_matrix(metrics[(r["network"], r["dataset"], r["head"])], "test") for r in (row, top)]
-            if not all(c.size for c in correct):
-                continue
-            v = verdict(label(row), label(top), correct[0], correct[1], bootstrap)
-            table.loc[other, VERDICT_COLUMNS[1:]] = [v.difference.mean, v.difference.low, v.difference.high, v.p,
-                                                     v.outcome]
+            if all(c.size for c in correct):
+                tested[other] = verdict(label(row), label(top), correct[0], correct[1], bootstrap)
+        for other, p, v in zip(tested, holm([v.p for v in tested.values()]), tested.values(), strict=True):
+            d = v.difference
+            table.loc[other, VERDICT_COLUMNS[1:]] = [d.mean, d.low, d.high, p, v.p, outcome(d, p, bootstrap.alpha)]
     return table
+
+
+def holm_note(dataset: str, comparisons: int) -> str:
+    """What the verdicts of a dataset with several comparisons were corrected for; empty with
+    one comparison, where Holm's correction changes nothing."""
+    if comparisons < 2:
+        return ""
+    return (f"{dataset}: p-values Holm-corrected over the {comparisons} comparisons with its best "
+            "(mcnemar_p_raw: as tested); the intervals are not adjusted")
 
 
 def verdict_lines(table: pd.DataFrame) -> list[str]:
     """One sentence per pair, the dataset's best first: "A beats B by ..." or "A and B are tied
-    (...)"; a dataset with several networks but no test split says it has no verdict."""
+    (...)", with the Holm-corrected p; then, where a dataset has several comparisons, a line
+    saying they were corrected (:func:`holm_note`). A dataset with several networks but no
+    test split says it has no verdict."""
     lines = []
     for dataset, part in table.groupby("dataset", sort=True):
         compared = part[part["versus"] != ""]
@@ -94,6 +114,9 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
             lines.append(f"{dataset}: " + sentence(r["versus"], label(r), d, r["mcnemar_p"], _FLIPPED[r["verdict"]]))
         if len(compared) and compared["mcnemar_p"].isna().all():
             lines.append(f"{dataset}: no test split, so no paired verdict (validation chose the classifiers)")
+        note = holm_note(dataset, int(compared["mcnemar_p"].notna().sum()))
+        if note:
+            lines.append(note)
     return lines
 
 

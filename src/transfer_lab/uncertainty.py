@@ -16,10 +16,13 @@ repeat of a classifier got an image right (:func:`transfer_lab.evaluation.correc
 - :func:`mcnemar_exact`: McNemar's exact test on the images where exactly one of two
   classifiers is right (a two-sided binomial test with p = 1/2 on the discordant pairs).
 - :func:`verdict`: both together, in words.
+- :func:`holm`: Holm's step-down adjustment of several p-values, for a dataset whose best
+  classifier is compared with more than one other (:func:`transfer_lab.ranking.add_verdicts`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -218,6 +221,40 @@ def verdict(first: str, second: str, correct_first: np.ndarray, correct_second: 
     correct_first, correct_second = _check(correct_first), _check(correct_second)
     d = paired_difference(correct_first, correct_second, bootstrap)
     p = mcnemar_exact(correct_first[0], correct_second[0])
-    significant = p < bootstrap.alpha
-    outcome = "better" if significant and d.low > 0 else "worse" if significant and d.high < 0 else "tied"
-    return Verdict(first, second, d, p, outcome, sentence(first, second, d, p, outcome))
+    result = outcome(d, p, bootstrap.alpha)
+    return Verdict(first, second, d, p, result, sentence(first, second, d, p, result))
+
+
+def outcome(difference: Difference, p: float, alpha: float) -> str:
+    """``better``, ``worse`` or ``tied`` for the first of a pair: a win needs both p < alpha
+    and the paired interval on one side of 0 (see :func:`verdict`). Kept apart so that a
+    p-value adjusted for several comparisons (:func:`holm`) decides with the same rule."""
+    significant = p < alpha
+    if significant and difference.low > 0:
+        return "better"
+    if significant and difference.high < 0:
+        return "worse"
+    return "tied"
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    With m p-values sorted ascending, the i-th smallest (i from 1) becomes
+    max over j <= i of min(1, (m - j + 1) p_(j)): monotone in the raw p, capped at 1, and
+    rejecting "adjusted p < alpha" keeps the chance of any false "better" or "worse" among
+    the m comparisons at most alpha, without assuming them independent (a dataset's
+    comparisons share its best classifier, so they are not). Equal raw p-values get equal
+    adjusted ones whatever their order; NaN (no test) stays NaN and is not counted in m.
+    With one p-value the adjustment is the identity.
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    if not len(finite):
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted[order] = np.minimum(1.0, stepped)
+    return adjusted
