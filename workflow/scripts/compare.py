@@ -46,7 +46,8 @@ with log_to(snakemake.log[0]):
                 preface=selection + summary_rst(summary, table))
     write_choice(table, select_by, out.choice)
     plot_comparison(table, out.png)
-    plot_tradeoff(table, out.tradeoff, select_by)
+    plot_tradeoff(table, out.tradeoff, select_by, params=snakemake.params.params_millions,
+                  budget=snakemake.params.budget or None)
     for dataset, confusion, curves in zip(snakemake.params.datasets, out.confusion, out.curves, strict=True):
         plot_confusion(table, metrics, dataset, confusion)
         plot_curves(metrics, dataset, curves)

@@ -9,8 +9,9 @@ from transfer_lab import timing  # first: the job's clock starts here
 import json
 import logging
 
-from transfer_lab.files import atomic_write, end_job, log_to
-from transfer_lab.screening_report import plot_selection, selection_rst, selection_table, write_selection
+from transfer_lab.files import end_job, log_to
+from transfer_lab.compare import over_budget
+from transfer_lab.screening_report import plot_selection, selection_table, write_selection
 from transfer_lab.selection import halving_cost
 
 with log_to(snakemake.log[0]):
@@ -31,10 +32,11 @@ with log_to(snakemake.log[0]):
                                       [rung[0]["n_train"] for rung in screened], [len(rung) for rung in screened],
                                       len(mine[-1]["kept"]))
         logging.info("%s: %s", dataset, costs[dataset])
-    table = selection_table(records, decisions, params.budget)
-    write_selection(table, snakemake.output.csv, snakemake.output.md, costs)
-    with atomic_write(snakemake.output.rst, "w") as f:
-        f.write(selection_rst(table, costs))
+    table = selection_table(records, decisions)
+    # Marked, not cut: the speed is known only once a candidate has been screened.
+    table["over_budget"] = over_budget(table, {"min_images_per_second": params.budget.get("min_images_per_second")},
+                                       "params_millions")
+    write_selection(table, snakemake.output.csv, snakemake.output.md, costs, snakemake.output.rst)
     for dataset, png in zip(params.datasets, snakemake.output.plots, strict=True):
         plot_selection(records, decisions, dataset, png)
     logging.info("%d candidates\n%s", len(table), table.to_string())
