@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +313,13 @@ def test_weighted_tau_is_one_for_the_same_order_and_negative_reversed():
 def test_weighted_tau_refuses_mismatched_lists():
     with pytest.raises(ValueError, match="weighted_tau"):
         weighted_tau([1, 2], [1, 2, 3])
+
+
+def test_drawing_subsets_and_cutting_import_no_torch():
+    """The jobs that draw a rung's subset or cut after it import numpy alone (torch: ~1 s a job)."""
+    code = ("import sys, numpy as np; from transfer_lab import selection as s; "
+            "s.rung_subsets(np.arange(20) % 2, [0.5, 1.0], 0); "
+            "s.cut([{'network': 'a', 'accuracy': 0.5, 'logme': 0.0, 'knn_accuracy': 0.5}], 0.5); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

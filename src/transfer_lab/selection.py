@@ -120,7 +120,7 @@ def rung_subsets(labels: np.ndarray, fractions: Sequence[float], seed: int,
             n, c = min(empty)
             name = class_names[int(c)] if class_names is not None else str(c)
             raise ValueError(f"selection.rungs: {f:g} of the {len(labels)} training images of this dataset gives "
-                             f"class '{name}' ({n} images) no image; the smallest rung must keep at least one image "
+                             f"class '{name}' ({n} image{'s' if n != 1 else ''}) no image; the smallest rung must keep at least one image "
                              f"per class: at least {_smallest_fraction(int(sizes.min()))}")
     return [np.sort(np.concatenate([order[:_count(f, len(order))] for order in orders])).astype(np.int64)
             for f in fractions]
@@ -271,12 +271,12 @@ def halving_cost(n_train: int, n_validation: int, n_test: int, rung_sizes: list[
     if whole and n_finalists != survivors[-1]:
         raise ValueError(f"halving_cost: a last rung of the whole training set screens the finalists; "
                          f"{survivors[-1]} screened there, {n_finalists} finalists")
-    added = np.diff([0, *rung_sizes])
-    screened = len(rung_sizes) - 1 if whole else len(rung_sizes)
-    screening = int(sum(int(s) * int(a) for s, a in zip(survivors[:screened], added[:screened], strict=True)))
-    screening += survivors[0] * n_validation
-    finalists = n_finalists * (n_train + n_validation + n_test)
-    exhaustive = survivors[0] * (n_train + n_validation + n_test)
+    sizes, counts = [0, *map(int, rung_sizes)], [int(s) for s in survivors]
+    screened = len(counts) - 1 if whole else len(counts)
+    screening = sum(counts[k] * (sizes[k + 1] - sizes[k]) for k in range(screened)) + counts[0] * int(n_validation)
+    everything = int(n_train) + int(n_validation) + int(n_test)
+    finalists = int(n_finalists) * everything
+    exhaustive = counts[0] * everything
     return {"spent": screening + finalists, "exhaustive": exhaustive,
             "share": (screening + finalists) / exhaustive, "screening": screening, "finalists": finalists}
 
