@@ -80,6 +80,8 @@ def test_a_rung_that_leaves_a_class_without_images_is_refused_with_the_smallest_
     message = str(error.value)
     assert message.startswith("selection.rungs: 0.009 of the 1078 training images")
     assert "class 'digit 3' (100 images) no image" in message and message.endswith("at least 0.01")
+    with pytest.raises(ValueError, match="^selection.rungs: 0.009 of the 1078 training images of dataset 'digits' "):
+        rung_subsets(labels, [0.009], seed=0, dataset="digits")
     subset = rung_subsets(labels, [0.01, 1.0], seed=0)[0]  # the suggestion works
     assert np.all(np.bincount(labels[subset], minlength=10) >= 1)
 
