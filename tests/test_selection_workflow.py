@@ -205,7 +205,7 @@ def test_a_first_rung_smaller_than_one_image_per_class_fails_naming_the_setting(
     write_config(workdir, config)
     run = snakemake(workdir, check=False)
     log = (workdir / "results/logs/screen_candidate/lite0_digits_rung-0.log").read_text()
-    assert run.returncode != 0 and "selection.rungs" in log and "dataset digits" in log, log
+    assert run.returncode != 0 and "selection.rungs" in log and "dataset 'digits'" in log, log
     assert (workdir / "results/datasets/digits.npz").exists()  # nothing already computed is lost
 
 

@@ -46,10 +46,7 @@ with log_to(snakemake.log[0]):
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     images, labels = ds.subset("train")
     fractions = [subset["fraction"]] if subset["previous"] is None else [subset["previous"], subset["fraction"]]
-    try:
-        rows = rung_subsets(labels, fractions, subset["seed"], ds.class_names)
-    except ValueError as err:
-        raise ValueError(f"dataset {w.dataset}: {err}") from None
+    rows = rung_subsets(labels, fractions, subset["seed"], ds.class_names, dataset=w.dataset)
     new = np.setdiff1d(rows[-1], rows[0]) if len(rows) == 2 else rows[-1]
     timing.mark("load")
 
