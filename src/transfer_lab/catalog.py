@@ -2,15 +2,15 @@
 
 Validating a config needs every torchvision classification model name, each one's weights
 tags with their download URLs, smallest input, parameter count and ImageNet-1k top-1
-(static facts a zoo's candidates are filtered and ranked by, ``transfer_lab.zoo``); timm's model names, each one's pretrained
-tags and where their files are (the Hugging Face hub or a URL), and which timm models
-compute tokens (transformers, whose features a ``pool`` setting can choose). Reading them
-means importing torchvision and timm: seconds and most of a gigabyte, paid by every
-``snakemake`` call (the workflow validates its config when it is parsed) and again by
-every cluster job, which parses the workflow too. The names change only when those
-libraries do, so they are read once per installed (torch, torchvision, timm) version and
-kept as JSON in the user's cache folder; a parse on an unchanged environment imports
-neither library.
+(static facts a zoo's candidates are filtered and ranked by, ``transfer_lab.zoo``);
+timm's model names, each one's pretrained tags and where their files are (the Hugging Face
+hub or a URL), and which timm models compute tokens (transformers, whose features a
+``pool`` setting can choose). Reading them means importing torchvision and timm: seconds
+and most of a gigabyte, paid by every ``snakemake`` call (the workflow validates its config
+when it is parsed) and again by every cluster job, which parses the workflow too. The
+names change only when those libraries do, so they are read once per installed (torch,
+torchvision, timm) version and kept as JSON in the user's cache folder; a parse on an
+unchanged environment imports neither library.
 """
 
 from __future__ import annotations
