@@ -1,15 +1,16 @@
 """Which architectures and weights exist: torchvision's and timm's names, cached per version.
 
 Validating a config needs every torchvision classification model name, each one's weights
-tags with their download URLs and smallest input; timm's model names, each one's pretrained
-tags and where their files are (the Hugging Face hub or a URL), and which timm models
-compute tokens (transformers, whose features a ``pool`` setting can choose). Reading them
-means importing torchvision and timm: seconds and most of a gigabyte, paid by every
-``snakemake`` call (the workflow validates its config when it is parsed) and again by
-every cluster job, which parses the workflow too. The names change only when those
-libraries do, so they are read once per installed (torch, torchvision, timm) version and
-kept as JSON in the user's cache folder; a parse on an unchanged environment imports
-neither library.
+tags with their download URLs, smallest input, parameter count and ImageNet-1k top-1
+(static facts a zoo's candidates are filtered and ranked by, ``transfer_lab.zoo``);
+timm's model names, each one's pretrained tags and where their files are (the Hugging Face
+hub or a URL), and which timm models compute tokens (transformers, whose features a
+``pool`` setting can choose). Reading them means importing torchvision and timm: seconds
+and most of a gigabyte, paid by every ``snakemake`` call (the workflow validates its config
+when it is parsed) and again by every cluster job, which parses the workflow too. The
+names change only when those libraries do, so they are read once per installed (torch,
+torchvision, timm) version and kept as JSON in the user's cache folder; a parse on an
+unchanged environment imports neither library.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from .files import atomic_write
 
 # Bump when the file's layout changes, so an older cache file is not read.
-FORMAT = 3
+FORMAT = 4
 LIBRARIES = ("torch", "torchvision", "timm")
 
 
@@ -38,6 +39,9 @@ class TorchvisionArch:
     # weights tag -> (resize, crop) of its eval transform: the shorter side an image is
     # resized to, then the centre crop (ResNet-50 IMAGENET1K_V1: 256, 224).
     sizes: dict[str, tuple[int, int]]
+    params: dict[str, int]  # weights tag -> parameter count (the weights' meta num_params)
+    # weights tag -> ImageNet-1K top-1 in % (meta _metrics), for the tags that publish one
+    top1: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ def read_libraries() -> dict:
             "urls": {w.name: w.url for w in weights},
             "min_size": min(min(w.meta.get("min_size", (1, 1))) for w in weights),
             "sizes": {w.name: _resize_crop(w) for w in weights},
+            "params": {w.name: int(w.meta["num_params"]) for w in weights if "num_params" in w.meta},
+            "top1": {w.name: float(top1) for w in weights if (top1 := _imagenet_top1(w)) is not None},
         }
     tags, sources, sizes = {}, {}, {}
     table = [(int(timm.models.PretrainedCfg().input_size[-1]), float(timm.data.DEFAULT_CROP_PCT))]
@@ -142,6 +148,12 @@ def _resize_crop(weights) -> tuple[int, int]:
     (a partial of its ImageClassification: reading it downloads nothing)."""
     t = weights.transforms()
     return int(t.resize_size[0]), int(t.crop_size[0])
+
+
+def _imagenet_top1(weights) -> float | None:
+    """ImageNet-1K top-1 (%) from torchvision weights' metadata; None for weights evaluated on
+    something else (or not at all)."""
+    return weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
 
 
 def token_archs() -> list[str]:

@@ -69,6 +69,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"{error.message}; valid keys: {', '.join(allowed)}"
+    if error.validator == "anyOf" and not error.absolute_path and all(
+            set(branch) == {"required"} for branch in error.validator_value):
+        keys = [key for branch in error.validator_value for key in branch["required"]]
+        return f"give {' or '.join(keys)} (or {'both' if len(keys) == 2 else 'several'}): none is there"
     if error.validator == "pattern" and error.schema.get("pattern", "").startswith("^[A-Za-z0-9]"):
         return f"{error.instance!r} is not a valid name (letters, digits, '_' and '-', starting with a letter or digit)"
     return error.message
@@ -144,9 +148,53 @@ def load_schema(path: str | os.PathLike) -> dict:
     return schema
 
 
+def _schema_check(validator: jsonschema.protocols.Validator, config: dict) -> None:
+    """Validate against the schema (filling defaults); raise :class:`ConfigError` listing every error."""
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config:\n" + "\n".join(
+            f"  {_path(e)}: {_describe(e)}" for e in errors))
+
+
+def expand_zoo_into_networks(config: dict) -> dict[str, str]:
+    """Add the candidates of ``config["zoo"]`` to ``config["networks"]`` (after the hand-written
+    ones); return candidate name -> zoo entry key (empty without a zoo).
+
+    Idempotent, since Snakemake may validate the same dict twice: a network of the candidate's
+    name that defines the very same network (the same :class:`~transfer_lab.specs.NetworkSpec`)
+    is that candidate; one that defines another network is a collision, refused naming both.
+    """
+    if not config.get("zoo"):
+        return {}
+    from .specs import NetworkSpec
+    from .zoo import expand_zoo_entries
+
+    try:
+        expanded = expand_zoo_entries(config["zoo"])
+    except ValueError as err:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in str(err).splitlines())) from None
+    networks = config.setdefault("networks", {})
+    problems, origins = [], {}
+    for key, candidates in expanded.items():
+        for name, entry in candidates.items():
+            origins[name] = key
+            if name not in networks:
+                networks[name] = entry
+            elif NetworkSpec.from_config(networks[name]) != NetworkSpec.from_config(entry):
+                problems.append(
+                    f"  zoo.{key}: candidate {name!r} ({NetworkSpec.from_config(entry).describe()}) has the name of "
+                    f"networks.{name} ({NetworkSpec.from_config(networks[name]).describe()}), another network; "
+                    f"rename networks.{name} or narrow zoo.{key}")
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(problems))
+    return origins
+
+
 def validate_config(config: dict, schema: dict, check_resources: bool = True) -> dict:
     """Validate ``config`` in place, filling defaults; raise :class:`ConfigError` listing every problem.
 
+    A ``zoo`` section is expanded into ``networks`` first (:func:`expand_zoo_into_networks`),
+    so its candidates are checked like hand-written networks.
     ``check_resources`` also checks what the schema cannot: that archs and weights
     exist in the installed torchvision/timm, and the dataset keys that depend on the
     source, and a dataset root that is already there (cheaply: a table's header). Whether
@@ -154,10 +202,10 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
     """
     coerce_command_line_strings(config, schema, schema)
     validator = _with_defaults(jsonschema.Draft7Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid config:\n" + "\n".join(
-            f"  {_path(e)}: {_describe(e)}" for e in errors))
+    _schema_check(validator, config)
+    origins = expand_zoo_into_networks(config)
+    if origins:
+        _schema_check(validator, config)  # the candidates' entries get their defaults, as hand-written ones
     problems = []
     for name, spec in config["datasets"].items():
         if spec.get("download") and sources.get(spec["source"]).fetch is not None:
@@ -185,7 +233,9 @@ def validate_config(config: dict, schema: dict, check_resources: bool = True) ->
             try:
                 check(name, spec)
             except ValueError as err:
-                problems.append(f"  {err}")
+                from_zoo = section is config["networks"] and name in origins
+                origin = f" (a candidate of zoo.{origins[name]})" if from_zoo else ""
+                problems.append(f"  {err}{origin}")
     # Fine-tuning names networks and datasets by their keys.
     finetune = config.get("finetune", {})
     for section in ("networks", "datasets"):
