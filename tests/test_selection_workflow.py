@@ -35,7 +35,8 @@ NETWORKS = list(CONFIG["networks"])
 
 
 def records(workdir, rung: int) -> dict:
-    return json.loads((workdir / f"results/selection/digits_rung-{rung}.json").read_text())
+    """Rung `rung`'s file (counted from 0 here, from 1 in file names)."""
+    return json.loads((workdir / f"results/selection/digits_rung-{rung + 1}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def selected(tmp_path_factory):
         time.sleep(0.05)
     proc.wait()
     assert killed, "the run ended before the second rung started"
-    assert not (workdir / "results/selection/digits_rung-1.json").exists()
+    assert not (workdir / "results/selection/digits_rung-2.json").exists()
     snakemake(workdir, "--unlock")
     resumed = snakemake(workdir, hooks=hooks)
     return workdir, resumed, imports
@@ -101,8 +102,8 @@ def test_halving_cuts_by_rung_and_only_the_finalist_gets_full_features(selected)
 def test_a_later_rung_computes_only_its_new_images_and_reuses_the_earlier_ones(selected):
     workdir, _, _ = selected
     name = records(workdir, 1)["records"][0]["network"]
-    first = read_bottleneck(workdir / f"results/selection/features/{name}_digits_rung-0.p")
-    second = read_bottleneck(workdir / f"results/selection/features/{name}_digits_rung-1.p")
+    first = read_bottleneck(workdir / f"results/selection/features/{name}_digits_rung-1.p")
+    second = read_bottleneck(workdir / f"results/selection/features/{name}_digits_rung-2.p")
     assert second.meta["n_computed"] == len(second.labels) - len(first.labels)
     # Nested: every first-rung row is in the second rung, with the very same features.
     rows = {row.tobytes() for row in second.features}
@@ -151,11 +152,11 @@ def test_scoring_settings_rescore_every_rung_and_compute_no_features(selected, t
 
 def test_a_changed_rung_rescreens_from_that_rung_on(selected, tmp_path):
     workdir = copy_run(selected[0], tmp_path / "wd")
-    before = (workdir / "results/selection/digits_rung-0.json").stat().st_mtime_ns
+    before = (workdir / "results/selection/digits_rung-1.json").stat().st_mtime_ns
     jobs = rerun(workdir, {"rungs": [0.1, 0.5, 1.0]})
     assert jobs["screen_candidate"] == 0 and jobs["screen_survivor"] == 2, jobs
     assert jobs["select_candidates"] == 2, jobs  # rungs 1 and 2
-    assert (workdir / "results/selection/digits_rung-0.json").stat().st_mtime_ns == before
+    assert (workdir / "results/selection/digits_rung-1.json").stat().st_mtime_ns == before
     jobs = rerun(workdir, {"seed": 1, "rungs": [0.1, 0.5, 1.0]})
     assert jobs["screen_candidate"] == 4 and jobs["select_candidates"] == 3, jobs
 
@@ -204,7 +205,7 @@ def test_a_first_rung_smaller_than_one_image_per_class_fails_naming_the_setting(
     config["selection"] = {"rungs": [0.001, 1.0]}
     write_config(workdir, config)
     run = snakemake(workdir, check=False)
-    log = (workdir / "results/logs/screen_candidate/lite0_digits_rung-0.log").read_text()
+    log = (workdir / "results/logs/screen_candidate/lite0_digits_rung-1.log").read_text()
     assert run.returncode != 0 and "selection.rungs" in log and "dataset 'digits'" in log, log
     assert (workdir / "results/datasets/digits.npz").exists()  # nothing already computed is lost
 

@@ -300,26 +300,34 @@ def budget_candidates():
 CANDIDATES = budget_candidates()
 
 
-def rung_file(dataset, rung):
-    """A rung's records and decision (rule select_candidates): every candidate's scores, and who goes on."""
-    return f"results/selection/{dataset}_rung-{rung}.json"
+# Rungs are counted from 1 in file names, logs and the selection table; from 0 in RUNGS.
 
 
-def screened(network, dataset, rung):
-    """A candidate's training features at a rung below 1.0: the rung's subset, in row order."""
-    return f"results/selection/features/{network}_{dataset}_rung-{rung}.p"
+def rung_index(wildcards):
+    """The rung of a job, as an index into RUNGS."""
+    return int(wildcards.rung) - 1
+
+
+def rung_file(dataset, k):
+    """Rung k's records and decision (rule select_candidates): every candidate's scores, and who goes on."""
+    return f"results/selection/{dataset}_rung-{k + 1}.json"
+
+
+def screened(network, dataset, k):
+    """A candidate's training features at rung k, below 1.0: the rung's subset, in row order."""
+    return f"results/selection/features/{network}_{dataset}_rung-{k + 1}.p"
 
 
 def screened_validation(network, dataset):
     """A candidate's validation features, extracted once (with its first rung) for every rung."""
-    return f"results/selection/features/{network}_{dataset}_validation.p"
+    return f"results/selection/features/{network}_{dataset}_rung-1_validation.p"
 
 
-def survivors(dataset, rung):
-    """The candidates screened at a rung: all at the first, then those the previous rung kept."""
-    if rung == 0:
+def survivors(dataset, k):
+    """The candidates screened at rung k: all at the first, then those the previous rung kept."""
+    if k == 0:
         return CANDIDATES
-    with open(checkpoints.select_candidates.get(dataset=dataset, rung=str(rung - 1)).output[0]) as f:
+    with open(checkpoints.select_candidates.get(dataset=dataset, rung=str(k)).output[0]) as f:
         return json.load(f)["decision"]["kept"]
 
 
@@ -334,33 +342,33 @@ def finalists(dataset):
 def screen_inputs(wildcards):
     """The images and weights; after the first rung, the candidate's previous features too
     (nested subsets: a rung computes only its new images)."""
-    rung = int(wildcards.rung)
+    k = rung_index(wildcards)
     inputs = extract_inputs(wildcards)
-    if rung > 0:
-        inputs["previous"] = screened(wildcards.network, wildcards.dataset, rung - 1)
+    if k > 0:
+        inputs["previous"] = screened(wildcards.network, wildcards.dataset, k - 1)
     return inputs
 
 
 def screen_params(wildcards):
     """What defines a rung's features: the network, and which images (the dataset's split
     settings, the rung's fraction and the subsets' seed; not the other rungs)."""
-    rung = int(wildcards.rung)
-    return {"fraction": RUNGS[rung], "previous": RUNGS[rung - 1] if rung else None, "seed": SELECTION["seed"]}
+    k = rung_index(wildcards)
+    return {"fraction": RUNGS[k], "previous": RUNGS[k - 1] if k else None, "seed": SELECTION["seed"]}
 
 
 def select_inputs(wildcards):
     """Every candidate screened at the rung: its features there (at 1.0, the full training
     pickle) and its validation features."""
-    rung, dataset = int(wildcards.rung), wildcards.dataset
-    names = survivors(dataset, rung)
-    if rung == FULL_RUNG:
+    k, dataset = rung_index(wildcards), wildcards.dataset
+    names = survivors(dataset, k)
+    if k == FULL_RUNG:
         return {
             "train": [bottleneck(n, dataset, "train") for n in names],
             "validation": [bottleneck(n, dataset, "validation") for n in names],
             "extract": [f"results/extract/{n}_{dataset}.json" for n in names],
         }
     return {
-        "train": [screened(n, dataset, rung) for n in names],
+        "train": [screened(n, dataset, k) for n in names],
         "validation": [screened_validation(n, dataset) for n in names],
     }
 
@@ -369,7 +377,7 @@ def select_params(wildcards):
     """What defines a rung's scores and decision: the probe, the kNN score's neighbours, the
     ranking, the share kept; and the rung's fraction (its records say it)."""
     keys = ("probe", "k", "rank_by", "keep")
-    return canonical({**{key: SELECTION[key] for key in keys}, "fraction": RUNGS[int(wildcards.rung)]})
+    return canonical({**{key: SELECTION[key] for key in keys}, "fraction": RUNGS[rung_index(wildcards)]})
 
 
 def candidate_facts():

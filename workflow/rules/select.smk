@@ -11,13 +11,13 @@ rule screen_candidate:
         unpack(screen_inputs),
     output:
         features="results/selection/features/{network}_{dataset}_rung-{rung}.p",
-        validation="results/selection/features/{network}_{dataset}_validation.p",
+        validation="results/selection/features/{network}_{dataset}_rung-{rung}_validation.p",
     log:
         "results/logs/screen_candidate/{network}_{dataset}_rung-{rung}.log",
     benchmark:
         "results/benchmarks/screen_candidate/{network}_{dataset}_rung-{rung}.tsv"
     wildcard_constraints:
-        rung="0",
+        rung="1",
     threads: config["extract"]["threads"]
     resources:
         gpu=1,
@@ -42,7 +42,7 @@ use rule screen_candidate as screen_survivor with:
     benchmark:
         "results/benchmarks/screen_survivor/{network}_{dataset}_rung-{rung}.tsv"
     wildcard_constraints:
-        rung=alternatives(map(str, CUT_RUNGS[1:])) or "(?!)",
+        rung=alternatives(str(k + 1) for k in CUT_RUNGS[1:]) or "(?!)",
 
 
 # Scores every candidate of a rung (the probe on validation, LogME, kNN) and keeps the best
@@ -51,13 +51,13 @@ checkpoint select_candidates:
     input:
         unpack(select_inputs),
     output:
-        rung_file("{dataset}", "{rung}"),
+        "results/selection/{dataset}_rung-{rung}.json",
     log:
         "results/logs/select_candidates/{dataset}_rung-{rung}.log",
     benchmark:
         "results/benchmarks/select_candidates/{dataset}_rung-{rung}.tsv"
     wildcard_constraints:
-        rung="[0-9]+",
+        rung="[1-9][0-9]*",
     params:
         selection=select_params,
         code=code("select_candidates"),

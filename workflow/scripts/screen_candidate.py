@@ -66,7 +66,7 @@ with log_to(snakemake.log[0]):
     logging.info("%s (%s), rung %d: %d of %d training images (%d new)", w.network, spec.describe(), rung,
                  len(rows[-1]), len(labels), len(new))
     features, cost = compute(extractor, images[new], f"rung {rung} training")
-    if rung > 0:
+    if subset["previous"] is not None:
         before = read_bottleneck(snakemake.input.previous)
         if len(before.labels) != len(rows[0]) or not np.array_equal(before.labels, labels[rows[0]]):
             raise ValueError(f"{snakemake.input.previous}: not the previous rung's subset of this dataset; "
@@ -76,7 +76,7 @@ with log_to(snakemake.log[0]):
         features = np.concatenate([before.features, features])[order]
     write_bottleneck(snakemake.output.features,
                      Bottleneck(features, labels[rows[-1]], ds.class_names, {**meta, "split": "train", **cost}))
-    if rung == 0:
+    if subset["previous"] is None:  # the first rung
         val_images, val_labels = ds.subset("validation")
         val_features, val_cost = compute(extractor, val_images, "validation")
         write_bottleneck(snakemake.output.validation, Bottleneck(

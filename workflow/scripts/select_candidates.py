@@ -26,8 +26,9 @@ def cost(train, validation, extract_json) -> dict:
             metrics = json.load(f)
         return {"forward_passes": metrics["n_images"], "images_per_second": metrics["images_per_second"],
                 "test_images": metrics["splits"].get("test", {}).get("n_images", 0)}
-    computed = train.meta["n_computed"] + (validation.meta["n_computed"] if train.meta["rung"] == 0 else 0)
-    seconds = train.meta["seconds"] + (validation.meta["seconds"] if train.meta["rung"] == 0 else 0)
+    first = train.meta["rung"] == 1  # the rung that extracted validation too
+    computed = train.meta["n_computed"] + (validation.meta["n_computed"] if first else 0)
+    seconds = train.meta["seconds"] + (validation.meta["seconds"] if first else 0)
     return {"forward_passes": computed,
             "images_per_second": validation.meta["images_per_second"] or None,  # the largest batch of images it ran
             "test_images": train.meta["test_images"], "seconds": seconds}
