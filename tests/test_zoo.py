@@ -54,6 +54,9 @@ def test_torchvision_facts_come_from_the_weights_metadata():
     assert zoo.param_count(NetworkSpec("resnet50")) == 25557032
     assert zoo.imagenet_top1(NetworkSpec("resnet50")) == 80.858  # DEFAULT = IMAGENET1K_V2
     assert zoo.imagenet_top1(NetworkSpec("resnet50", weights="IMAGENET1K_V1")) == 76.13
+    # VGG16's IMAGENET1K_FEATURES (no classifier) publishes NaN: unknown, not a number that sorts.
+    assert zoo.imagenet_top1(NetworkSpec("vgg16", weights="IMAGENET1K_FEATURES")) is None
+    assert zoo.param_count(NetworkSpec("vgg16", weights="IMAGENET1K_FEATURES")) is not None
     # Random weights: the same architecture's parameters, no ImageNet accuracy.
     assert zoo.param_count(NetworkSpec("resnet50", weights="random")) == 25557032
     assert zoo.imagenet_top1(NetworkSpec("resnet50", weights="random")) is None
