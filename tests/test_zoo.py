@@ -247,6 +247,17 @@ def test_a_filter_leaving_nothing_names_it_and_what_was_there():
     assert message.endswith("4 with an unknown parameter count left out")
 
 
+def test_tags_that_would_share_a_name_are_refused(monkeypatch):
+    """'.' becomes '_' in names: two tags differing only there would give one name; neither is dropped."""
+    import dataclasses
+
+    known = dataclasses.replace(catalog(), timm={**catalog().timm, "convnext_tiny": ("fb.in1k", "fb_in1k")})
+    monkeypatch.setattr(zoo, "catalog", lambda: known)
+    assert refusal({"c": {"arch": "timm:convnext_tiny", "tags": ["fb*"]}}) == (
+        "zoo.c: timm:convnext_tiny.fb.in1k and timm:convnext_tiny.fb_in1k would both be named "
+        "'convnext_tiny-fb_in1k'; narrow tags to one of them")
+
+
 def test_two_entries_giving_one_name_are_refused():
     assert refusal({"a": {"arch": "resnet5*"}, "b": {"arch": "resnet*", "limit": 2}, "c": {"arch": "resnet50"}}) == (
         "zoo.c: candidate 'resnet50' is also a candidate of zoo.a; narrow one pattern (arch, tags or a filter)")

@@ -160,8 +160,7 @@ def _timm_candidates(where: str, pattern: str, tags: list[str] | None) -> dict[s
                          f"({', '.join(archs[:5])}{', …' if len(archs) > 5 else ''}), none with pretrained weights")
     chosen = ({arch: [have[0]] for arch, have in pretrained.items()} if tags is None
               else _matching_tags(where, tags, pretrained, f"'timm:{pattern}' matches"))
-    return {candidate_name(arch, tag): {"arch": f"timm:{arch}.{tag}"}
-            for arch, ts in chosen.items() for tag in ts}
+    return _named(where, [(arch, tag, {"arch": f"timm:{arch}.{tag}"}) for arch, ts in chosen.items() for tag in ts])
 
 
 def _torchvision_candidates(where: str, pattern: str, tags: list[str] | None) -> dict[str, dict]:
@@ -173,10 +172,23 @@ def _torchvision_candidates(where: str, pattern: str, tags: list[str] | None) ->
                          + (f"; closest: {', '.join(close)}" if close else "")
                          + ". A timm pattern starts with 'timm:'")
     if tags is None:
-        return {candidate_name(arch, None): {"arch": arch} for arch in archs}
+        return _named(where, [(arch, None, {"arch": arch}) for arch in archs])
     available = {arch: tuple(known.torchvision[arch].urls) for arch in archs}
     chosen = _matching_tags(where, tags, available, f"{pattern!r} matches")
-    return {candidate_name(arch, tag): {"arch": arch, "weights": tag} for arch, ts in chosen.items() for tag in ts}
+    return _named(where, [(arch, tag, {"arch": arch, "weights": tag}) for arch, ts in chosen.items() for tag in ts])
+
+
+def _named(where: str, candidates: list[tuple[str, str | None, dict]]) -> dict[str, dict]:
+    """(arch, tag, networks entry) by :func:`candidate_name`; two that the replaced characters
+    would give one name are refused rather than one silently lost."""
+    named: dict[str, dict] = {}
+    for arch, tag, entry in candidates:
+        name = candidate_name(arch, tag)
+        if name in named:
+            raise ValueError(f"{where}: {named[name]['arch']} and {entry['arch']} would both be named {name!r}; "
+                             "narrow tags to one of them")
+        named[name] = entry
+    return named
 
 
 def _millions(count: int) -> str:
