@@ -54,6 +54,9 @@ def test_torchvision_facts_come_from_the_weights_metadata():
     assert zoo.param_count(NetworkSpec("resnet50")) == 25557032
     assert zoo.imagenet_top1(NetworkSpec("resnet50")) == 80.858  # DEFAULT = IMAGENET1K_V2
     assert zoo.imagenet_top1(NetworkSpec("resnet50", weights="IMAGENET1K_V1")) == 76.13
+    # VGG16's IMAGENET1K_FEATURES (no classifier) publishes NaN: unknown, not a number that sorts.
+    assert zoo.imagenet_top1(NetworkSpec("vgg16", weights="IMAGENET1K_FEATURES")) is None
+    assert zoo.param_count(NetworkSpec("vgg16", weights="IMAGENET1K_FEATURES")) is not None
     # Random weights: the same architecture's parameters, no ImageNet accuracy.
     assert zoo.param_count(NetworkSpec("resnet50", weights="random")) == 25557032
     assert zoo.imagenet_top1(NetworkSpec("resnet50", weights="random")) is None
@@ -242,6 +245,17 @@ def test_a_filter_leaving_nothing_names_it_and_what_was_there():
     message = refusal({"d": {"arch": "timm:vit_*_patch14_dinov2", "min_params": 1}})
     assert message.startswith("zoo.d.min_params: leaves none of the 4 candidates")
     assert message.endswith("4 with an unknown parameter count left out")
+
+
+def test_tags_that_would_share_a_name_are_refused(monkeypatch):
+    """'.' becomes '_' in names: two tags differing only there would give one name; neither is dropped."""
+    import dataclasses
+
+    known = dataclasses.replace(catalog(), timm={**catalog().timm, "convnext_tiny": ("fb.in1k", "fb_in1k")})
+    monkeypatch.setattr(zoo, "catalog", lambda: known)
+    assert refusal({"c": {"arch": "timm:convnext_tiny", "tags": ["fb*"]}}) == (
+        "zoo.c: timm:convnext_tiny.fb.in1k and timm:convnext_tiny.fb_in1k would both be named "
+        "'convnext_tiny-fb_in1k'; narrow tags to one of them")
 
 
 def test_two_entries_giving_one_name_are_refused():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,9 @@ def _resize_crop(weights) -> tuple[int, int]:
 
 def _imagenet_top1(weights) -> float | None:
     """ImageNet-1K top-1 (%) from torchvision weights' metadata; None for weights evaluated on
-    something else (or not at all)."""
-    return weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    something else, or not at all (VGG16's IMAGENET1K_FEATURES publishes NaN)."""
+    top1 = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    return None if top1 is None or math.isnan(top1) else top1
 
 
 def token_archs() -> list[str]:

@@ -69,10 +69,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"{error.message}; valid keys: {', '.join(allowed)}"
-    if error.validator == "anyOf" and not error.absolute_path and all(
-            set(branch) == {"required"} for branch in error.validator_value):
-        keys = [key for branch in error.validator_value for key in branch["required"]]
-        return f"give {' or '.join(keys)} (or {'both' if len(keys) == 2 else 'several'}): none is there"
+    if error.validator == "required" and not error.absolute_path and "then" in error.schema_path:
+        return "give networks or zoo (or both): none is there"  # the schema's if/then at the top level
     if error.validator == "pattern" and error.schema.get("pattern", "").startswith("^[A-Za-z0-9]"):
         return f"{error.instance!r} is not a valid name (letters, digits, '_' and '-', starting with a letter or digit)"
     return error.message

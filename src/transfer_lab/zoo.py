@@ -17,6 +17,7 @@ import csv
 import difflib
 import fnmatch
 import functools
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,12 +56,16 @@ def _timm_row(arch: str, tag: str) -> tuple[float, float] | None:
     return rows.get(side) or rows[min(rows)]
 
 
-def _timm_arch_params(arch: str) -> float | None:
-    """Parameters (millions) of ``arch`` under any published tag: the same backbone, with timm's
-    ImageNet-1k head, for tags timm published no row of (22k heads, CLIP towers)."""
-    counts = [params for name, rows in timm_results().items() if name.split(".", 1)[0] == arch
-              for _, params in rows.values()]
-    return min(counts) if counts else None
+@functools.cache
+def _timm_arch_params() -> dict[str, float]:
+    """Parameters (millions) of each architecture under any published tag (the smallest count,
+    should tags differ): the same backbone, with timm's ImageNet-1k head, for the tags timm
+    published no row of (22k heads, CLIP towers)."""
+    counts: dict[str, float] = {}
+    for name, rows in timm_results().items():
+        arch = name.split(".", 1)[0]
+        counts[arch] = min(counts.get(arch, math.inf), *(params for _, params in rows.values()))
+    return counts
 
 
 def _bundled_tag(spec: NetworkSpec) -> str | None:
@@ -86,7 +91,7 @@ def param_count(spec: NetworkSpec) -> int | None:
         return arch.params.get(tag)
     tag = _bundled_tag(spec) or spec.timm_name.partition(".")[2]
     row = _timm_row(spec.timm_arch, tag) if tag else None
-    millions = row[1] if row else _timm_arch_params(spec.timm_arch)
+    millions = row[1] if row else _timm_arch_params().get(spec.timm_arch)
     return None if millions is None else round(millions * 1e6)
 
 
@@ -160,8 +165,7 @@ def _timm_candidates(where: str, pattern: str, tags: list[str] | None) -> dict[s
                          f"({', '.join(archs[:5])}{', …' if len(archs) > 5 else ''}), none with pretrained weights")
     chosen = ({arch: [have[0]] for arch, have in pretrained.items()} if tags is None
               else _matching_tags(where, tags, pretrained, f"'timm:{pattern}' matches"))
-    return {candidate_name(arch, tag): {"arch": f"timm:{arch}.{tag}"}
-            for arch, ts in chosen.items() for tag in ts}
+    return _named(where, [(arch, tag, {"arch": f"timm:{arch}.{tag}"}) for arch, ts in chosen.items() for tag in ts])
 
 
 def _torchvision_candidates(where: str, pattern: str, tags: list[str] | None) -> dict[str, dict]:
@@ -173,10 +177,23 @@ def _torchvision_candidates(where: str, pattern: str, tags: list[str] | None) ->
                          + (f"; closest: {', '.join(close)}" if close else "")
                          + ". A timm pattern starts with 'timm:'")
     if tags is None:
-        return {candidate_name(arch, None): {"arch": arch} for arch in archs}
+        return _named(where, [(arch, None, {"arch": arch}) for arch in archs])
     available = {arch: tuple(known.torchvision[arch].urls) for arch in archs}
     chosen = _matching_tags(where, tags, available, f"{pattern!r} matches")
-    return {candidate_name(arch, tag): {"arch": arch, "weights": tag} for arch, ts in chosen.items() for tag in ts}
+    return _named(where, [(arch, tag, {"arch": arch, "weights": tag}) for arch, ts in chosen.items() for tag in ts])
+
+
+def _named(where: str, candidates: list[tuple[str, str | None, dict]]) -> dict[str, dict]:
+    """(arch, tag, networks entry) by :func:`candidate_name`; two that the replaced characters
+    would give one name are refused rather than one silently lost."""
+    named: dict[str, dict] = {}
+    for arch, tag, entry in candidates:
+        name = candidate_name(arch, tag)
+        if name in named:
+            raise ValueError(f"{where}: {named[name]['arch']} and {entry['arch']} would both be named {name!r}; "
+                             "narrow tags to one of them")
+        named[name] = entry
+    return named
 
 
 def _millions(count: int) -> str:
