@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 from conftest import REPO, copy_run, copy_workflow, run_env, snakemake, write_config
 from job_imports import assert_job_imports
+from PIL import Image
 
 from transfer_lab.bottleneck import read_bottleneck
 

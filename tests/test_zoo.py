@@ -337,7 +337,9 @@ def test_the_preset_expands_to_about_thirty_networks_across_families(schema):
 
 
 def test_the_preset_s_dry_run_plans_every_candidate(tmp_path):
-    """On a tiny image folder (the preset's root): one weights fetch and one extraction per candidate."""
+    """On a tiny image folder (the preset's root): one weights fetch and one first-rung
+    screening job per candidate, and the first rung's decision (selection plans the rest
+    from it)."""
     from conftest import copy_workflow, snakemake
     from fixtures import write_imagefolder
 
@@ -348,10 +350,11 @@ def test_the_preset_s_dry_run_plans_every_candidate(tmp_path):
     counts = {line.split()[0]: int(line.split()[1]) for line in run.output.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["fetch_weights"] == len(networks)
-    assert counts["extract_features"] == len(networks)
-    assert counts["train_head"] == 2 * len(networks)
+    # The first two rungs' decisions: the second's inputs are known once the first has run.
+    assert counts["screen_candidate"] == len(networks) and counts["select_candidates"] == 2
+    assert "extract_features" not in counts and "train_head" not in counts  # only the finalists', later
     for name in networks:
-        assert f"results/bottleneck/{name}_mine_bottleneck_features_train.p" in run.output, name
+        assert f"results/selection/features/{name}_mine_rung-1.p" in run.output, name
 
 
 def test_a_zoo_only_config_s_dry_run_lists_the_candidates(tmp_path):

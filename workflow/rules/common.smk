@@ -309,7 +309,7 @@ def rung_index(wildcards):
 
 
 def rung_file(dataset, k):
-    """Rung k's records and decision (rule select_candidates): every candidate's scores, and who goes on."""
+    """Rung k's records and decision, written by select_candidates: every candidate's scores, and who goes on."""
     return f"results/selection/{dataset}_rung-{k + 1}.json"
 
 
@@ -382,7 +382,9 @@ def select_params(wildcards):
 
 def candidate_facts():
     """Parameters and ImageNet top-1 of every candidate (the static rankers; None where unknown)."""
-    return {name: {"params": param_count(spec), "imagenet_top1": imagenet_top1(spec)} for name, spec in NETWORKS.items()}
+    return {
+        name: {"params": param_count(spec), "imagenet_top1": imagenet_top1(spec)} for name, spec in NETWORKS.items()
+    }
 
 
 def selection_inputs(wildcards):
@@ -465,7 +467,9 @@ def predict_choice():
     """The predict section's (network, dataset, head) as far as the config decides it: a null
     dataset means the only one configured; a null network or head is the comparison's choice
     on that dataset (known once it has run: predict_chosen). What is left to choose."""
-    dataset = PREDICT["dataset"] if PREDICT["dataset"] is not None else (next(iter(DATASETS)) if len(DATASETS) == 1 else None)
+    dataset = (
+        PREDICT["dataset"] if PREDICT["dataset"] is not None else (next(iter(DATASETS)) if len(DATASETS) == 1 else None)
+    )
     missing = [] if dataset else [f"predict.dataset (one of: {', '.join(DATASETS)})"]
     return (PREDICT["network"], dataset, PREDICT["head"]), missing
 
@@ -473,7 +477,9 @@ def predict_choice():
 PREDICT_CHOICE, PREDICT_MISSING = predict_choice()
 # Named by the (network, dataset, head); where the comparison chooses, by the dataset.
 PREDICT_NAME = PREDICT["name"] or (
-    "predictions" if PREDICT_MISSING else "_".join(PREDICT_CHOICE) if all(PREDICT_CHOICE) else f"{PREDICT_CHOICE[1]}_chosen"
+    "predictions"
+    if PREDICT_MISSING
+    else "_".join(PREDICT_CHOICE) if all(PREDICT_CHOICE) else f"{PREDICT_CHOICE[1]}_chosen"
 )
 
 

@@ -9,8 +9,8 @@ from transfer_lab import timing  # first: the job's clock starts here
 import json
 import logging
 
-from transfer_lab.files import end_job, log_to
 from transfer_lab.compare import over_budget
+from transfer_lab.files import end_job, log_to
 from transfer_lab.screening_report import plot_selection, selection_table, write_selection
 from transfer_lab.selection import halving_cost
 
