@@ -155,8 +155,10 @@ def quickstart_block(results: Path) -> str:
     contain = ((others["test_difference_low"] <= 0) & (others["test_difference_high"] >= 0)).sum()
     intervals = ("every interval here contains 0" if contain == len(others)
                  else f"{len(others) - contain} of the {len(others)} intervals here exclude 0")
+    holm = (f", its p-values Holm-corrected for the {len(others)} comparisons with the best" if len(others) > 1
+            else "")
     verdicts = (f"on these {n.n_test:,} images {', and '.join(said)} (a verdict needs both McNemar's test on "
-                f"the same images and the paired interval of the difference; {intervals})")
+                f"the same images{holm}, and the paired interval of the difference; {intervals})")
 
     # What pretraining buys: the untrained control against its pretrained twin, head by head;
     # the other pretrained networks' chosen heads against the twin's.
