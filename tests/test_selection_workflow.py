@@ -143,9 +143,13 @@ def rerun(workdir, selection: dict) -> dict:
 
 def test_scoring_settings_rescore_every_rung_and_compute_no_features(selected, tmp_path):
     workdir = copy_run(selected[0], tmp_path / "wd")
+    features = {p: p.stat().st_mtime_ns for p in (workdir / "results/selection/features").iterdir()}
     jobs = rerun(workdir, {"probe": "knn", "k": 5})
     assert jobs["select_candidates"] == 3 and jobs["summarize_selection"] == 1, jobs
-    assert jobs["screen_candidate"] == 0 and jobs["screen_survivor"] <= 1, jobs  # a new survivor's rung only
+    assert jobs["screen_candidate"] == 0, jobs
+    # No features computed again: a candidate that now goes on is screened at its new rung only.
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in features.items())
+    assert len(list((workdir / "results/selection/features").iterdir())) == len(features) + jobs["screen_survivor"]
     jobs = rerun(workdir, {"probe": "knn", "k": 5})
     assert jobs == {}, jobs
 

@@ -1,13 +1,17 @@
 # Config -> targets, input functions and the params that define each artifact.
 # Everything here runs when the workflow is parsed: a bad config fails before any job.
 
+import functools
+import hashlib
 import itertools
 import json
 import os
 import re
+import types
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
+from snakemake.io import checkpoint_target
 
 try:
     from transfer_lab import sources
@@ -323,12 +327,44 @@ def screened_validation(network, dataset):
     return f"results/selection/features/{network}_{dataset}_rung-1_validation.p"
 
 
+# The code hashes of the selection's rules, taken at parse time (the workflow's folder is
+# known only then): rung_definition needs them inside input functions.
+SELECTION_CODE = {"screen_candidate": code("screen_candidate"), "select_candidates": code("select_candidates")}
+
+
+@functools.cache
+def rung_definition(dataset, k):
+    """A digest of everything that decides rung k of a dataset: the candidates' specs, the
+    images (the dataset's definition, the rungs up to k, the seed), the scoring and cut
+    settings, the code and versions. select_candidates writes it into its file (a param),
+    and survivors() trusts a decision file only with the current digest."""
+    definition = {
+        "candidates": {name: NETWORKS[name].to_dict() for name in CANDIDATES},
+        "precision": config["extract"]["precision"],
+        "dataset": prepare_params(types.SimpleNamespace(dataset=dataset)),
+        "rungs": RUNGS[: k + 1],
+        "selection": {key: SELECTION[key] for key in ("seed", "probe", "k", "rank_by", "keep")},
+        "code": SELECTION_CODE,
+        "versions": VERSIONS,
+    }
+    return hashlib.sha256(repr(canonical(definition)).encode()).hexdigest()[:16]
+
+
 def survivors(dataset, k):
-    """The candidates screened at rung k: all at the first, then those the previous rung kept."""
+    """The candidates screened at rung k: all at the first, then those the previous rung kept.
+
+    A previous decision whose file holds another definition (a setting, the data or the
+    code changed since it was written) is about to be decided again: the rungs after it
+    wait for that, as for a missing file. Snakemake would otherwise plan them from the
+    old file's survivors, which it reads before it knows that the file is stale."""
     if k == 0:
         return CANDIDATES
-    with open(checkpoints.select_candidates.get(dataset=dataset, rung=str(k)).output[0]) as f:
-        return json.load(f)["decision"]["kept"]
+    previous = checkpoints.select_candidates.get(dataset=dataset, rung=str(k))
+    with open(previous.output[0]) as f:
+        decided = json.load(f)
+    if decided.get("definition") != rung_definition(dataset, k - 1):
+        raise IncompleteCheckpointException(previous.rule, checkpoint_target(previous.output[0]))
+    return decided["decision"]["kept"]
 
 
 def finalists(dataset):
@@ -377,7 +413,14 @@ def select_params(wildcards):
     """What defines a rung's scores and decision: the probe, the kNN score's neighbours, the
     ranking, the share kept; and the rung's fraction (its records say it)."""
     keys = ("probe", "k", "rank_by", "keep")
-    return canonical({**{key: SELECTION[key] for key in keys}, "fraction": RUNGS[rung_index(wildcards)]})
+    k = rung_index(wildcards)
+    return canonical(
+        {
+            **{key: SELECTION[key] for key in keys},
+            "fraction": RUNGS[k],
+            "definition": rung_definition(wildcards.dataset, k),
+        }
+    )
 
 
 def candidate_facts():

@@ -25,7 +25,7 @@ rule screen_candidate:
         split=lambda wildcards: split_config(wildcards.dataset),
         subset=screen_params,
         network=network_params,
-        code=code("screen_candidate"),
+        code=SELECTION_CODE["screen_candidate"],
         versions=VERSIONS,
     script:
         "../scripts/screen_candidate.py"
@@ -60,7 +60,7 @@ checkpoint select_candidates:
         rung="[1-9][0-9]*",
     params:
         selection=select_params,
-        code=code("select_candidates"),
+        code=SELECTION_CODE["select_candidates"],
         torch=VERSIONS["torch"],
     script:
         "../scripts/select_candidates.py"

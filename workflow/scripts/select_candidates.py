@@ -62,6 +62,7 @@ with log_to(snakemake.log[0]):
                  ", ".join(decision["kept"]), ", ".join(decision["cut"]) or "none")
     timing.mark("work")
     with atomic_write(snakemake.output[0], "w") as f:
-        json.dump({"records": records, "decision": decision}, f, indent=2)
+        # The definition: survivors() in common.smk trusts this file only while it is current.
+        json.dump({"definition": settings["definition"], "records": records, "decision": decision}, f, indent=2)
 
 end_job()  # outputs written: skip Python's slow teardown of torch (transfer_lab.files.end_job)
