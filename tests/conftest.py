@@ -19,7 +19,7 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 # the long ones start at once and the short ones fill the gaps, and neither worker idles
 # at the end waiting for the other. The other files follow in their usual order.
 LONGEST_FIRST = (
-    "test_reruns.py", "test_quickstart.py", "test_lab_grid.py", "test_faults.py", "test_workflow.py",
+    "test_reruns.py", "test_selection_workflow.py", "test_quickstart.py", "test_lab_grid.py", "test_faults.py", "test_workflow.py",
     "test_slurm.py", "test_finetune.py", "test_resume.py", "test_predict.py", "test_cache.py", "test_timm_workflow.py",
     "test_own_files.py", "test_benchmarks.py", "test_torchvision_sources.py", "test_source_plugin.py",
     "test_catalog.py", "test_networks.py",

@@ -287,3 +287,20 @@ def test_label_efficiency_table_and_figure(metrics, table, tmp_path):
 
     image = matplotlib.image.imread(tmp_path / "label_efficiency_digits.png")
     assert image.shape[0] > 100 and image.std() > 0
+
+
+def test_chosen_names_each_dataset_s_best_and_each_network_s_head_for_predict():
+    """results/choice.json: what predict applies when the config names no network or head."""
+    from transfer_lab.ranking import chosen
+
+    table = pd.DataFrame({
+        "network": ["a", "a", "b", "b", "a"],
+        "dataset": ["d", "d", "d", "d", "e"],
+        "head": ["linear", "knn", "linear", "knn", "linear"],
+        "validation_accuracy": [0.80, 0.85, 0.90, 0.70, 0.5],
+        "best": [False, True, True, False, True],
+    })
+    choice = chosen(table, "accuracy")
+    assert choice["d"] == {"network": "b", "head": "linear", "head_of": {"a": "knn", "b": "linear"},
+                           "network_of": {"linear": "b", "knn": "a"}}
+    assert choice["e"]["network"] == "a" and choice["e"]["head"] == "linear"
