@@ -246,3 +246,22 @@ def test_a_zoo_plans_exactly_the_networks_it_expands_to(tmp_path):
         plans.append((run.returncode, sorted(line.split("\t")[0] for line in run.output.splitlines()
                                              if line.startswith("results/") or line.startswith("resources/"))))
     assert plans[0] == plans[1] and plans[0][0] == 0 and len(plans[0][1]) > 5, plans
+
+
+def test_a_zoo_candidate_whose_weights_cannot_be_fetched_offline_names_both_places(tmp_path):
+    """A zoo candidate's weights go through fetch_weights like a hand-written network's:
+    offline and not in the hub cache, the job fails naming the file, where to put it in the
+    project and where in the hub cache; no screening job starts without them."""
+    workdir = copy_workflow(tmp_path / "wd")
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    write_config(workdir, {"zoo": {"lite": {"arch": "timm:tf_efficientnet_lite0", "input_size": 32}},
+                           "datasets": {"digits": {"source": "digits"}}, "heads": {"logreg": {"kind": "logreg"}},
+                           "selection": {"rungs": [0.5, 1.0]}})
+    run = snakemake(workdir, check=False, env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    name = "tf_efficientnet_lite0.in1k"
+    log = (workdir / f"results/logs/fetch_weights/timm/{name}/model.safetensors.log").read_text()
+    assert run.returncode != 0 and f"the Hugging Face hub repository timm/{name}" in log, log
+    assert f"put the file at resources/weights/timm/{name}/model.safetensors" in log, log
+    assert str(cache / f"models--timm--{name}/snapshots/<revision>/model.safetensors") in log, log
+    assert run.jobs["screen_candidate"] == 0, run.output
