@@ -123,7 +123,7 @@ def test_a_head_hyperparameter_retrains_that_head(workdir):
     after = mtimes(workdir)
     changed = {p.as_posix() for p in after if after[p] != before.get(p)}
     comparison = {"comparison.csv", "comparison.md", "comparison.png", "comparison.html", "comparison_summary.rst",
-                  "summary.csv", "summary.md", "plots/tradeoff.png",
+                  "summary.csv", "summary.md", "choice.json", "plots/tradeoff.png",
                   *(f"plots/{kind}_{d}.png" for kind in ("confusion", "curves")
                                           for d in GRID["datasets"])}
     heads = {f"heads/{n}_{d}_mlp.{ext}" for n in GRID["networks"] for d in GRID["datasets"] for ext in ("pt", "json")}
