@@ -210,7 +210,7 @@ def run_grid(source: Path, workdir: Path, config: dict, cores: int, extra: list[
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(f"snakemake failed in {workdir} ({proc.returncode}):\n{output[-6000:]}")
-    jobs = Counter(re.findall(r"^\s*(?:local)?rule (\w+):", output, flags=re.M))
+    jobs = Counter(re.findall(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", output, flags=re.M))
     jobs.pop("all", None)
     return {"began": began, "ended": ended, "wall": ended - began, "jobs": jobs, **read_run(workdir)}
 

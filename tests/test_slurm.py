@@ -42,7 +42,8 @@ HEADS_GROUP = "heads_lite0_digits_train_head_train_shots"
 RUN_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 1, "train_head": 2, "train_shots": 2,
             "compare": 1}
 SLURM_JOBS = {"prepare_dataset": 1, "extract_part": 3, "extract_features": 1, HEADS_GROUP: 1, "compare": 1}
-GPU_RULES = {"extract_features", "extract_features_without_test", "extract_part", "finetune"}
+GPU_RULES = {"extract_features", "extract_features_without_test", "extract_part", "finetune", "screen_candidate",
+             "screen_survivor"}
 
 
 def dry_run_jobs(output: str) -> list[dict]:
@@ -55,7 +56,7 @@ def dry_run_jobs(output: str) -> list[dict]:
             group = match.group(1)
         elif re.match(r"^\[[^\]]*\]$", line):
             group = None  # an ungrouped job's header
-        elif match := re.match(r"^\s*(?:local)?rule (\w+):$", line):
+        elif match := re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append({"rule": match.group(1), "resources": {}, "wildcards": {}, "group": group})
         elif jobs and (match := re.match(r"^\s+(resources|wildcards): (.*)$", line)):
             jobs[-1][match.group(1)] = dict(item.split("=", 1) for item in match.group(2).split(", "))
@@ -184,7 +185,7 @@ def test_profile_says_what_every_rule_of_the_workflow_requests():
     said = {rule.strip(): what for rules, what in table for rule in rules.split(",")}
     rules = set()
     for smk in [REPO / "Snakefile", *(REPO / "workflow/rules").glob("*.smk")]:
-        rules |= set(re.findall(r"^(?:rule|use rule \w+ as) (\w+)", smk.read_text(), flags=re.M))
+        rules |= set(re.findall(r"^(?:rule|checkpoint|use rule \w+ as) (\w+)", smk.read_text(), flags=re.M))
     assert set(said) == rules - {"all"}
     profile = yaml.safe_load(text)["set-resources"]
     for rule, what in said.items():

@@ -508,13 +508,15 @@ PREDICT = config["predict"]
 
 def predict_choice():
     """The predict section's (network, dataset, head) as far as the config decides it: a null
-    dataset means the only one configured; a null network or head is the comparison's choice
-    on that dataset (known once it has run: predict_chosen). What is left to choose."""
-    dataset = (
-        PREDICT["dataset"] if PREDICT["dataset"] is not None else (next(iter(DATASETS)) if len(DATASETS) == 1 else None)
-    )
-    missing = [] if dataset else [f"predict.dataset (one of: {', '.join(DATASETS)})"]
-    return (PREDICT["network"], dataset, PREDICT["head"]), missing
+    key means the only one configured; a null network or head among several is the
+    comparison's choice on that dataset (known once it has run: predict_chosen). What is
+    left to choose."""
+    chosen = [
+        PREDICT[key] if PREDICT[key] is not None else (next(iter(names)) if len(names) == 1 else None)
+        for key, names in (("network", NETWORKS), ("dataset", DATASETS), ("head", HEADS))
+    ]
+    missing = [] if chosen[1] else [f"predict.dataset (one of: {', '.join(DATASETS)})"]
+    return tuple(chosen), missing
 
 
 PREDICT_CHOICE, PREDICT_MISSING = predict_choice()
@@ -543,8 +545,15 @@ def predict_chosen():
         if network is None and head is None:
             network, head = choice["network"], choice["head"]
         elif head is None:
+            if network not in choice["head_of"]:
+                raise WorkflowError(
+                    f"predict.network: {network!r} has no row in the comparison on {dataset} (selection "
+                    "cut it); name predict.head too, or leave predict.network null for the comparison's choice"
+                )
             head = choice["head_of"][network]
         else:
+            if head not in choice["network_of"]:
+                raise WorkflowError(f"predict.head: {head!r} has no row in the comparison on {dataset}")
             network = choice["network_of"][head]
     return network, dataset, head
 
