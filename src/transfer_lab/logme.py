@@ -39,39 +39,53 @@ RELATIVE_STOP = 0.01  # stop when alpha / beta changes by less than this share
 # Eigenvalues of the Gram matrix below this share of the largest are taken as zero
 # (directions the features do not span; they still count in log|A| as log alpha).
 RANK_TOLERANCE = 1e-12
+# Rows converted to float64 at a time when N >= D: the Gram matrix is summed block by
+# block, so a 50,000 x 2,048 float32 matrix never has an 800 MB float64 copy.
+BLOCK_ROWS = 4096
 
 
-def _spectrum(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The nonzero eigenvalues sigma of F^T F and an orthonormal basis U (N x r) of F's
-    column space with F^T F's eigenvectors V satisfying F V = U sqrt(sigma).
+def _projections(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzero eigenvalues sigma (r,) of F^T F, the targets' coordinates z = U^T Y
+    (r, C) in an orthonormal basis U of F's column space (F V = U sqrt(sigma)), and each
+    target's squared norm outside that space (C,).
 
     The Gram matrix of the smaller side is decomposed (min(N, D)^2 x max(N, D) work), as
     the authors' ``truncated_svd`` does for N > D: a thin SVD of a 50,000 x 2,048 matrix
-    costs several times more than its 2,048 x 2,048 Gram matrix and an eigh.
+    costs several times more than its 2,048 x 2,048 Gram matrix and an eigh. For N >= D,
+    z = V^T F^T Y / sqrt(sigma) and the outside part is ||Y||^2 - ||z||^2, so U (N x r) is
+    never formed.
     """
     n, d = features.shape
     if n >= d:
-        sigma, v = np.linalg.eigh(features.T @ features)
+        gram, fty = np.zeros((d, d)), np.zeros((d, targets.shape[1]))
+        for lo in range(0, n, BLOCK_ROWS):
+            block = features[lo:lo + BLOCK_ROWS].astype(np.float64)
+            gram += block.T @ block
+            fty += block.T @ targets[lo:lo + BLOCK_ROWS]
+        sigma, v = np.linalg.eigh(gram)
         keep = sigma > RANK_TOLERANCE * max(float(sigma[-1]), 0.0)
         sigma, v = sigma[keep], v[:, keep]
-        return sigma, (features @ v) / np.sqrt(sigma)
+        z = (v.T @ fty) / np.sqrt(sigma)[:, None]
+        outside = np.maximum(np.sum(targets ** 2, axis=0) - np.sum(z ** 2, axis=0), 0.0)
+        return sigma, z, outside
+    features = features.astype(np.float64)
     sigma, u = np.linalg.eigh(features @ features.T)
     keep = sigma > RANK_TOLERANCE * max(float(sigma[-1]), 0.0)
-    return sigma[keep], u[:, keep]
+    sigma, u = sigma[keep], u[:, keep]
+    z = u.T @ targets
+    return sigma, z, np.sum((targets - u @ z) ** 2, axis=0)
 
 
-def class_evidence(y: np.ndarray, sigma: np.ndarray, u: np.ndarray, d: int) -> float:
-    """The maximised log evidence per image of one target ``y`` (N,), given the spectrum
-    of its features (:func:`_spectrum`) and their dimension ``d``.
+def class_evidence(z: np.ndarray, outside: float, sigma: np.ndarray, n: int, d: int) -> float:
+    """The maximised log evidence per image of one target, given its coordinates ``z`` in
+    F's column space and squared norm ``outside`` it (:func:`_projections`), the nonzero
+    eigenvalues ``sigma`` of F^T F, the number of images ``n`` and the dimension ``d``.
 
     In F's eigenbasis the posterior mean is m_i = beta s_i z_i / (alpha + beta sigma_i),
-    with s_i = sqrt(sigma_i) and z = U^T y; the residual is the part of y outside F's
-    column space plus sum_i (alpha z_i / (alpha + beta sigma_i))^2. Zero eigenvalues add
-    nothing to gamma or m and log(alpha) each to log|A|.
+    with s_i = sqrt(sigma_i); the residual ||y - F m||^2 is ``outside`` plus
+    sum_i (alpha z_i / (alpha + beta sigma_i))^2. Zero eigenvalues add nothing to gamma or
+    m and log(alpha) each to log|A|.
     """
-    n = len(y)
-    z = u.T @ y
-    outside = float(np.sum((y - u @ z) ** 2))
     s = np.sqrt(sigma)
     alpha, beta = 1.0, 1.0
     lam = alpha / beta
@@ -80,7 +94,7 @@ def class_evidence(y: np.ndarray, sigma: np.ndarray, u: np.ndarray, d: int) -> f
         shrink = alpha + beta * sigma
         m = beta * s * z / shrink
         alpha_de = float(np.sum(m * m))
-        beta_de = outside + float(np.sum((alpha * z / shrink) ** 2))
+        beta_de = float(outside) + float(np.sum((alpha * z / shrink) ** 2))
         alpha = gamma / (alpha_de + EPSILON)
         beta = (n - gamma) / (beta_de + EPSILON)
         new_lam = alpha / beta
@@ -101,12 +115,11 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     Computed in float64 whatever the features' type (float32 Gram matrices lose the small
     eigenvalues the evidence depends on). Raises ValueError on mismatched or empty input.
     """
-    features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
+    features, labels = np.asarray(features), np.asarray(labels)
     if features.ndim != 2 or labels.ndim != 1 or len(features) != len(labels) or len(labels) == 0:
         raise ValueError(f"logme needs features (N, D) and labels (N,) with N > 0; got shapes "
                          f"{features.shape} and {labels.shape}")
-    sigma, u = _spectrum(features)
-    d = features.shape[1]
-    classes = range(int(labels.max()) + 1)
-    return float(np.mean([class_evidence((labels == c).astype(np.float64), sigma, u, d) for c in classes]))
+    n, d = features.shape
+    targets = (labels[:, None] == np.arange(int(labels.max()) + 1)[None, :]).astype(np.float64)
+    sigma, z, outside = _projections(features, targets)
+    return float(np.mean([class_evidence(z[:, c], outside[c], sigma, n, d) for c in range(targets.shape[1])]))

@@ -100,14 +100,15 @@ def _smallest_fraction(n: int) -> str:
 
 
 def rung_subsets(labels: np.ndarray, fractions: Sequence[float], seed: int,
-                 class_names: Sequence[str] | None = None) -> list[np.ndarray]:
+                 class_names: Sequence[str] | None = None, dataset: str | None = None) -> list[np.ndarray]:
     """For each rung, the sorted indices (int64) of its training images.
 
     Per class (in label order), one permutation of the class's rows drawn from
     ``np.random.default_rng(seed)`` (the same on every machine); rung k takes the first
     floor(fractions[k] * n_c) of them, so every rung holds each class in proportion and
     contains the rungs before it. A class that a rung would leave without an image is
-    refused, naming the smallest fraction that gives every class one.
+    refused, naming the smallest fraction that gives every class one (and ``dataset``,
+    the class by its name in ``class_names``, where given).
     """
     fractions = check_rungs(fractions)
     labels = np.asarray(labels)
@@ -119,8 +120,9 @@ def rung_subsets(labels: np.ndarray, fractions: Sequence[float], seed: int,
         if empty:
             n, c = min(empty)
             name = class_names[int(c)] if class_names is not None else str(c)
-            raise ValueError(f"selection.rungs: {f:g} of the {len(labels)} training images of this dataset gives "
-                             f"class '{name}' ({n} images) no image; the smallest rung must keep at least one image "
+            where = f"dataset '{dataset}'" if dataset else "this dataset"
+            raise ValueError(f"selection.rungs: {f:g} of the {len(labels)} training images of {where} gives "
+                             f"class '{name}' ({n} image{'s' if n != 1 else ''}) no image; the smallest rung must keep at least one image "
                              f"per class: at least {_smallest_fraction(int(sizes.min()))}")
     return [np.sort(np.concatenate([order[:_count(f, len(order))] for order in orders])).astype(np.int64)
             for f in fractions]
@@ -271,12 +273,12 @@ def halving_cost(n_train: int, n_validation: int, n_test: int, rung_sizes: list[
     if whole and n_finalists != survivors[-1]:
         raise ValueError(f"halving_cost: a last rung of the whole training set screens the finalists; "
                          f"{survivors[-1]} screened there, {n_finalists} finalists")
-    added = np.diff([0, *rung_sizes])
-    screened = len(rung_sizes) - 1 if whole else len(rung_sizes)
-    screening = int(sum(int(s) * int(a) for s, a in zip(survivors[:screened], added[:screened], strict=True)))
-    screening += survivors[0] * n_validation
-    finalists = n_finalists * (n_train + n_validation + n_test)
-    exhaustive = survivors[0] * (n_train + n_validation + n_test)
+    sizes, counts = [0, *map(int, rung_sizes)], [int(s) for s in survivors]
+    screened = len(counts) - 1 if whole else len(counts)
+    screening = sum(counts[k] * (sizes[k + 1] - sizes[k]) for k in range(screened)) + counts[0] * int(n_validation)
+    everything = int(n_train) + int(n_validation) + int(n_test)
+    finalists = int(n_finalists) * everything
+    exhaustive = counts[0] * everything
     return {"spent": screening + finalists, "exhaustive": exhaustive,
             "share": (screening + finalists) / exhaustive, "screening": screening, "finalists": finalists}
 
