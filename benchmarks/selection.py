@@ -324,7 +324,7 @@ def replay_seed(task: Task, cands: Sequence[Candidate], feats: dict[str, Split],
 
     names = [c.name for c in cands]
     train_y = task.labels[task.rows("train")]
-    subsets = rung_subsets(train_y, args.rungs, seed, task.class_names)
+    subsets = rung_subsets(train_y, args.rungs, seed, task.class_names, task.name)
     records = rung_records(task, feats, subsets, args.rungs, full, args.probe)
     result = halving(lambda k, name: records[k][name], names, args.rungs, args.keep, args.rank_by)
     winner = choose(names, full)
