@@ -437,7 +437,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transfer_lab.selection import check_keep, check_rungs
+    from transfer_lab.selection import check_keep, check_rungs, rung_subsets
 
     check_rungs(args.rungs)
     cands = testbed(args.quick)
@@ -446,7 +446,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{args.rank_by}, probe {args.probe}, {args.seeds} seeds; torch {torch.__version__}, "
           f"{args.threads} thread(s); cache {args.cache}", flush=True)
     results, summaries, tables, report = {}, [], [], {}
-    for task in make_tasks(args.tasks, args.quick):
+    tasks = make_tasks(args.tasks, args.quick)
+    for task in tasks:  # refuse rungs too small for a task before extracting anything
+        rung_subsets(task.labels[task.rows("train")], args.rungs, 0, task.class_names, task.name)
+    for task in tasks:
         start = time.perf_counter()
         feats, seconds, cached = {}, {}, 0
         for c in cands:
@@ -478,4 +481,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # a setting refused by transfer_lab.selection: its message names it
+        raise SystemExit(f"selection.py: {err}") from None
