@@ -140,3 +140,43 @@ def test_compile_cache_benchmark_prints_cold_and_warm_compilation_with_the_cache
     assert (int(cold.group(2)), int(cold.group(3))) == (0, 1) and int(warm.group(2)) >= 1, out  # an empty cache, then hits
     assert float(re.search(r"compiled/eager ([\d.]+)", out).group(1)) > 0, out
     assert re.search(r"pays for itself after: cold (never|[\d,]+ images), warm (never|[\d,]+ images)", out), out
+
+
+def test_selection_benchmark_replays_halving_against_the_exhaustive_answer(tmp_path):
+    """benchmarks/selection.py --quick (3 candidates at 32 px, 200 images a task, 3 seeds): about 12 s on 1 CPU;
+    a second run reads the features from its cache and gives the same numbers."""
+    def run(name: str) -> tuple[str, dict]:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks/selection.py"), "--quick", "--cache", str(tmp_path / "cache"),
+             "--json", str(tmp_path / name)],
+            capture_output=True, text=True, timeout=300, check=True,
+        ).stdout
+        return out, json.loads((tmp_path / name).read_text())["tasks"]
+
+    out, tasks = run("first.json")
+    again, cached = run("second.json")
+    assert "(0 from the cache" in out and "(3 from the cache" in again, (out, again)
+    assert set(tasks) == {"digits", "photos"}
+    for name, task in tasks.items():
+        s, full = task["summary"], task["exhaustive"]
+        assert s["candidates"] == 3 and s["seeds"] == 3 and len(task["seeds"]) == 3
+        # The exhaustive winner is the best full-training probe on validation.
+        best = max(full.values(), key=lambda r: r["accuracy"])["accuracy"]
+        assert full[s["winner"]]["accuracy"] == best
+        # Regret is the winner's test accuracy minus the choice's, in points.
+        for seed in task["seeds"]:
+            assert seed["finalists"] == [seed["picked"]]  # keep 0.34 twice: 3 -> 2 -> 1
+            expected = 100 * (full[s["winner"]]["test_accuracy"] - full[seed["picked"]]["test_accuracy"])
+            assert seed["regret"] == pytest.approx(expected)
+            # The probe at the 1.0 rung IS the exhaustive ranking.
+            assert seed["taus"]["probe @1"]["val"] == pytest.approx(1.0)
+            assert all(-1 <= t[ref] <= 1 for t in seed["taus"].values() for ref in ("val", "test"))
+            assert 0 < seed["share"] < 1
+        # Picking the winner is a regret of 0 and a validation tie of it; the worst regret bounds the mean.
+        assert 0 <= s["picks_winner"] <= min(s["within_1pt"], s["picks_validation_best"])
+        assert s["within_1pt"] <= 1 and s["picks_validation_best"] <= 1 and s["mean_regret"] <= s["worst_regret"]
+        assert re.search(rf"^\| {name} \| 3 \| 3 \| {s['winner']} \(", out, flags=re.M), out
+        # The cached features give the same replay.
+        assert cached[name]["summary"] == s and cached[name]["seeds"] == task["seeds"]
+    for ranker in ("probe @0.25", "LogME @0.5", "kNN @1", "parameters", "ImageNet top-1"):
+        assert re.search(rf"^\| {re.escape(ranker)} \| [-+]\d\.\d\d", out, flags=re.M), out
