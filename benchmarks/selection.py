@@ -59,16 +59,11 @@ import torch
 from transfer_lab.datasets import SPLITS, assign_splits
 from transfer_lab.extract import Extractor
 from transfer_lab.files import atomic_write
-from transfer_lab.networks import Backbone, _PooledNode, load_backbone
+from transfer_lab.networks import load_backbone
 from transfer_lab.specs import NetworkSpec
+from transfer_lab.zoo import imagenet_top1, param_count
 
 CACHE = Path(__file__).parent / ".cache" / "selection"
-# Published numbers (static rankers), hard-coded with their source:
-#   parameters (M) and ImageNet top-1 (%) of tf_efficientnet_lite{0,1,2}.in1k, from timm's results table
-#   results/results-imagenet.csv of huggingface/pytorch-image-models at aa4b5850c1543fa488abf260f18390eda46cf85d
-#   (top-1 at each model's own size: 224, 240, 260 px).
-PARAMS_M = {"tf_efficientnet_lite0": 4.65, "tf_efficientnet_lite1": 5.42, "tf_efficientnet_lite2": 6.09}
-TOP1 = {"tf_efficientnet_lite0": 74.846, "tf_efficientnet_lite1": 76.674, "tf_efficientnet_lite2": 77.470}
 # The earlier block of the testbed's layer candidates (Lite0/1/2: 192, 192, 208 channels; stride 32).
 EARLY = "blocks.5"
 
@@ -82,12 +77,15 @@ class Candidate:
 
     @property
     def params_m(self) -> float:
-        return PARAMS_M[self.spec.timm_arch]
+        """Millions of parameters (transfer_lab.zoo: timm's published results table)."""
+        return param_count(self.spec) / 1e6
 
     @property
     def top1(self) -> float:
-        """Published ImageNet top-1; NaN for random weights (no such number)."""
-        return TOP1[self.spec.timm_arch] if self.spec.weights != "random" else math.nan
+        """Published ImageNet top-1 (timm's results table for tf_efficientnet_lite{0,1,2}.in1k);
+        NaN for random weights (no such number)."""
+        top1 = imagenet_top1(self.spec)
+        return math.nan if top1 is None else top1
 
 
 def candidate(n: int, size: int, layer: str | None = None, weights: str = "bundled") -> Candidate:
@@ -208,26 +206,6 @@ def make_tasks(names: Sequence[str], quick: bool, seed: int = 0) -> list[Task]:
 # Features
 
 
-def backbone_for(spec: NetworkSpec) -> Backbone:
-    """The library's backbone; for an earlier block of a timm CNN, traced with timm's own FX helper.
-
-    ``networks._select_layer`` traces with torchvision's tracer, which fails on the TF-ported
-    EfficientNets' "same" padding (control flow on the input size); timm's
-    ``create_feature_extractor`` keeps that padding as a leaf. Pooling as ``_select_layer``
-    does (global average of the feature map), preprocessing as the penultimate spec's.
-    """
-    if spec.layer is None:
-        return load_backbone(spec)
-    from timm.models._features_fx import create_feature_extractor
-
-    base = load_backbone(NetworkSpec(arch=spec.arch, weights=spec.weights, input_size=spec.input_size))
-    model = _PooledNode(create_feature_extractor(base.model, return_nodes={spec.layer: "features"})).eval()
-    crop = base.preprocess.crop
-    with torch.inference_mode():
-        dim = int(model(torch.zeros(1, 3, crop, crop)).shape[1])
-    return Backbone(model, base.preprocess, dim)
-
-
 def features(task: Task, cand: Candidate, cache: Path, batch_size: int) -> tuple[np.ndarray, float, bool]:
     """Features of every image of ``task`` (float32, in task order), the seconds their extraction
     took (when it ran, also for a cached file) and whether they came from the cache."""
@@ -238,7 +216,7 @@ def features(task: Task, cand: Candidate, cache: Path, batch_size: int) -> tuple
             if str(saved["spec"]) == spec:
                 return saved["features"], float(saved["seconds"]), True
     start = time.perf_counter()
-    extractor = Extractor(backbone_for(cand.spec), device="cpu", precision="fp32")
+    extractor = Extractor(load_backbone(cand.spec), device="cpu", precision="fp32")
     out = extractor.run(task.images, batch_size)
     seconds = time.perf_counter() - start
     with atomic_write(path) as f:

@@ -293,3 +293,23 @@ def test_hub_cache_fixture_is_what_hf_hub_download_reads(hub_cache):
 
     snapshot = write_hf_cache(hub_cache, "someone/model", {"config.json": b"{}"})
     assert hf_hub_download("someone/model", "config.json") == str(snapshot / "config.json")
+
+
+def test_a_layer_of_a_tf_ported_timm_model_is_traced_with_timms_helpers():
+    """`layer:` on timm's TF ports (their "same" padding branches on the input size, which
+    torchvision's tracer alone cannot follow): a module's name stands for its last node, and
+    the pooled output is that of the model's own first blocks."""
+    import timm
+
+    spec = NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=64, layer="blocks.5")
+    backbone = load_backbone(spec)
+    assert backbone.feature_dim == 192
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    missing, _ = reference.load_state_dict(backbone.model.extractor.state_dict(), strict=False)
+    assert not any(key.startswith(("conv_stem", "bn1", "blocks.0", "blocks.5")) for key in missing)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = reference.blocks[:6](reference.bn1(reference.conv_stem(x))).mean(dim=(2, 3))
+        torch.testing.assert_close(backbone.model(x), expected)
+    with pytest.raises(ValueError, match="no layer 'blocks.9'"):
+        load_backbone(NetworkSpec(arch="timm:tf_efficientnet_lite0", weights="random", input_size=64, layer="blocks.9"))

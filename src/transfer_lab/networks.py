@@ -445,10 +445,19 @@ class _PooledNode(nn.Module):
 
 
 def _select_layer(model: nn.Module, layer: str, arch: str, crop: int) -> tuple[nn.Module, int]:
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    """The output of node ``layer``, globally average-pooled when it is a feature map.
+
+    A timm model is traced with timm's own wrappers of torchvision's FX utilities, which
+    know its untraceable pieces (the TF ports' "same" padding branches on the input size,
+    so torchvision's tracer alone fails on tf_efficientnet_lite*)."""
+    if arch.startswith("timm:"):
+        from timm.models import create_feature_extractor, get_graph_node_names
+    else:
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
     nodes = get_graph_node_names(model)[1]
-    if layer not in nodes:
+    # A module's name (blocks.5) stands for its last node, as the FX utilities take it.
+    if layer not in nodes and not any(node.startswith(f"{layer}.") for node in nodes):
         close = difflib.get_close_matches(layer, nodes, n=5, cutoff=0.3)
         raise ValueError(
             f"{arch}: no layer {layer!r}; close: {', '.join(close) or 'none'}. "
