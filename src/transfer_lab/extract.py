@@ -28,6 +28,7 @@ from .preprocess import DevicePreprocess
 
 if TYPE_CHECKING:
     from .decode import Reads
+    from .specs import ExtractSettings
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -171,6 +172,20 @@ class Extractor:
         self._staging: _Staging | None = None
         # Lowered when a batch runs out of device memory; None = the caller's batch size.
         self.max_batch_size: int | None = None
+
+    @classmethod
+    def from_settings(cls, backbone: Backbone, device: str | torch.device, precision: str,
+                      settings: ExtractSettings, n_images: int | None = None) -> Extractor:
+        """The extractor a job builds from the config's ``extract`` section: every setting
+        that changes how, never what, it computes (compile and its cache, CUDA graphs,
+        where JPEGs are decoded)."""
+        return cls(backbone, device, precision, compile=settings.compile, cuda_graph=settings.cuda_graph,
+                   decode=settings.decode, n_images=n_images, compile_cache=settings.compile_cache)
+
+    @property
+    def meta(self) -> dict:
+        """What a pickle's ``meta`` records of how its features were computed."""
+        return {"device": self.device.type, "precision": self.precision, "feature_dim": self.feature_dim}
 
     def shard_tag(self, files: bool = False) -> str:
         """What computed values depend on beyond the network: device type, precision and, for

@@ -284,13 +284,18 @@ CUT_RUNGS = [k for k, fraction in enumerate(RUNGS) if fraction < 1]
 FULL_RUNG = len(RUNGS) - 1 if RUNGS and RUNGS[-1] == 1 else None
 
 
+# Parameters and ImageNet top-1 of every network (the static rankers; None where unknown):
+# the selection table's columns, and the trade-off figure's parameters.
+FACTS = {name: {"params": param_count(spec), "imagenet_top1": imagenet_top1(spec)} for name, spec in NETWORKS.items()}
+
+
 def budget_candidates():
     """The networks screened at the first rung: every one, less those over
     selection.budget.max_params (left out before any extraction)."""
     limit = SELECTION["budget"]["max_params"] if SELECTION else None
     if limit is None:
         return list(NETWORKS)
-    counts = {name: param_count(spec) for name, spec in NETWORKS.items()}
+    counts = {name: facts["params"] for name, facts in FACTS.items()}
     kept = [name for name, count in counts.items() if count is not None and count <= limit * 1e6]
     if not kept:
         raise WorkflowError(
@@ -422,12 +427,6 @@ def select_params(wildcards):
         }
     )
 
-
-def candidate_facts():
-    """Parameters and ImageNet top-1 of every candidate (the static rankers; None where unknown)."""
-    return {
-        name: {"params": param_count(spec), "imagenet_top1": imagenet_top1(spec)} for name, spec in NETWORKS.items()
-    }
 
 
 def selection_inputs(wildcards):

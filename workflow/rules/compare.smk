@@ -63,7 +63,7 @@ checkpoint compare:
         datasets=comparison_datasets(),
         evaluation=comparison_evaluation(),
         # The trade-off figure: each network's parameters (millions), and the budget it marks.
-        params_millions={name: facts["params"] and facts["params"] / 1e6 for name, facts in candidate_facts().items()},
+        params_millions={name: facts["params"] and facts["params"] / 1e6 for name, facts in FACTS.items()},
         budget=SELECTION["budget"] if SELECTION else {},
         code=code("compare"),
     script:

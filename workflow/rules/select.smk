@@ -88,7 +88,7 @@ rule summarize_selection:
     benchmark:
         "results/benchmarks/summarize_selection.tsv"
     params:
-        facts=candidate_facts(),
+        facts=FACTS,
         budget=SELECTION["budget"] if SELECTION else {},
         datasets=list(DATASETS),
         code=code("summarize_selection"),

@@ -44,15 +44,12 @@ def load_extractor(settings, n_images: int):
     timing.mark("weights")
     logging.info("%s (%s): %d-d features; preprocessing: %s", w.network, spec.describe(), backbone.feature_dim,
                  backbone.preprocess.describe())
-    extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
-                          compile=settings.compile, cuda_graph=settings.cuda_graph, decode=settings.decode,
-                          n_images=n_images, compile_cache=settings.compile_cache)
+    extractor = Extractor.from_settings(backbone, claim_device(settings.device), params.network["precision"],
+                                        settings, n_images)
     timing.mark("device")
     extractor.on_first_batch = lambda: timing.mark("first batch")  # with any compilation
-    meta = {
-        **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
-        "device": extractor.device.type, "precision": extractor.precision, "feature_dim": backbone.feature_dim,
-    }
+    meta = {**network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
+            **extractor.meta}
     return spec, extractor, meta
 
 

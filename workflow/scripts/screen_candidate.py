@@ -45,28 +45,30 @@ with log_to(snakemake.log[0]):
     rung, subset = int(w.rung), params.subset
     ds = load_prepared(snakemake.input.dataset, mmap=True)
     images, labels = ds.subset("train")
-    fractions = [subset["fraction"]] if subset["previous"] is None else [subset["previous"], subset["fraction"]]
+    first = subset["previous"] is None  # the first rung: it computes validation too
+    fractions = [subset["fraction"]] if first else [subset["previous"], subset["fraction"]]
     rows = rung_subsets(labels, fractions, subset["seed"], ds.class_names, dataset=w.dataset)
-    new = np.setdiff1d(rows[-1], rows[0]) if len(rows) == 2 else rows[-1]
+    new = rows[-1] if first else np.setdiff1d(rows[-1], rows[0])
+    validation = ds.subset("validation") if first else None
     timing.mark("load")
 
     spec = NetworkSpec(**params.network["spec"])
     torch.set_num_threads(snakemake.threads)
     backbone = load_backbone(spec, checkpoint_dir=WEIGHTS_DIR)
     timing.mark("weights")
-    extractor = Extractor(backbone, claim_device(settings.device), params.network["precision"],
-                          decode=settings.decode, n_images=len(new))
+    extractor = Extractor.from_settings(backbone, claim_device(settings.device), params.network["precision"],
+                                        settings, len(new) + (len(validation[1]) if first else 0))
     timing.mark("device")
     meta = {
         **network_meta(w.network, w.dataset, spec, backbone.preprocess, ds.meta, params.versions),
-        "device": extractor.device.type, "precision": extractor.precision, "feature_dim": backbone.feature_dim,
+        **extractor.meta,
         "rung": rung, "fraction": subset["fraction"], "subset_seed": subset["seed"],
         **{f"{split}_images": n for split, n in ds.split_sizes().items()},  # the whole splits: what trying all costs
     }
     logging.info("%s (%s), rung %d: %d of %d training images (%d new)", w.network, spec.describe(), rung,
                  len(rows[-1]), len(labels), len(new))
     features, cost = compute(extractor, images[new], f"rung {rung} training")
-    if subset["previous"] is not None:
+    if not first:
         before = read_bottleneck(snakemake.input.previous)
         if len(before.labels) != len(rows[0]) or not np.array_equal(before.labels, labels[rows[0]]):
             raise ValueError(f"{snakemake.input.previous}: not the previous rung's subset of this dataset; "
@@ -76,8 +78,8 @@ with log_to(snakemake.log[0]):
         features = np.concatenate([before.features, features])[order]
     write_bottleneck(snakemake.output.features,
                      Bottleneck(features, labels[rows[-1]], ds.class_names, {**meta, "split": "train", **cost}))
-    if subset["previous"] is None:  # the first rung
-        val_images, val_labels = ds.subset("validation")
+    if first:
+        val_images, val_labels = validation
         val_features, val_cost = compute(extractor, val_images, "validation")
         write_bottleneck(snakemake.output.validation, Bottleneck(
             val_features, val_labels, ds.class_names, {**meta, "split": "validation", **val_cost}))
