@@ -428,7 +428,6 @@ def select_params(wildcards):
     )
 
 
-
 def selection_inputs(wildcards):
     return {"rungs": [rung_file(d, k) for d in DATASETS for k in range(len(RUNGS))]}
 
